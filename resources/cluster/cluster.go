@@ -1,0 +1,172 @@
+// Package cluster holds the input resources users write to describe their fleet and what it should run: Cluster,
+// Machine, MachineLock, ConfigPatch and Credentials.
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+
+	"github.com/upshift-io/upshift/resources"
+)
+
+// ClusterType is the type of Cluster resources.
+const ClusterType = resource.Type("Clusters.upshift.dev")
+
+// Defaults applied when a Cluster leaves a field empty.
+const (
+	// DefaultParallelism upgrades one worker at a time.
+	DefaultParallelism = "1"
+	// DefaultDrainTimeout bounds how long draining one node may take.
+	DefaultDrainTimeout = 5 * time.Minute
+)
+
+// ManifestSyncMode says whether bootstrap manifests are applied only on request or by themselves.
+type ManifestSyncMode string
+
+// Manifest sync modes.
+const (
+	// ManifestSyncManual shows the diff and waits for `upshift manifests sync` (the default).
+	ManifestSyncManual ManifestSyncMode = "manual"
+	// ManifestSyncAuto applies the diff as soon as it is computed.
+	ManifestSyncAuto ManifestSyncMode = "auto"
+)
+
+// Cluster is the desired state of one Talos cluster: the versions it should run and how fast to roll them out.
+// Its ID is the cluster name.
+type Cluster = typed.Resource[ClusterSpec, ClusterExtension]
+
+// ClusterSpec is what a user asks of a cluster.
+type ClusterSpec struct {
+	// TalosVersion is the Talos version every machine should run, e.g. v1.14.1.
+	TalosVersion string `yaml:"talosVersion" protobuf:"1"`
+	// KubernetesVersion is the Kubernetes version the cluster should run, e.g. v1.37.2.
+	KubernetesVersion string `yaml:"kubernetesVersion" protobuf:"2"`
+	// Parallelism is how many workers upgrade at once: a count ("2") or a percentage of the workers ("25%").
+	// Control planes always upgrade one at a time. Empty means DefaultParallelism.
+	Parallelism string `yaml:"parallelism,omitempty" protobuf:"3"`
+	// DrainTimeout bounds the drain of one node, as a Go duration ("10m"). Empty means DefaultDrainTimeout.
+	DrainTimeout string `yaml:"drainTimeout,omitempty" protobuf:"4"`
+	// ManifestSync is the bootstrap-manifest sync mode. Empty means ManifestSyncManual.
+	ManifestSync ManifestSyncMode `yaml:"manifestSync,omitempty" protobuf:"5"`
+	// Paused stops new machines from starting an upgrade; machines already upgrading finish their step.
+	Paused bool `yaml:"paused,omitempty" protobuf:"6"`
+}
+
+// NewCluster returns an empty Cluster named id.
+func NewCluster(id resource.ID) *Cluster {
+	return typed.NewResource[ClusterSpec, ClusterExtension](
+		resource.NewMetadata(resources.Namespace, ClusterType, id, resource.VersionUndefined),
+		ClusterSpec{},
+	)
+}
+
+// DeepCopy implements typed.DeepCopyable.
+func (s ClusterSpec) DeepCopy() ClusterSpec { return s }
+
+// Validate implements resources.Validator.
+func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Getter) error {
+	var v resources.Violations
+
+	v.CheckVersion("spec.talosVersion", s.TalosVersion, true)
+	v.CheckVersion("spec.kubernetesVersion", s.KubernetesVersion, true)
+
+	if _, err := ParseParallelism(s.Parallelism); err != nil {
+		v.Add("spec.parallelism", "%s", err)
+	}
+
+	if _, err := s.DrainTimeoutDuration(); err != nil {
+		v.Add("spec.drainTimeout", "%s", err)
+	}
+
+	switch s.ManifestSync {
+	case "", ManifestSyncManual, ManifestSyncAuto:
+	default:
+		v.Add("spec.manifestSync", "%q is not a sync mode (one of %q, %q)", s.ManifestSync, ManifestSyncManual, ManifestSyncAuto)
+	}
+
+	return v.Err()
+}
+
+// DrainTimeoutDuration returns the drain timeout, DefaultDrainTimeout when empty.
+func (s *ClusterSpec) DrainTimeoutDuration() (time.Duration, error) {
+	if s.DrainTimeout == "" {
+		return DefaultDrainTimeout, nil
+	}
+
+	d, err := time.ParseDuration(s.DrainTimeout)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is not a positive duration like 5m or 90s", s.DrainTimeout)
+	}
+
+	return d, nil
+}
+
+// Parallelism is a parsed worker-upgrade parallelism: a fixed count or a percentage of the workers.
+type Parallelism struct {
+	count   int
+	percent int
+}
+
+// ParseParallelism parses "N" (N >= 1) or "P%" (1 <= P <= 100); empty means DefaultParallelism.
+func ParseParallelism(s string) (Parallelism, error) {
+	if s == "" {
+		s = DefaultParallelism
+	}
+
+	if p, ok := strings.CutSuffix(s, "%"); ok {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 100 {
+			return Parallelism{}, fmt.Errorf("%q is not a percentage from 1%% to 100%%", s)
+		}
+
+		return Parallelism{percent: n}, nil
+	}
+
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return Parallelism{}, fmt.Errorf("%q is neither a count of at least 1 nor a percentage like 25%%", s)
+	}
+
+	return Parallelism{count: n}, nil
+}
+
+// Of returns how many of workers may upgrade at once: never less than one, never more than workers (when any).
+func (p Parallelism) Of(workers int) int {
+	n := p.count
+	if p.percent > 0 {
+		n = workers * p.percent / 100
+	}
+
+	return max(1, min(n, max(workers, 1)))
+}
+
+// ClusterExtension gives Cluster its resource definition.
+type ClusterExtension struct{}
+
+// ResourceDefinition implements typed.Extension.
+func (ClusterExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
+	return meta.ResourceDefinitionSpec{
+		Type:             ClusterType,
+		DefaultNamespace: resources.Namespace,
+		PrintColumns: []meta.PrintColumn{
+			{Name: "Talos", JSONPath: "{.talosVersion}"},
+			{Name: "Kubernetes", JSONPath: "{.kubernetesVersion}"},
+			{Name: "Parallelism", JSONPath: "{.parallelism}"},
+			{Name: "Paused", JSONPath: "{.paused}"},
+		},
+	}
+}
+
+func init() {
+	if err := protobuf.RegisterDynamic[ClusterSpec](ClusterType, &Cluster{}); err != nil {
+		panic(err)
+	}
+}

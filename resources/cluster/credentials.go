@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"context"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/upshift-io/upshift/resources"
+)
+
+// CredentialsType is the type of Credentials resources.
+const CredentialsType = resource.Type("Credentials.upshift.dev")
+
+// Credentials are what the engine needs to reach one cluster: a talosconfig for the Talos API and a kubeconfig for
+// Kubernetes. Its ID is the cluster's ID. The definition is marked sensitive.
+type Credentials = typed.Resource[CredentialsSpec, CredentialsExtension]
+
+// CredentialsSpec holds the two client configurations of a cluster.
+type CredentialsSpec struct {
+	// Talosconfig is a talosctl client configuration with access to every machine of the cluster.
+	Talosconfig string `yaml:"talosconfig,omitempty" protobuf:"1"`
+	// Kubeconfig is a kubectl client configuration with cluster-admin rights.
+	Kubeconfig string `yaml:"kubeconfig,omitempty" protobuf:"2"`
+}
+
+// NewCredentials returns empty Credentials for the cluster named id.
+func NewCredentials(id resource.ID) *Credentials {
+	return typed.NewResource[CredentialsSpec, CredentialsExtension](
+		resource.NewMetadata(resources.Namespace, CredentialsType, id, resource.VersionUndefined),
+		CredentialsSpec{},
+	)
+}
+
+// DeepCopy implements typed.DeepCopyable.
+func (s CredentialsSpec) DeepCopy() CredentialsSpec { return s }
+
+// Validate implements resources.Validator.
+func (s *CredentialsSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
+	var v violations
+
+	if err := v.checkCluster(ctx, st, "metadata.id", md.ID()); err != nil {
+		return err
+	}
+
+	if s.Talosconfig == "" && s.Kubeconfig == "" {
+		v.Add("spec", "needs spec.talosconfig, spec.kubeconfig or both")
+	}
+
+	if s.Talosconfig != "" {
+		if _, err := clientconfig.FromString(s.Talosconfig); err != nil {
+			v.Add("spec.talosconfig", "is not a talosconfig: %s", err)
+		}
+	}
+
+	if s.Kubeconfig != "" {
+		if _, err := clientcmd.Load([]byte(s.Kubeconfig)); err != nil {
+			v.Add("spec.kubeconfig", "is not a kubeconfig: %s", err)
+		}
+	}
+
+	return v.Err()
+}
+
+// CredentialsExtension gives Credentials its resource definition.
+type CredentialsExtension struct{}
+
+// ResourceDefinition implements typed.Extension.
+func (CredentialsExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
+	return meta.ResourceDefinitionSpec{
+		Type:             CredentialsType,
+		Aliases:          []resource.Type{"creds"},
+		DefaultNamespace: resources.Namespace,
+		Sensitivity:      meta.Sensitive,
+	}
+}
+
+func init() {
+	if err := protobuf.RegisterDynamic[CredentialsSpec](CredentialsType, &Credentials{}); err != nil {
+		panic(err)
+	}
+}

@@ -1,0 +1,152 @@
+// Package resources holds what every upshift resource type shares: the namespace they live in, the contract
+// input types use to declare their validation rules, and helpers to register and instantiate types.
+//
+// The types themselves live in one package per domain (cluster, observe, upgrade, manifest), one file per type.
+package resources
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/blang/semver/v4"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/registry"
+)
+
+// Namespace is the one namespace every upshift resource lives in, so users never have to name it.
+const Namespace resource.Namespace = "upshift"
+
+// Getter reads one resource. Validation rules get only this, so they can check references but never write;
+// state.CoreState satisfies it.
+type Getter interface {
+	Get(ctx context.Context, ptr resource.Pointer, opts ...state.GetOption) (resource.Resource, error)
+}
+
+// Validator is implemented by the spec of every input type (the types users write). A type whose spec does not
+// implement it is an output: only controllers may write it.
+//
+// Validate reports problems with the fields as Violations; any other error means the check itself could not run.
+type Validator interface {
+	Validate(ctx context.Context, md *resource.Metadata, st Getter) error
+}
+
+// Violation is one problem with one field of a resource, worded for the user who wrote it.
+type Violation struct {
+	// Field is the path of the field, e.g. "spec.talosVersion".
+	Field string
+	// Problem says what is wrong and, where it helps, what would be right.
+	Problem string
+}
+
+// String renders the violation as "field: problem".
+func (v Violation) String() string {
+	return v.Field + ": " + v.Problem
+}
+
+// Violations collects every problem of one resource, so a user fixes them all in one go rather than one per try.
+type Violations []Violation
+
+// Add records a problem with field.
+func (v *Violations) Add(field, format string, args ...any) {
+	*v = append(*v, Violation{Field: field, Problem: fmt.Sprintf(format, args...)})
+}
+
+// Error joins the violations with "; ".
+func (v Violations) Error() string {
+	parts := make([]string, 0, len(v))
+	for _, violation := range v {
+		parts = append(parts, violation.String())
+	}
+
+	return strings.Join(parts, "; ")
+}
+
+// Err returns v as an error, or nil when there is no violation.
+func (v Violations) Err() error {
+	if len(v) == 0 {
+		return nil
+	}
+
+	return v
+}
+
+// IsInput reports whether users may write r: its spec declares validation rules.
+func IsInput(r resource.Resource) bool {
+	_, ok := r.Spec().(Validator)
+
+	return ok
+}
+
+// Register adds the resource definitions of rs to the engine's registry, so clients can resolve their types and
+// aliases and print their columns.
+func Register(ctx context.Context, reg *registry.ResourceRegistry, rs ...meta.ResourceWithRD) error {
+	for _, r := range rs {
+		if err := reg.Register(ctx, r); err != nil {
+			return fmt.Errorf("registering resource definition %q: %w", r.ResourceDefinition().Type, err)
+		}
+	}
+
+	return nil
+}
+
+// New returns an empty resource of the same type as prototype, with the given id in Namespace. It is how code that
+// only knows a type (a YAML document, a CLI argument) gets a typed resource to decode into.
+func New(prototype meta.ResourceWithRD, id resource.ID) resource.Resource {
+	r := prototype.DeepCopy()
+	*r.Metadata() = resource.NewMetadata(Namespace, prototype.ResourceDefinition().Type, id, resource.VersionUndefined)
+
+	return r
+}
+
+// ParseVersion parses a Talos or Kubernetes version ("v1.14.1" or "1.14.1") as a full semantic version, so that
+// version rules compare versions rather than strings.
+func ParseVersion(s string) (semver.Version, error) {
+	v, err := semver.Parse(strings.TrimPrefix(s, "v"))
+	if err != nil {
+		return semver.Version{}, fmt.Errorf("%q is not a version like v1.2.3: %w", s, err)
+	}
+
+	return v, nil
+}
+
+// CheckVersion adds a violation for field unless s is a version (required or not, as told).
+func (v *Violations) CheckVersion(field, s string, required bool) {
+	if s == "" {
+		if required {
+			v.Add(field, "is required (a version like v1.2.3)")
+		}
+
+		return
+	}
+
+	if _, err := ParseVersion(s); err != nil {
+		v.Add(field, "%q is not a version like v1.2.3", s)
+	}
+}
+
+// CheckExists adds a violation for field unless the resource ptr points to exists; it fails only when the state
+// cannot be read.
+func (v *Violations) CheckExists(ctx context.Context, st Getter, field string, ptr resource.Pointer) (resource.Resource, error) {
+	r, err := st.Get(ctx, ptr)
+	if err == nil {
+		return r, nil
+	}
+
+	if state.IsNotFoundError(err) {
+		v.Add(field, "%s %q does not exist", displayType(ptr.Type()), ptr.ID())
+
+		return nil, nil
+	}
+
+	return nil, fmt.Errorf("reading %s %q: %w", displayType(ptr.Type()), ptr.ID(), err)
+}
+
+// displayType turns "Clusters.upshift.dev" into "cluster" for messages.
+func displayType(t resource.Type) string {
+	name, _, _ := strings.Cut(t, ".")
+
+	return strings.ToLower(strings.TrimSuffix(name, "s"))
+}

@@ -1,0 +1,98 @@
+package upgrade
+
+import (
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+
+	"github.com/upshift-io/upshift/resources"
+)
+
+// MachineUpgradeStatusType is the type of MachineUpgradeStatus resources.
+const MachineUpgradeStatusType = resource.Type("MachineUpgradeStatuses.upshift.dev")
+
+// MachinePhase is one step of the per-machine Talos upgrade state machine.
+type MachinePhase string
+
+// Per-machine phases, in the order a machine goes through them (control-plane-only steps marked).
+const (
+	MachineQueued               MachinePhase = "Queued"
+	MachinePullingImage         MachinePhase = "PullingImage"
+	MachineInstalling           MachinePhase = "Installing"
+	MachineCheckingEtcd         MachinePhase = "CheckingEtcd"         // control planes only
+	MachineForfeitingLeadership MachinePhase = "ForfeitingLeadership" // control planes only
+	MachineCordoning            MachinePhase = "Cordoning"
+	MachineDraining             MachinePhase = "Draining"
+	MachineRebooting            MachinePhase = "Rebooting"
+	MachineWaitingReady         MachinePhase = "WaitingReady"
+	MachineUncordoning          MachinePhase = "Uncordoning"
+	MachineDone                 MachinePhase = "Done"
+	MachineFailed               MachinePhase = "Failed"
+)
+
+// MachineUpgradeStatus is the Talos upgrade of one machine (same ID as the Machine).
+type MachineUpgradeStatus = typed.Resource[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension]
+
+// MachineUpgradeStatusSpec is where one machine's upgrade stands.
+type MachineUpgradeStatusSpec struct {
+	// Cluster is the ID of the machine's Cluster.
+	Cluster string `yaml:"cluster" protobuf:"1"`
+	// Phase is the current step.
+	Phase MachinePhase `yaml:"phase" protobuf:"2"`
+	// FromVersion is the version the machine ran before this upgrade.
+	FromVersion string `yaml:"fromVersion" protobuf:"3"`
+	// ToVersion is the version the machine is going to.
+	ToVersion string `yaml:"toVersion" protobuf:"4"`
+	// Attempt counts the tries of this upgrade, starting at 1.
+	Attempt int `yaml:"attempt" protobuf:"5"`
+	// PreRebootBootID is the boot ID recorded before the reboot; a different one afterwards proves the reboot.
+	PreRebootBootID string `yaml:"preRebootBootID,omitempty" protobuf:"6"`
+	// StartedAt is when the machine left Queued.
+	StartedAt time.Time `yaml:"startedAt,omitempty" protobuf:"7"`
+	// PhaseChangedAt is when Phase was entered.
+	PhaseChangedAt time.Time `yaml:"phaseChangedAt,omitempty" protobuf:"8"`
+	// FinishedAt is when the machine reached Done or Failed.
+	FinishedAt time.Time `yaml:"finishedAt,omitempty" protobuf:"9"`
+	// Error says why the machine Failed (e.g. "rolled back").
+	Error string `yaml:"error,omitempty" protobuf:"10"`
+}
+
+// NewMachineUpgradeStatus returns an empty MachineUpgradeStatus for the machine named id.
+func NewMachineUpgradeStatus(id resource.ID) *MachineUpgradeStatus {
+	return typed.NewResource[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension](
+		resource.NewMetadata(resources.Namespace, MachineUpgradeStatusType, id, resource.VersionUndefined),
+		MachineUpgradeStatusSpec{},
+	)
+}
+
+// DeepCopy implements typed.DeepCopyable.
+func (s MachineUpgradeStatusSpec) DeepCopy() MachineUpgradeStatusSpec { return s }
+
+// MachineUpgradeStatusExtension gives MachineUpgradeStatus its resource definition.
+type MachineUpgradeStatusExtension struct{}
+
+// ResourceDefinition implements typed.Extension.
+func (MachineUpgradeStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
+	return meta.ResourceDefinitionSpec{
+		Type:             MachineUpgradeStatusType,
+		Aliases:          []resource.Type{"machineupgrade", "machineupgrades"},
+		DefaultNamespace: resources.Namespace,
+		PrintColumns: []meta.PrintColumn{
+			{Name: "Cluster", JSONPath: "{.cluster}"},
+			{Name: "Phase", JSONPath: "{.phase}"},
+			{Name: "From", JSONPath: "{.fromVersion}"},
+			{Name: "To", JSONPath: "{.toVersion}"},
+			{Name: "Attempt", JSONPath: "{.attempt}"},
+			{Name: "Error", JSONPath: "{.error}"},
+		},
+	}
+}
+
+func init() {
+	if err := protobuf.RegisterDynamic[MachineUpgradeStatusSpec](MachineUpgradeStatusType, &MachineUpgradeStatus{}); err != nil {
+		panic(err)
+	}
+}

@@ -1,0 +1,115 @@
+// Package upgrade holds the output resources that carry upgrade progress: TalosUpgradeStatus and
+// KubernetesUpgradeStatus per cluster, MachineUpgradeStatus per machine. Only controllers write them; every phase
+// change is one persisted write, made before the side effect it announces.
+package upgrade
+
+import (
+	"slices"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+
+	"github.com/upshift-io/upshift/resources"
+)
+
+// TalosUpgradeStatusType is the type of TalosUpgradeStatus resources.
+const TalosUpgradeStatusType = resource.Type("TalosUpgradeStatuses.upshift.dev")
+
+// ClusterPhase is where a cluster-wide upgrade stands.
+type ClusterPhase string
+
+// Cluster-wide upgrade phases.
+const (
+	// PhasePending: an upgrade is wanted and has not started.
+	PhasePending ClusterPhase = "Pending"
+	// PhaseUpgrading: machines are being upgraded.
+	PhaseUpgrading ClusterPhase = "Upgrading"
+	// PhaseReverting: the desired version was set back mid-upgrade; upgraded machines go back.
+	PhaseReverting ClusterPhase = "Reverting"
+	// PhasePaused: the Cluster is paused; no new machine starts.
+	PhasePaused ClusterPhase = "Paused"
+	// PhaseBlocked: a pre-check or a rule forbids going on; Error says which.
+	PhaseBlocked ClusterPhase = "Blocked"
+	// PhaseFailed: a machine failed; nothing new starts until a user retries, skips or reverts.
+	PhaseFailed ClusterPhase = "Failed"
+	// PhaseDone: every machine runs the target version.
+	PhaseDone ClusterPhase = "Done"
+)
+
+// TalosUpgradeStatus is the Talos OS upgrade of one Cluster (same ID).
+type TalosUpgradeStatus = typed.Resource[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension]
+
+// TalosUpgradeStatusSpec is the plan and progress of a Talos upgrade.
+type TalosUpgradeStatusSpec struct {
+	// Phase is where the upgrade stands.
+	Phase ClusterPhase `yaml:"phase" protobuf:"1"`
+	// FromVersion is the version the cluster ran when the upgrade started.
+	FromVersion string `yaml:"fromVersion" protobuf:"2"`
+	// ToVersion is the version the cluster is going to.
+	ToVersion string `yaml:"toVersion" protobuf:"3"`
+	// Plan lists the versions the cluster goes through, intermediate hops first, ToVersion last.
+	Plan []string `yaml:"plan,omitempty" protobuf:"4"`
+	// Current lists the machines being upgraded right now.
+	Current []string `yaml:"current,omitempty" protobuf:"5"`
+	// Done counts the machines on ToVersion.
+	Done int `yaml:"done" protobuf:"6"`
+	// Total counts the machines the upgrade covers.
+	Total int `yaml:"total" protobuf:"7"`
+	// WaitingOnLock lists the machines skipped because they are locked.
+	WaitingOnLock []string `yaml:"waitingOnLock,omitempty" protobuf:"8"`
+	// FailedMachine is the machine that failed, when Phase is Failed.
+	FailedMachine string `yaml:"failedMachine,omitempty" protobuf:"9"`
+	// Error says why the upgrade is Failed or Blocked.
+	Error string `yaml:"error,omitempty" protobuf:"10"`
+	// AvailableVersions are the versions a user may pick as the next target.
+	AvailableVersions []string `yaml:"availableVersions,omitempty" protobuf:"11"`
+}
+
+// NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
+func NewTalosUpgradeStatus(id resource.ID) *TalosUpgradeStatus {
+	return typed.NewResource[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension](
+		resource.NewMetadata(resources.Namespace, TalosUpgradeStatusType, id, resource.VersionUndefined),
+		TalosUpgradeStatusSpec{},
+	)
+}
+
+// DeepCopy implements typed.DeepCopyable.
+func (s TalosUpgradeStatusSpec) DeepCopy() TalosUpgradeStatusSpec {
+	s.Plan = slices.Clone(s.Plan)
+	s.Current = slices.Clone(s.Current)
+	s.WaitingOnLock = slices.Clone(s.WaitingOnLock)
+	s.AvailableVersions = slices.Clone(s.AvailableVersions)
+
+	return s
+}
+
+// TalosUpgradeStatusExtension gives TalosUpgradeStatus its resource definition.
+type TalosUpgradeStatusExtension struct{}
+
+// ResourceDefinition implements typed.Extension.
+func (TalosUpgradeStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
+	return meta.ResourceDefinitionSpec{
+		Type:             TalosUpgradeStatusType,
+		Aliases:          []resource.Type{"talosupgrade", "talosupgrades"},
+		DefaultNamespace: resources.Namespace,
+		PrintColumns:     clusterUpgradeColumns,
+	}
+}
+
+// clusterUpgradeColumns are the table columns shared by the two cluster-wide upgrade statuses.
+var clusterUpgradeColumns = []meta.PrintColumn{
+	{Name: "Phase", JSONPath: "{.phase}"},
+	{Name: "From", JSONPath: "{.fromVersion}"},
+	{Name: "To", JSONPath: "{.toVersion}"},
+	{Name: "Done", JSONPath: "{.done}"},
+	{Name: "Total", JSONPath: "{.total}"},
+	{Name: "Error", JSONPath: "{.error}"},
+}
+
+func init() {
+	if err := protobuf.RegisterDynamic[TalosUpgradeStatusSpec](TalosUpgradeStatusType, &TalosUpgradeStatus{}); err != nil {
+		panic(err)
+	}
+}
