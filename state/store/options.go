@@ -1,0 +1,93 @@
+package store
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults chosen for a management plane: fail fast on a held lock, and keep enough watch history that a burst
+// of a fleet's status updates does not overrun a controller's watch (cosi.md surprise 1).
+const (
+	DefaultOpenTimeout     = 5 * time.Second
+	DefaultHistoryCapacity = 10000
+)
+
+// Retention bounds the event log. Events beyond the bounds are folded into the snapshot, so replay still rebuilds
+// the state while the file stops growing. A zero field means no bound on that axis; the zero Retention keeps
+// every event.
+type Retention struct {
+	// MaxEvents keeps at most this many of the newest events.
+	MaxEvents uint64
+	// MaxAge keeps only events younger than this.
+	MaxAge time.Duration
+}
+
+func (r Retention) enabled() bool {
+	return r.MaxEvents > 0 || r.MaxAge > 0
+}
+
+type options struct {
+	logger             *zap.Logger
+	retention          Retention
+	openTimeout        time.Duration
+	historyCapacity    int
+	compactionInterval time.Duration
+}
+
+// Option configures Open and Verify.
+type Option func(*options)
+
+func defaultOptions() options {
+	return options{
+		logger:             zap.NewNop(),
+		openTimeout:        DefaultOpenTimeout,
+		historyCapacity:    DefaultHistoryCapacity,
+		compactionInterval: time.Minute,
+	}
+}
+
+// WithOpenTimeout bounds how long Open waits for another process to release the file lock before failing with
+// ErrLocked (bbolt would otherwise wait forever).
+func WithOpenTimeout(d time.Duration) Option {
+	return func(o *options) {
+		o.openTimeout = d
+	}
+}
+
+// WithRetention enables log compaction; see Retention.
+func WithRetention(r Retention) Option {
+	return func(o *options) {
+		o.retention = r
+	}
+}
+
+// WithCompactionInterval sets how often an age-based retention is checked while the store is idle
+// (count-based retention is checked after every commit). Default: one minute.
+func WithCompactionInterval(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.compactionInterval = d
+		}
+	}
+}
+
+// WithHistoryCapacity sets how many watch events each (namespace, type) keeps in memory for watchers that lag or
+// resume from a bookmark. A watcher lapped by more than this gets an error and its watch ends, which stops a COSI
+// controller runtime, so size it for the largest burst a fleet produces.
+func WithHistoryCapacity(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.historyCapacity = n
+		}
+	}
+}
+
+// WithLogger sets the logger for commits, compaction and open statistics.
+func WithLogger(l *zap.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}

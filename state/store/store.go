@@ -1,0 +1,270 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/state"
+	cosistore "github.com/cosi-project/runtime/pkg/state/impl/store"
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+	"go.uber.org/zap"
+)
+
+// Errors callers can test with errors.Is; the messages they are wrapped in name the file.
+var (
+	// ErrLocked: another process (or another Store in this process) holds the file.
+	ErrLocked = errors.New("state file is locked by another process")
+	// ErrForeign: the file is a valid bbolt database but not an upshift state; it is left untouched.
+	ErrForeign = errors.New("not an upshift state file")
+	// ErrCorrupt: the file or its log cannot be read back consistently; it is left untouched.
+	ErrCorrupt = errors.New("state file is corrupt")
+	// ErrClosed: the store was closed; writes are refused.
+	ErrClosed = errors.New("state store is closed")
+)
+
+// marshaler is COSI's protobuf resource marshaling: registered types round-trip, others come back as
+// *protobuf.Resource.
+var marshaler cosistore.ProtobufMarshaler
+
+// Store is a durable, event-sourced COSI state in one bbolt file. Use State for the COSI CoreState, History and
+// Events for the log, Close to release the file.
+type Store struct {
+	db    *bbolt.DB
+	path  string
+	opts  options
+	state *durableState
+
+	// group commit, see commit.go
+	mu        sync.Mutex
+	queue     []*record
+	spare     []*record
+	lastSeq   uint64        // last sequence number handed out; guarded by mu
+	durableCh chan struct{} // closed and replaced whenever durable advances or the store fails; guarded by mu
+	failure   error         // set once a commit fails; guarded by mu
+	closed    bool          // guarded by mu
+	durable   atomic.Uint64 // highest sequence number known to be on disk
+	wake      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+
+	pending sync.Map // collectionKey -> *atomic.Uint64: last sequence number enqueued for that (namespace, type)
+
+	loadMu sync.Mutex
+	loaded map[resource.Namespace][]resource.Resource // replayed at Open, handed to inmem on first use of a namespace
+
+	snapshotSeq uint64 // owned by the committer goroutine after Open
+	compactMore bool   // a compaction stopped at its chunk limit; owned by the committer goroutine
+
+	commits atomic.Uint64 // statistics for benchmarks and logs
+	writes  atomic.Uint64
+}
+
+// Open opens (or creates) the state file at path, replays snapshot and log into memory, and starts the committer.
+// It fails with ErrLocked if another process holds the file past the open timeout, and with ErrForeign or
+// ErrCorrupt, without modifying the file, if it is not a readable upshift state.
+func Open(path string, opts ...Option) (*Store, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+
+	db, err := openDB(path, o.openTimeout, false)
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Store{
+		db:        db,
+		path:      path,
+		opts:      o,
+		durableCh: make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+
+	start := time.Now()
+
+	if err = s.initialize(); err == nil {
+		err = s.load()
+	}
+
+	if err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+
+	o.logger.Info("state opened", zap.String("path", path), zap.Uint64("last_seq", s.lastSeq),
+		zap.Uint64("snapshot_seq", s.snapshotSeq), zap.Duration("took", time.Since(start)))
+
+	s.durable.Store(s.lastSeq)
+	s.state = newDurableState(s)
+
+	go s.run()
+
+	return s, nil
+}
+
+// openDB opens the bbolt file with a lock timeout and turns bbolt's errors into ones that name the file.
+func openDB(path string, timeout time.Duration, readOnly bool) (*bbolt.DB, error) {
+	if readOnly {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("opening state %q: %w", path, err)
+		}
+	}
+
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType})
+
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("opening state %q: %w (still held after %s; is another upshift serving this data dir?)", path, ErrLocked, timeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+		return nil, fmt.Errorf("opening state %q: %w: %w", path, ErrCorrupt, err)
+	default:
+		return nil, fmt.Errorf("opening state %q: %w", path, err)
+	}
+}
+
+// initialize creates the buckets in a brand-new (empty) file, and otherwise checks magic and schema.
+func (s *Store) initialize() error {
+	var empty bool
+
+	if err := s.db.View(func(tx *bbolt.Tx) error {
+		empty = tx.ForEach(func([]byte, *bbolt.Bucket) error { return errStop }) == nil
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("reading state %q: %w", s.path, err)
+	}
+
+	if !empty {
+		return s.db.View(func(tx *bbolt.Tx) error { return checkSchema(tx, s.path) })
+	}
+
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketState, bucketLog, bucketIndex, bucketSnapshot} {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return fmt.Errorf("initializing state %q: %w", s.path, err)
+			}
+		}
+
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyMagic, magic); err != nil {
+			return err
+		}
+
+		return meta.Put(keySchema, encodeUint64(schemaVersion))
+	})
+}
+
+var errStop = errors.New("stop")
+
+// checkSchema refuses files that are not ours or are newer than this code.
+func checkSchema(tx *bbolt.Tx, path string) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil || !bytes.Equal(meta.Get(keyMagic), magic) {
+		return fmt.Errorf("opening state %q: %w (no upshift meta bucket; refusing to touch it)", path, ErrForeign)
+	}
+
+	schema, err := decodeUint64(meta.Get(keySchema))
+	if err != nil || schema == 0 {
+		return fmt.Errorf("opening state %q: %w: bad schema version", path, ErrCorrupt)
+	}
+
+	if schema > schemaVersion {
+		return fmt.Errorf("opening state %q: schema version %d is newer than this upshift supports (%d)", path, schema, schemaVersion)
+	}
+
+	for _, name := range [][]byte{bucketState, bucketLog, bucketIndex, bucketSnapshot} {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("opening state %q: %w: bucket %q missing", path, ErrCorrupt, name)
+		}
+	}
+
+	return nil
+}
+
+// load replays snapshot and log and unmarshals the resulting resources, grouped by namespace.
+func (s *Store) load() error {
+	return s.db.View(func(tx *bbolt.Tx) error {
+		r, err := replay(tx)
+		if err != nil {
+			return fmt.Errorf("replaying state %q: %w", s.path, err)
+		}
+
+		if len(r.problems) > 0 {
+			return fmt.Errorf("replaying state %q: %w: %s (run `upshift state verify`)", s.path, ErrCorrupt, r.problems[0])
+		}
+
+		s.lastSeq, s.snapshotSeq = r.lastSeq, r.snapshotSeq
+		s.loaded = map[resource.Namespace][]resource.Resource{}
+
+		for key, live := range r.live {
+			res, err := marshaler.UnmarshalResource(live.data)
+			if err != nil {
+				return fmt.Errorf("replaying state %q: %w: %s: %w", s.path, ErrCorrupt, describeKey([]byte(key)), err)
+			}
+
+			ns := res.Metadata().Namespace()
+			s.loaded[ns] = append(s.loaded[ns], res)
+		}
+
+		return nil
+	})
+}
+
+// takeLoaded hands the replayed resources of one namespace over to its in-memory state, once.
+func (s *Store) takeLoaded(ns resource.Namespace) []resource.Resource {
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+
+	res := s.loaded[ns]
+	delete(s.loaded, ns)
+
+	return res
+}
+
+// State returns the durable COSI state. Wrap it with state.WrapCore for the full state.State API.
+//
+// The `meta` namespace (resource definitions, namespaces) is served from memory and never persisted: COSI's
+// registries re-create those on every start and would fail with "already exists" if they survived. An engine
+// that composes namespaces itself should likewise route `meta` to an inmem state.
+func (s *Store) State() state.CoreState {
+	return s.state
+}
+
+// Path returns the file the store was opened on.
+func (s *Store) Path() string {
+	return s.path
+}
+
+// Close commits everything already queued, stops the committer and releases the file. Writes after Close fail
+// with ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+
+		return nil
+	}
+
+	s.closed = true
+	s.mu.Unlock()
+
+	close(s.stop)
+	<-s.done
+
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("closing state %q: %w", s.path, err)
+	}
+
+	return nil
+}
