@@ -1,0 +1,193 @@
+// Package rollout holds the pure rules of a Talos rollout (design section 4): the per-machine step sequence of
+// both upgrade flows as data, which machines of a cluster start next, how an in-flight machine follows a
+// changed target, and the etcd gate a control plane must pass before it leaves. Nothing here does I/O or reads
+// a clock, so the controllers that persist and act on these decisions can be tested around them, and the rules
+// can be checked exhaustively.
+package rollout
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Phase is one step of a machine's upgrade. The names are the ones MachineUpgradeStatus persists.
+type Phase string
+
+// The phases of design section 4, in the order the Talos >= 1.13 flow goes through them.
+const (
+	PhaseQueued               Phase = "Queued"
+	PhasePullingImage         Phase = "PullingImage"
+	PhaseInstalling           Phase = "Installing"
+	PhaseCheckingEtcd         Phase = "CheckingEtcd"
+	PhaseForfeitingLeadership Phase = "ForfeitingLeadership"
+	PhaseCordoning            Phase = "Cordoning"
+	PhaseDraining             Phase = "Draining"
+	PhaseRebooting            Phase = "Rebooting"
+	PhaseWaitingReady         Phase = "WaitingReady"
+	PhaseUncordoning          Phase = "Uncordoning"
+	PhaseDone                 Phase = "Done"
+	PhaseFailed               Phase = "Failed"
+)
+
+// InFlight reports whether a machine in phase p holds a rollout slot: it has left Queued and has neither
+// finished nor failed.
+func (p Phase) InFlight() bool {
+	switch p {
+	case "", PhaseQueued, PhaseDone, PhaseFailed:
+		return false
+	default:
+		return true
+	}
+}
+
+// Role is a machine's role in its cluster; control planes carry etcd members and follow stricter rules.
+type Role int
+
+// Machine roles.
+const (
+	Worker Role = iota
+	ControlPlane
+)
+
+// String names the role as the Machine resource spells it.
+func (r Role) String() string {
+	if r == ControlPlane {
+		return "controlplane"
+	}
+
+	return "worker"
+}
+
+// Flow is the way a machine's Talos is replaced, chosen from its running and target versions.
+type Flow int
+
+// Upgrade flows.
+const (
+	// FlowLifecycle is Talos >= 1.13: ImageService.Pull and LifecycleService.Upgrade stage the new release
+	// while the node keeps serving; the engine then checks etcd, cordons, drains and reboots it.
+	FlowLifecycle Flow = iota
+	// FlowLegacy is Talos < 1.13: the engine checks etcd, cordons and drains, then MachineService.Upgrade with
+	// preserve=true installs and reboots in one call (Installing is the reboot step).
+	FlowLegacy
+)
+
+// String names the flow for logs and status.
+func (f Flow) String() string {
+	if f == FlowLegacy {
+		return "legacy"
+	}
+
+	return "lifecycle"
+}
+
+var steps = map[Flow]map[Role][]Phase{
+	FlowLifecycle: {
+		ControlPlane: {
+			PhaseQueued, PhasePullingImage, PhaseInstalling, PhaseCheckingEtcd, PhaseForfeitingLeadership,
+			PhaseCordoning, PhaseDraining, PhaseRebooting, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		},
+		Worker: {
+			PhaseQueued, PhasePullingImage, PhaseInstalling,
+			PhaseCordoning, PhaseDraining, PhaseRebooting, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		},
+	},
+	FlowLegacy: {
+		ControlPlane: {
+			PhaseQueued, PhaseCheckingEtcd, PhaseForfeitingLeadership,
+			PhaseCordoning, PhaseDraining, PhaseInstalling, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		},
+		Worker: {
+			PhaseQueued, PhaseCordoning, PhaseDraining, PhaseInstalling, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		},
+	},
+}
+
+// Steps returns the ordered phases a machine of role goes through in flow, from Queued to Done. The slice is
+// a copy; Failed is not in it, since any step may end there.
+func Steps(flow Flow, role Role) []Phase {
+	return slices.Clone(steps[flow][role])
+}
+
+// RebootStep is the phase whose side effect reboots the machine in flow: the engine records the boot ID before
+// entering it, and a restart of the engine inside or after it never repeats it.
+func RebootStep(flow Flow) Phase {
+	if flow == FlowLegacy {
+		return PhaseInstalling
+	}
+
+	return PhaseRebooting
+}
+
+// Next returns the phase after current for a machine of role in flow. Done, Failed and phases that are not
+// part of the flow have no next phase and give an error.
+func Next(flow Flow, role Role, current Phase) (Phase, error) {
+	i, err := index(flow, role, current)
+	if err != nil {
+		return "", err
+	}
+
+	seq := steps[flow][role]
+	if i == len(seq)-1 {
+		return "", fmt.Errorf("phase %s of a %s in the %s flow is final", current, role, flow)
+	}
+
+	return seq[i+1], nil
+}
+
+func index(flow Flow, role Role, p Phase) (int, error) {
+	seq, ok := steps[flow][role]
+	if !ok {
+		return 0, fmt.Errorf("unknown flow %d or role %d", flow, role)
+	}
+
+	i := slices.Index(seq, p)
+	if i < 0 {
+		return 0, fmt.Errorf("phase %q is not a step of a %s in the %s flow", p, role, flow)
+	}
+
+	return i, nil
+}
+
+// Retarget decides how a machine in phase current follows a change of the cluster's target made while it was
+// in flight (a revert, or a new version), once its current step has finished. newTargetRunning says whether the
+// machine already runs the new target.
+//
+// The rule: a step that reboots (or came after the reboot) is carried to its end with the old target, because
+// the machine comes back on it; the scheduler then takes the machine to the new target like any other. Before
+// the reboot, the machine changes course at once: if nothing on its disk changed it is done when it already runs
+// the new target (uncordoned first if it was cordoned) and otherwise goes on toward the new target; if the old
+// target was already installed to disk (lifecycle flow, from Installing on) it starts over at PullingImage so
+// the new target's installer replaces it. keepOldTarget tells the caller which target next belongs to.
+func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next Phase, keepOldTarget bool, err error) {
+	i, err := index(flow, role, current)
+	if err != nil {
+		return "", false, err
+	}
+
+	seq := steps[flow][role]
+	reboot := slices.Index(seq, RebootStep(flow))
+	cordon := slices.Index(seq, PhaseCordoning)
+
+	switch {
+	case current == PhaseDone:
+		return PhaseDone, false, nil
+	case i >= reboot:
+		next, err := Next(flow, role, current)
+
+		return next, true, err
+	case flow == FlowLifecycle && i >= slices.Index(seq, PhaseInstalling):
+		return PhasePullingImage, false, nil
+	case newTargetRunning && i >= cordon:
+		return PhaseUncordoning, false, nil
+	case newTargetRunning:
+		return PhaseDone, false, nil
+	case current == PhaseQueued:
+		return PhaseQueued, false, nil
+	case current == PhasePullingImage:
+		return PhasePullingImage, false, nil
+	default:
+		next, err := Next(flow, role, current)
+
+		return next, false, err
+	}
+}
