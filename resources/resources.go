@@ -14,6 +14,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/registry"
+	"github.com/gertd/go-pluralize"
 )
 
 // Namespace is the one namespace every upshift resource lives in, so users never have to name it.
@@ -146,7 +147,14 @@ func (v *Violations) CheckExists(ctx context.Context, st Getter, field string, p
 
 // displayType turns "Clusters.upshift.dev" into "cluster" for messages.
 func displayType(t resource.Type) string {
+	return strings.ToLower(DisplayType(t))
+}
+
+var pluralizer = pluralize.NewClient()
+
+// DisplayType turns a type like "MachineStatuses.upshift.dev" into its singular display name, "MachineStatus".
+func DisplayType(t resource.Type) string {
 	name, _, _ := strings.Cut(t, ".")
 
-	return strings.ToLower(strings.TrimSuffix(name, "s"))
+	return pluralizer.Singular(name)
 }
