@@ -193,3 +193,14 @@ func (s *Store) waitDurable(ctx context.Context, seq uint64) error {
 
 	return nil
 }
+
+// Stats counts commits and the writes they carried since Open; Writes/Commits is the mean group size.
+type Stats struct {
+	Commits uint64
+	Writes  uint64
+}
+
+// Stats reports the group-commit counters, for benchmarks and logs.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.commits.Load(), Writes: s.writes.Load()}
+}
