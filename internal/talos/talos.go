@@ -1,0 +1,377 @@
+// Package talos is the engine's adapter to the Talos machine API of one cluster. It speaks to a single apid
+// endpoint with the stock machinery client and addresses each machine with a per-node context (apid routes on
+// the "node" metadata), so the engine needs one connection per cluster, not per machine.
+//
+// Controllers depend on the small interfaces (Observer, Installer, Etcd), never on the machinery client, and
+// every error says which node and operation failed and whether the node was unreachable or refused.
+package talos
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/client"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+)
+
+// MachineStatus is what one observation of a machine returns.
+type MachineStatus struct {
+	// Version is the running Talos version as its tag, e.g. "v1.14.1".
+	Version string
+	// Stage is Talos' machine stage, e.g. "running", "rebooting".
+	Stage string
+	// Ready is Talos' own readiness (services healthy, node ready).
+	Ready bool
+	// UnmetConditions says why a machine is not ready.
+	UnmetConditions []string
+	// BootID changes on every boot; a new one proves a reboot happened.
+	BootID string
+	// NodeName is the machine's Kubernetes node name; empty when it has none (yet).
+	NodeName string
+}
+
+// EtcdMember is one member of the cluster's etcd, as a control plane lists it.
+type EtcdMember struct {
+	ID       uint64
+	Hostname string
+	Learner  bool
+}
+
+// EtcdMemberStatus is a control plane's own etcd member as it reports itself.
+type EtcdMemberStatus struct {
+	MemberID uint64
+	// Leader is the member ID of the leader this member knows of (0 when none).
+	Leader  uint64
+	Learner bool
+	// Errors are the member's alarms and errors; a healthy member has none.
+	Errors []string
+}
+
+// Observer reads a machine's state.
+type Observer interface {
+	MachineStatus(ctx context.Context, node string) (MachineStatus, error)
+}
+
+// Installer replaces a machine's Talos and reboots it. Each call is one side effect the controller records
+// before making it.
+type Installer interface {
+	// PullImage pulls an installer image into the system containerd (ImageService.Pull, Talos >= 1.13) and
+	// returns the pinned reference.
+	PullImage(ctx context.Context, node, image string) (string, error)
+	// Install writes the image's Talos to disk without rebooting (LifecycleService.Upgrade, Talos >= 1.13),
+	// following the installer to its exit.
+	Install(ctx context.Context, node, image string) error
+	// LegacyUpgrade installs and reboots in one call on Talos < 1.13 (MachineService.Upgrade), always
+	// preserving ephemeral data.
+	LegacyUpgrade(ctx context.Context, node, image string) error
+	// Reboot reboots the machine.
+	Reboot(ctx context.Context, node string) error
+}
+
+// Etcd reads and steers the etcd member of a control plane.
+type Etcd interface {
+	EtcdMembers(ctx context.Context, node string) ([]EtcdMember, error)
+	EtcdMemberStatus(ctx context.Context, node string) (EtcdMemberStatus, error)
+	EtcdForfeitLeadership(ctx context.Context, node string) error
+}
+
+// API is everything the engine does with one cluster's Talos machines.
+type API interface {
+	Observer
+	Installer
+	Etcd
+	io.Closer
+}
+
+// Client implements API over the machinery client.
+type Client struct {
+	c *client.Client
+}
+
+var _ API = (*Client)(nil)
+
+type options struct {
+	talosconfig []byte
+	tlsConfig   *tls.Config
+	endpoint    string
+}
+
+// Option configures New.
+type Option func(*options)
+
+// WithTalosconfig authenticates with a talosconfig (its current context's CA, certificate and key); its
+// endpoints are used unless WithEndpoint is given.
+func WithTalosconfig(talosconfig []byte) Option {
+	return func(o *options) { o.talosconfig = talosconfig }
+}
+
+// WithTLSConfig authenticates with a ready TLS configuration instead of a talosconfig.
+func WithTLSConfig(cfg *tls.Config) Option {
+	return func(o *options) { o.tlsConfig = cfg }
+}
+
+// WithEndpoint sets the one apid endpoint ("host:port"; port 50000 when omitted) every call goes through.
+func WithEndpoint(endpoint string) Option {
+	return func(o *options) { o.endpoint = endpoint }
+}
+
+// New returns a Client for one cluster. It needs either a talosconfig or a TLS configuration, and an endpoint
+// (from WithEndpoint or the talosconfig). No connection is made until the first call.
+func New(ctx context.Context, opts ...Option) (*Client, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+
+	var clientOpts []client.OptionFunc
+
+	switch {
+	case len(o.talosconfig) > 0 && o.tlsConfig != nil:
+		return nil, errors.New("creating Talos client: give a talosconfig or a TLS config, not both")
+	case len(o.talosconfig) > 0:
+		cfg, err := clientconfig.FromBytes(o.talosconfig)
+		if err != nil {
+			return nil, fmt.Errorf("creating Talos client: reading talosconfig: %w", err)
+		}
+
+		if _, ok := cfg.Contexts[cfg.Context]; !ok {
+			return nil, fmt.Errorf("creating Talos client: talosconfig has no context %q", cfg.Context)
+		}
+
+		clientOpts = append(clientOpts, client.WithConfig(cfg))
+	case o.tlsConfig != nil:
+		if o.endpoint == "" {
+			return nil, errors.New("creating Talos client: a TLS config needs an endpoint")
+		}
+
+		clientOpts = append(clientOpts, client.WithTLSConfig(o.tlsConfig))
+	default:
+		return nil, errors.New("creating Talos client: no credentials: give a talosconfig or a TLS config")
+	}
+
+	if o.endpoint != "" {
+		clientOpts = append(clientOpts, client.WithEndpoints(o.endpoint))
+	}
+
+	c, err := client.New(ctx, clientOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating Talos client: %w", err)
+	}
+
+	return &Client{c: c}, nil
+}
+
+// Close releases the connection.
+func (c *Client) Close() error { return c.c.Close() }
+
+// systemContainerd is where installer images live (talosctl uses the same).
+func systemContainerd() *common.ContainerdInstance {
+	return &common.ContainerdInstance{Driver: common.ContainerDriver_CRI, Namespace: common.ContainerdNamespace_NS_SYSTEM}
+}
+
+// MachineStatus observes the machine: its version (Version API), stage and readiness (MachineStatus), boot
+// ID (BootID, or the kernel's boot_id file on Talos that lacks the resource) and Kubernetes node name.
+func (c *Client) MachineStatus(ctx context.Context, node string) (MachineStatus, error) {
+	const op = "observing machine"
+
+	ctx = client.WithNode(ctx, node)
+
+	var out MachineStatus
+
+	resp, err := c.c.Version(ctx)
+	if err != nil {
+		return out, wrap(node, op, fmt.Errorf("version: %w", err))
+	}
+
+	if len(resp.GetMessages()) == 0 {
+		return out, wrap(node, op, errors.New("version: empty response"))
+	}
+
+	out.Version = resp.GetMessages()[0].GetVersion().GetTag()
+
+	ms, err := safe.StateGetByID[*runtime.MachineStatus](ctx, c.c.COSI, runtime.MachineStatusID)
+	if err != nil {
+		return out, wrap(node, op, fmt.Errorf("machine status: %w", err))
+	}
+
+	out.Stage = strings.ToLower(ms.TypedSpec().Stage.String())
+	out.Ready = ms.TypedSpec().Status.Ready
+
+	for _, cond := range ms.TypedSpec().Status.UnmetConditions {
+		out.UnmetConditions = append(out.UnmetConditions, cond.Name+": "+cond.Reason)
+	}
+
+	if out.BootID, err = c.bootID(ctx); err != nil {
+		return out, wrap(node, op, fmt.Errorf("boot ID: %w", err))
+	}
+
+	nodename, err := safe.StateGetByID[*k8s.Nodename](ctx, c.c.COSI, k8s.NodenameID)
+
+	switch {
+	case err == nil:
+		out.NodeName = nodename.TypedSpec().Nodename
+	case !state.IsNotFoundError(err):
+		return out, wrap(node, op, fmt.Errorf("node name: %w", err))
+	}
+
+	return out, nil
+}
+
+func (c *Client) bootID(ctx context.Context) (string, error) {
+	res, err := safe.StateGetByID[*runtime.BootID](ctx, c.c.COSI, runtime.BootIDID)
+	if err == nil {
+		return res.TypedSpec().BootID, nil
+	}
+
+	if !state.IsNotFoundError(err) {
+		return "", err
+	}
+
+	r, err := c.c.Read(ctx, "/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", err
+	}
+
+	defer r.Close() //nolint:errcheck
+
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return "", err
+	}
+
+	return strings.TrimSpace(string(b)), nil
+}
+
+// PullImage implements Installer.
+func (c *Client) PullImage(ctx context.Context, node, image string) (string, error) {
+	const op = "pulling installer image"
+
+	stream, err := c.c.ImageClient.Pull(client.WithNode(ctx, node), &machineapi.ImageServicePullRequest{
+		Containerd: systemContainerd(),
+		ImageRef:   image,
+	})
+	if err != nil {
+		return "", wrap(node, op, err)
+	}
+
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return "", wrap(node, op, fmt.Errorf("pull of %q ended without an image name", image))
+		}
+
+		if err != nil {
+			return "", wrap(node, op, fmt.Errorf("pulling %q: %w", image, err))
+		}
+
+		if name := msg.GetName(); name != "" {
+			return name, nil
+		}
+	}
+}
+
+// Install implements Installer.
+func (c *Client) Install(ctx context.Context, node, image string) error {
+	const op = "installing Talos"
+
+	stream, err := c.c.LifecycleClient.Upgrade(client.WithNode(ctx, node), &machineapi.LifecycleServiceUpgradeRequest{
+		Containerd: systemContainerd(),
+		Source:     &machineapi.InstallArtifactsSource{ImageName: image},
+	})
+	if err != nil {
+		return wrap(node, op, err)
+	}
+
+	var last string
+
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return wrap(node, op, fmt.Errorf("installer %q ended without an exit code (last output %q)", image, last))
+		}
+
+		if err != nil {
+			return wrap(node, op, fmt.Errorf("installer %q: %w", image, err))
+		}
+
+		switch r := msg.GetProgress().GetResponse().(type) {
+		case *machineapi.LifecycleServiceInstallProgress_Message:
+			last = r.Message
+		case *machineapi.LifecycleServiceInstallProgress_ExitCode:
+			if r.ExitCode != 0 {
+				return wrap(node, op, fmt.Errorf("installer %q exited with code %d (last output %q)", image, r.ExitCode, last))
+			}
+
+			return nil
+		}
+	}
+}
+
+// LegacyUpgrade implements Installer.
+func (c *Client) LegacyUpgrade(ctx context.Context, node, image string) error {
+	_, err := c.c.UpgradeWithOptions(client.WithNode(ctx, node),
+		client.WithUpgradeImage(image),
+		client.WithUpgradePreserve(true),
+	)
+
+	return wrap(node, "upgrading Talos (legacy, preserve=true)", err)
+}
+
+// Reboot implements Installer.
+func (c *Client) Reboot(ctx context.Context, node string) error {
+	return wrap(node, "rebooting", c.c.Reboot(client.WithNode(ctx, node)))
+}
+
+// EtcdMembers implements Etcd: the member list as the control plane node sees it.
+func (c *Client) EtcdMembers(ctx context.Context, node string) ([]EtcdMember, error) {
+	resp, err := c.c.EtcdMemberList(client.WithNode(ctx, node), &machineapi.EtcdMemberListRequest{})
+	if err != nil {
+		return nil, wrap(node, "listing etcd members", err)
+	}
+
+	var members []EtcdMember
+
+	for _, msg := range resp.GetMessages() {
+		for _, m := range msg.GetMembers() {
+			members = append(members, EtcdMember{ID: m.GetId(), Hostname: m.GetHostname(), Learner: m.GetIsLearner()})
+		}
+	}
+
+	return members, nil
+}
+
+// EtcdMemberStatus implements Etcd.
+func (c *Client) EtcdMemberStatus(ctx context.Context, node string) (EtcdMemberStatus, error) {
+	const op = "reading etcd status"
+
+	resp, err := c.c.EtcdStatus(client.WithNode(ctx, node))
+	if err != nil {
+		return EtcdMemberStatus{}, wrap(node, op, err)
+	}
+
+	if len(resp.GetMessages()) == 0 {
+		return EtcdMemberStatus{}, wrap(node, op, errors.New("empty response"))
+	}
+
+	s := resp.GetMessages()[0].GetMemberStatus()
+
+	return EtcdMemberStatus{MemberID: s.GetMemberId(), Leader: s.GetLeader(), Learner: s.GetIsLearner(), Errors: s.GetErrors()}, nil
+}
+
+// EtcdForfeitLeadership implements Etcd: the node's member hands leadership to another one (a no-op when it
+// does not lead).
+func (c *Client) EtcdForfeitLeadership(ctx context.Context, node string) error {
+	_, err := c.c.EtcdForfeitLeadership(client.WithNode(ctx, node), &machineapi.EtcdForfeitLeadershipRequest{})
+
+	return wrap(node, "forfeiting etcd leadership", err)
+}
