@@ -1,0 +1,105 @@
+package server_test
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/state/server"
+	"github.com/upshift-io/upshift/state/store"
+	"github.com/upshift-io/upshift/state/validate"
+)
+
+// serve runs a server over a real store on a loopback port and returns a client of it and the local state.
+func serve(t *testing.T) (*server.Client, state.State) {
+	t.Helper()
+
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, st.Close()) })
+
+	local := validate.NewState(st.State())
+	srv := server.New(local, st)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+
+	go srv.Serve(lis) //nolint:errcheck // Serve returns when Stop is called
+
+	t.Cleanup(srv.Stop)
+
+	c, err := server.Dial(lis.Addr().String(), server.WithUser("alice"))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+
+	return c, state.WrapCore(local)
+}
+
+func newCluster(version string) *cluster.Cluster {
+	c := cluster.NewCluster("prod")
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: version, KubernetesVersion: "v1.37.2"}
+
+	return c
+}
+
+// Writes over gRPC are logged with the API user as writer, and History returns them.
+func TestHistoryNamesTheUser(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	c, _ := serve(t)
+
+	require.NoError(t, c.State().Create(ctx, newCluster("v1.14.0")))
+	_, err := c.State().UpdateWithConflicts(ctx, newCluster("").Metadata(), func(r resource.Resource) error {
+		r.(*cluster.Cluster).TypedSpec().TalosVersion = "v1.14.1" //nolint:forcetypeassert
+
+		return nil
+	})
+	require.NoError(t, err)
+
+	hist, err := c.History(ctx, newCluster("").Metadata().Namespace(), cluster.ClusterType, "prod")
+	require.NoError(t, err)
+	require.Len(t, hist.Events, 2)
+
+	assert.Equal(t, []string{"created", "updated"}, []string{hist.Events[0].Kind, hist.Events[1].Kind})
+	assert.Equal(t, []uint64{1, 2}, []uint64{hist.Events[0].Version, hist.Events[1].Version})
+	assert.Less(t, hist.Events[0].Seq, hist.Events[1].Seq)
+	assert.False(t, hist.Events[0].Time.IsZero())
+	assert.Equal(t, "user:alice", hist.Events[1].Writer)
+	assert.Contains(t, hist.Events[1].Resource, "talosVersion: v1.14.1")
+}
+
+// A refused write reaches a gRPC client as the same validation error, with the same message, as the Go API's,
+// on Create and on Update (where COSI's client would otherwise report a phase conflict).
+func TestValidationErrorOverGRPC(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	c, local := serve(t)
+
+	localErr := local.Create(ctx, newCluster("1.x"))
+	require.Error(t, localErr)
+
+	remoteErr := c.State().Create(ctx, newCluster("1.x"))
+	require.Error(t, remoteErr)
+	assert.True(t, validate.IsError(remoteErr), "%v", remoteErr)
+	assert.Equal(t, localErr.Error(), remoteErr.Error())
+
+	require.NoError(t, c.State().Create(ctx, newCluster("v1.14.0")))
+
+	_, err := c.State().UpdateWithConflicts(ctx, newCluster("").Metadata(), func(r resource.Resource) error {
+		r.(*cluster.Cluster).TypedSpec().TalosVersion = "1.x" //nolint:forcetypeassert
+
+		return nil
+	})
+	require.Error(t, err)
+	assert.True(t, validate.IsError(err), "%v", err)
+	assert.False(t, state.IsPhaseConflictError(err))
+	assert.Equal(t, localErr.Error(), err.Error())
+}
