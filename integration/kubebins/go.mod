@@ -1,4 +1,4 @@
-// Module kubebins builds the real kube-apiserver and kube-controller-manager the integration tests run.
+// Module kubebins builds the real kube-apiserver, kube-controller-manager and kube-scheduler the tests run.
 // It is a separate module so that k8s.io/kubernetes, its staging replaces and its pins never reach the
 // upshift module.
 module github.com/upshift-io/upshift/integration/kubebins
@@ -42,6 +42,7 @@ replace (
 tool (
 	k8s.io/kubernetes/cmd/kube-apiserver
 	k8s.io/kubernetes/cmd/kube-controller-manager
+	k8s.io/kubernetes/cmd/kube-scheduler
 )
 
 require (
