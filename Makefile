@@ -13,8 +13,8 @@ all: build
 build:
 	$(GO) build -o $(BIN)/upshift ./cmd/upshift
 
-# The real kube-apiserver and kube-controller-manager, built from k8s.io/kubernetes in their own module
-# (integration/kubebins) so its replace lines never leak into ours. Cold: ~10 min on 2 cores; warm: seconds.
+# The real kube-apiserver, kube-controller-manager and kube-scheduler, built from k8s.io/kubernetes in their own
+# module (integration/kubebins) so its replace lines never leak into ours. Cold: ~10 min on 2 cores; warm: a no-op.
 kube-bins:
 	$(MAKE) -C integration/kubebins BIN=$(BIN)
 
