@@ -1,0 +1,66 @@
+package talosemu
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Fault is a failure injected into one emulated node, so tests can prove how the engine reacts to it.
+type Fault string
+
+// The faults a node can be given, at start (WithFault, `--fault NODE=KIND`) or at run time (Fleet.SetFault).
+const (
+	// FaultInstallFail makes installs fail with a non-zero exit code (LifecycleService.Upgrade) or abort the legacy
+	// upgrade sequence before its reboot.
+	FaultInstallFail Fault = "install-fail"
+	// FaultRollback makes the node come back from the reboot that follows an install on its old version (A/B
+	// rollback).
+	FaultRollback Fault = "rollback"
+	// FaultNoReturn makes the node never come back from its next reboot, until the fault is cleared.
+	FaultNoReturn Fault = "no-return"
+	// FaultSlowReboot multiplies the node's reboot downtime by the fleet's slow-reboot factor.
+	FaultSlowReboot Fault = "slow-reboot"
+	// FaultEtcdUnhealthy makes the node's etcd member report itself unhealthy (EtcdStatus errors, etcd service and
+	// machine status not healthy).
+	FaultEtcdUnhealthy Fault = "etcd-unhealthy"
+	// FaultAPIDown makes the node's API unreachable while the fault is set: calls fail as unavailable.
+	FaultAPIDown Fault = "api-down"
+	// FaultPullFail makes every image pull on the node fail as if the image did not exist.
+	FaultPullFail Fault = "pull-fail"
+)
+
+// Faults lists every fault kind, in the order the CLI documents them.
+func Faults() []Fault {
+	return []Fault{FaultInstallFail, FaultRollback, FaultNoReturn, FaultSlowReboot, FaultEtcdUnhealthy, FaultAPIDown, FaultPullFail}
+}
+
+// ParseFault checks a fault kind given by a user.
+func ParseFault(s string) (Fault, error) {
+	f := Fault(strings.TrimSpace(s))
+	if !slices.Contains(Faults(), f) {
+		names := make([]string, 0, len(Faults()))
+		for _, known := range Faults() {
+			names = append(names, string(known))
+		}
+
+		return "", fmt.Errorf("unknown fault %q (known: %s)", s, strings.Join(names, ", "))
+	}
+
+	return f, nil
+}
+
+// ParseNodeFault parses the CLI form NODE=KIND.
+func ParseNodeFault(s string) (node string, fault Fault, err error) {
+	node, kind, ok := strings.Cut(s, "=")
+	if !ok || node == "" {
+		return "", "", fmt.Errorf("fault %q: expected NODE=KIND", s)
+	}
+
+	fault, err = ParseFault(kind)
+	if err != nil {
+		return "", "", fmt.Errorf("fault %q: %w", s, err)
+	}
+
+	return node, fault, nil
+}

@@ -1,0 +1,480 @@
+package talosemu
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/state"
+	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate"
+	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
+	"github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+)
+
+// Fleet is a running emulated fleet: clusters of Talos nodes behind one mTLS gRPC endpoint.
+type Fleet struct {
+	opts     options
+	logger   *zap.Logger
+	journal  *Journal
+	pki      *pki
+	clusters []*cluster
+	nodes    map[string]*Node
+	order    []*Node
+
+	journalFile *os.File
+	listener    net.Listener
+	server      *grpc.Server
+	serveErr    chan error
+
+	ctx    context.Context //nolint:containedctx // the fleet's lifetime, ended by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// cluster is one emulated cluster: its nodes, its etcd and, when running, its Kubernetes control plane.
+type cluster struct {
+	name       string
+	dir        string
+	nodes      []*Node
+	etcd       *etcdCluster // nil in lite mode
+	kube       KubernetesControlPlane
+	kubeconfig []byte
+}
+
+// New creates the fleet, boots every node and starts serving. Close stops it.
+func New(ctx context.Context, opts ...Option) (*Fleet, error) {
+	o := defaultOptions()
+
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+
+	f := &Fleet{opts: o, logger: o.logger, nodes: map[string]*Node{}, serveErr: make(chan error, 1)}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+
+	if err := f.start(ctx); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+
+	return f, nil
+}
+
+func (f *Fleet) start(ctx context.Context) error {
+	if err := os.MkdirAll(f.opts.stateDir, 0o700); err != nil {
+		return fmt.Errorf("creating state dir: %w", err)
+	}
+
+	var err error
+
+	if f.journalFile, err = os.Create(filepath.Join(f.opts.stateDir, "journal.jsonl")); err != nil {
+		return fmt.Errorf("creating journal: %w", err)
+	}
+
+	f.journal = newJournal(f.journalFile)
+
+	if f.pki, err = newPKI(); err != nil {
+		return err
+	}
+
+	if err = f.createNodes(ctx); err != nil {
+		return err
+	}
+
+	if err = f.bootNodes(ctx); err != nil {
+		return err
+	}
+
+	if f.opts.kubernetes != nil && !f.opts.lite {
+		if err = f.startKubernetes(ctx); err != nil {
+			return err
+		}
+	}
+
+	return f.serve()
+}
+
+// createNodes builds every cluster's machine configs and nodes, with their initial resources.
+func (f *Fleet) createNodes(ctx context.Context) error {
+	meta, err := newMetaState(ctx)
+	if err != nil {
+		return err
+	}
+
+	contract, err := talosconfig.ParseContractFromVersion("v" + f.opts.talosVersion)
+	if err != nil {
+		return fmt.Errorf("parsing version contract: %w", err)
+	}
+
+	// One secrets bundle for the fleet: generating one per cluster costs seconds, and nothing here depends on the
+	// clusters having distinct CAs.
+	bundle, err := secrets.NewBundle(secrets.NewFixedClock(time.Now()), contract, secrets.WithECDSAServiceAccountKey())
+	if err != nil {
+		return fmt.Errorf("generating secrets bundle: %w", err)
+	}
+
+	for i := 1; i <= f.opts.clusters; i++ {
+		c := &cluster{name: fmt.Sprintf("c%d", i)}
+		c.dir = filepath.Join(f.opts.stateDir, c.name)
+
+		if err = f.createCluster(ctx, c, contract, bundle, meta, uint64(i)); err != nil {
+			return fmt.Errorf("creating cluster %q: %w", c.name, err)
+		}
+
+		f.clusters = append(f.clusters, c)
+	}
+
+	for name, faults := range f.opts.faults {
+		n, ok := f.nodes[name]
+		if !ok {
+			return fmt.Errorf("fault for unknown node %q", name)
+		}
+
+		for _, fault := range faults {
+			n.faults[fault] = true
+		}
+	}
+
+	return nil
+}
+
+func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosconfig.VersionContract, bundle *secrets.Bundle, meta state.CoreState, seed uint64) error {
+	input, err := generate.NewInput(c.name, "https://"+c.name+".emulated:6443", f.opts.kubernetesVersion,
+		generate.WithVersionContract(contract), generate.WithSecretsBundle(bundle))
+	if err != nil {
+		return fmt.Errorf("preparing machine config: %w", err)
+	}
+
+	cpConfig, err := input.Config(machine.TypeControlPlane)
+	if err != nil {
+		return fmt.Errorf("generating control plane config: %w", err)
+	}
+
+	workerConfig, err := input.Config(machine.TypeWorker)
+	if err != nil {
+		return fmt.Errorf("generating worker config: %w", err)
+	}
+
+	var lite *liteEtcdCluster
+
+	if f.opts.lite {
+		lite = newLiteEtcdCluster(seed)
+	} else {
+		c.etcd = newEtcdCluster(c.name, f.logger)
+
+		// Only this fleet's own node directories are cleared: a state dir may be reused between runs.
+		if err = os.RemoveAll(c.dir); err != nil {
+			return fmt.Errorf("clearing %s: %w", c.dir, err)
+		}
+	}
+
+	add := func(name string, controlPlane bool, cfg talosconfig.Provider) error {
+		n := &Node{
+			name:          name,
+			cluster:       c,
+			controlPlane:  controlPlane,
+			fleet:         f,
+			st:            newNodeState(meta),
+			running:       f.opts.talosVersion,
+			bootID:        newBootID(),
+			cfg:           cfg,
+			faults:        map[Fault]bool{},
+			faultsChanged: make(chan struct{}),
+		}
+
+		if controlPlane {
+			if lite != nil {
+				n.etcd = lite.addMember(name)
+			} else {
+				member, err := c.etcd.addMember(name, filepath.Join(c.dir, name, "etcd"))
+				if err != nil {
+					return err
+				}
+
+				n.etcd = member
+			}
+		}
+
+		if err := n.publishInitial(ctx); err != nil {
+			return err
+		}
+
+		c.nodes = append(c.nodes, n)
+		f.nodes[name] = n
+		f.order = append(f.order, n)
+
+		return nil
+	}
+
+	for i := 1; i <= f.opts.controlPlanes; i++ {
+		if err = add(fmt.Sprintf("%s-cp-%d", c.name, i), true, cpConfig); err != nil {
+			return err
+		}
+	}
+
+	for i := 1; i <= f.opts.workers; i++ {
+		if err = add(fmt.Sprintf("%s-w-%d", c.name, i), false, workerConfig); err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// bootNodes boots every node; the members of a real etcd cluster must start together to form it.
+func (f *Fleet) bootNodes(ctx context.Context) error {
+	if f.opts.lite {
+		for _, n := range f.order {
+			if err := n.boot(ctx); err != nil {
+				return err
+			}
+		}
+
+		return nil
+	}
+
+	eg, ctx := errgroup.WithContext(ctx)
+
+	for _, n := range f.order {
+		eg.Go(func() error { return n.boot(ctx) })
+	}
+
+	return eg.Wait()
+}
+
+// startKubernetes starts each cluster's control plane on its etcd and one kubelet per node.
+func (f *Fleet) startKubernetes(ctx context.Context) error {
+	for _, c := range f.clusters {
+		if err := os.MkdirAll(c.dir, 0o700); err != nil {
+			return fmt.Errorf("creating %s: %w", c.dir, err)
+		}
+
+		kube, err := f.opts.kubernetes.StartControlPlane(ctx, KubernetesControlPlaneConfig{
+			Cluster:       c.name,
+			Dir:           filepath.Join(c.dir, "kubernetes"),
+			EtcdEndpoints: c.etcd.clientURLs(),
+			Logger:        f.logger.Named("kubernetes").With(zap.String("cluster", c.name)),
+		})
+		if err != nil {
+			return fmt.Errorf("starting Kubernetes of cluster %q: %w", c.name, err)
+		}
+
+		c.kube, c.kubeconfig = kube, kube.Kubeconfig()
+
+		if err = os.WriteFile(filepath.Join(c.dir, "kubeconfig"), c.kubeconfig, 0o600); err != nil {
+			return fmt.Errorf("writing kubeconfig of cluster %q: %w", c.name, err)
+		}
+
+		for _, n := range c.nodes {
+			kubelet, err := kube.StartKubelet(f.ctx, n.kubeletConfig())
+			if err != nil {
+				return fmt.Errorf("starting kubelet of %q: %w", n.name, err)
+			}
+
+			kubelet.SetReady(n.Up())
+
+			n.mu.Lock()
+			n.kubelet = kubelet
+			n.mu.Unlock()
+		}
+	}
+
+	return nil
+}
+
+// serve starts the gRPC endpoint and writes the talosconfig.
+func (f *Fleet) serve() error {
+	var err error
+
+	if f.listener, err = net.Listen("tcp", f.opts.listenAddress); err != nil {
+		return fmt.Errorf("listening on %s: %w", f.opts.listenAddress, err)
+	}
+
+	f.server = newServer(f)
+
+	go func() { f.serveErr <- f.server.Serve(f.listener) }()
+
+	if err = f.Talosconfig().Save(f.TalosconfigPath()); err != nil {
+		return fmt.Errorf("writing talosconfig: %w", err)
+	}
+
+	return nil
+}
+
+// background runs a node sequence that must end when the fleet closes.
+func (f *Fleet) background(run func(ctx context.Context)) {
+	f.wg.Go(func() { run(f.ctx) })
+}
+
+// Close stops serving, ends reboots in progress and stops every etcd member and Kubernetes control plane.
+func (f *Fleet) Close() error {
+	f.closeOnce.Do(func() {
+		if f.server != nil {
+			f.server.Stop()
+		}
+
+		f.cancel()
+		f.wg.Wait()
+
+		var errs []error
+
+		for _, c := range f.clusters {
+			if c.kube != nil {
+				if err := c.kube.Stop(); err != nil {
+					errs = append(errs, fmt.Errorf("stopping Kubernetes of cluster %q: %w", c.name, err))
+				}
+			}
+		}
+
+		var stopping sync.WaitGroup
+
+		for _, n := range f.order {
+			if n.etcd != nil {
+				stopping.Go(n.etcd.stop)
+			}
+		}
+
+		stopping.Wait()
+
+		if f.journal != nil {
+			errs = append(errs, f.journal.Err())
+		}
+
+		if f.journalFile != nil {
+			errs = append(errs, f.journalFile.Close())
+		}
+
+		f.closeErr = errors.Join(errs...)
+	})
+
+	return f.closeErr
+}
+
+// Endpoint is the fleet's Talos API endpoint (host:port).
+func (f *Fleet) Endpoint() string { return f.listener.Addr().String() }
+
+// StateDir is the directory holding the talosconfig, kubeconfigs, journal and node data.
+func (f *Fleet) StateDir() string { return f.opts.stateDir }
+
+// TalosconfigPath is where the fleet's talosconfig is written.
+func (f *Fleet) TalosconfigPath() string { return filepath.Join(f.opts.stateDir, "talosconfig") }
+
+// Talosconfig is a client configuration for the whole fleet: its endpoint, CA and an admin client certificate.
+func (f *Fleet) Talosconfig() *clientconfig.Config {
+	names := make([]string, 0, len(f.order))
+	for _, n := range f.order {
+		names = append(names, n.name)
+	}
+
+	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), names)
+}
+
+// ClientTLSConfig is the TLS configuration a machinery client needs (client.WithTLSConfig) to reach the fleet.
+func (f *Fleet) ClientTLSConfig() (*tls.Config, error) { return f.pki.clientTLS() }
+
+// Journal is the record of every call and reboot.
+func (f *Fleet) Journal() *Journal { return f.journal }
+
+// Node returns a node by name.
+func (f *Fleet) Node(name string) (*Node, error) {
+	n, ok := f.nodes[name]
+	if !ok {
+		return nil, fmt.Errorf("no node %q in the emulated fleet", name)
+	}
+
+	return n, nil
+}
+
+// Nodes lists every node, cluster by cluster, control planes first.
+func (f *Fleet) Nodes() []*Node { return append([]*Node(nil), f.order...) }
+
+// Clusters lists the cluster names (c1, c2, ...).
+func (f *Fleet) Clusters() []string {
+	names := make([]string, 0, len(f.clusters))
+	for _, c := range f.clusters {
+		names = append(names, c.name)
+	}
+
+	return names
+}
+
+// ClusterNodes lists the nodes of one cluster, control planes first.
+func (f *Fleet) ClusterNodes(name string) ([]*Node, error) {
+	c, err := f.cluster(name)
+	if err != nil {
+		return nil, err
+	}
+
+	return append([]*Node(nil), c.nodes...), nil
+}
+
+// KubeconfigPath is where a cluster's admin kubeconfig is written once its Kubernetes control plane runs.
+func (f *Fleet) KubeconfigPath(clusterName string) string {
+	return filepath.Join(f.opts.stateDir, clusterName, "kubeconfig")
+}
+
+// EtcdEndpoints lists the client URLs of a cluster's real etcd members (none in lite mode).
+func (f *Fleet) EtcdEndpoints(clusterName string) ([]string, error) {
+	c, err := f.cluster(clusterName)
+	if err != nil {
+		return nil, err
+	}
+
+	if c.etcd == nil {
+		return nil, nil
+	}
+
+	return c.etcd.clientURLs(), nil
+}
+
+func (f *Fleet) cluster(name string) (*cluster, error) {
+	for _, c := range f.clusters {
+		if c.name == name {
+			return c, nil
+		}
+	}
+
+	return nil, fmt.Errorf("no cluster %q in the emulated fleet", name)
+}
+
+// SetFault injects a fault into a running node.
+func (f *Fleet) SetFault(ctx context.Context, node string, fault Fault) error {
+	return f.changeFault(ctx, node, fault, true)
+}
+
+// ClearFault removes a fault from a running node (a node held down by no-return comes back).
+func (f *Fleet) ClearFault(ctx context.Context, node string, fault Fault) error {
+	return f.changeFault(ctx, node, fault, false)
+}
+
+func (f *Fleet) changeFault(ctx context.Context, node string, fault Fault, on bool) error {
+	if _, err := ParseFault(string(fault)); err != nil {
+		return err
+	}
+
+	n, err := f.Node(node)
+	if err != nil {
+		return err
+	}
+
+	return n.setFault(ctx, fault, on)
+}
