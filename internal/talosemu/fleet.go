@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
-	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
