@@ -1,0 +1,81 @@
+package upshift
+
+import (
+	"github.com/cosi-project/runtime/pkg/controller/runtime/options"
+	"go.uber.org/zap"
+
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/state/store"
+)
+
+// DefaultListenAddress is where `upshift serve` listens and where the CLI looks by default: loopback only, so
+// nothing is exposed beyond the machine unless asked for.
+const DefaultListenAddress = "127.0.0.1:50651"
+
+// StateFileName is the bbolt file the engine keeps in its data dir.
+const StateFileName = "state.db"
+
+// Option configures New.
+type Option func(*engineOptions)
+
+type engineOptions struct {
+	logger         *zap.Logger
+	dataDir        string
+	listenAddress  string
+	registrars     []controllers.Registrar
+	runtimeOptions []options.Option
+	storeOptions   []store.Option
+}
+
+func defaultOptions() engineOptions {
+	return engineOptions{
+		logger:        zap.NewNop(),
+		listenAddress: DefaultListenAddress,
+	}
+}
+
+// WithDataDir sets the directory holding the engine's state (DataDir/state.db). Required.
+func WithDataDir(dir string) Option {
+	return func(o *engineOptions) {
+		o.dataDir = dir
+	}
+}
+
+// WithLogger sets the logger of the engine, its store and its controllers. Default: no logging.
+func WithLogger(logger *zap.Logger) Option {
+	return func(o *engineOptions) {
+		if logger != nil {
+			o.logger = logger
+		}
+	}
+}
+
+// WithListenAddress sets where the gRPC API listens (host:port; port 0 picks a free one). An empty address serves
+// no gRPC at all, for a management plane that only uses the Go API. Default: DefaultListenAddress.
+func WithListenAddress(addr string) Option {
+	return func(o *engineOptions) {
+		o.listenAddress = addr
+	}
+}
+
+// WithControllers adds controllers to the engine. Each registrar is called on every (re)start of the controller
+// runtime, so controllers that need adapters (a Talos client, a Kubernetes client) capture them in the closure.
+func WithControllers(registrars ...controllers.Registrar) Option {
+	return func(o *engineOptions) {
+		o.registrars = append(o.registrars, registrars...)
+	}
+}
+
+// WithRuntimeOptions passes options to the COSI controller runtime, e.g. caches for the types controllers read.
+func WithRuntimeOptions(opts ...options.Option) Option {
+	return func(o *engineOptions) {
+		o.runtimeOptions = append(o.runtimeOptions, opts...)
+	}
+}
+
+// WithStoreOptions passes options to the durable store: log retention, open timeout, watch history capacity.
+func WithStoreOptions(opts ...store.Option) Option {
+	return func(o *engineOptions) {
+		o.storeOptions = append(o.storeOptions, opts...)
+	}
+}

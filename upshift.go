@@ -1,0 +1,200 @@
+// Package upshift is the engine that keeps Talos Linux clusters up to date, as a library: New builds it (durable
+// event-sourced state, validation, supervised controllers, gRPC API), Run runs it, State gives a management plane
+// direct access to its resources (see the resources packages for the types).
+package upshift
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/registry"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/catalog"
+	"github.com/upshift-io/upshift/state/server"
+	"github.com/upshift-io/upshift/state/store"
+	"github.com/upshift-io/upshift/state/validate"
+)
+
+// Engine is one upshift engine. Build it with New, run it with Run.
+type Engine struct {
+	logger   *zap.Logger
+	store    *store.Store
+	state    state.State
+	runtime  *controllers.Runtime
+	grpc     *grpc.Server
+	listener net.Listener
+	served   bool // the gRPC server took the listener over (and closes it)
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds an engine: it opens (or creates) the state in the data dir, registers the resource definitions and
+// binds the gRPC listener, so every set-up error (a data dir another engine holds, a port in use) surfaces here.
+// Nothing runs until Run. An engine that is never run must be closed with Close.
+func New(opts ...Option) (*Engine, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+
+	if o.dataDir == "" {
+		return nil, errors.New("no data dir: pass upshift.WithDataDir")
+	}
+
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+
+	st, err := store.Open(filepath.Join(o.dataDir, StateFileName), append([]store.Option{store.WithLogger(o.logger)}, o.storeOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(st.State()))}
+
+	if err = e.registerDefinitions(); err != nil {
+		return nil, errors.Join(err, e.Close())
+	}
+
+	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),
+		controllers.WithRegistrars(append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...),
+		controllers.WithRuntimeOptions(o.runtimeOptions...),
+	)
+
+	if o.listenAddress != "" {
+		if e.listener, err = net.Listen("tcp", o.listenAddress); err != nil {
+			return nil, errors.Join(fmt.Errorf("listening for the API: %w", err), e.Close())
+		}
+
+		e.grpc = server.New(e.state, st)
+	}
+
+	return e, nil
+}
+
+// registerDefinitions registers the upshift namespace and resource definitions, which live in memory and are
+// registered on every start.
+func (e *Engine) registerDefinitions() error {
+	ctx := context.Background()
+
+	if err := registry.NewNamespaceRegistry(e.state).Register(ctx, resources.Namespace, "upshift resources"); err != nil {
+		return fmt.Errorf("registering namespace: %w", err)
+	}
+
+	reg := registry.NewResourceRegistry(e.state)
+
+	if err := reg.RegisterDefault(ctx); err != nil {
+		return fmt.Errorf("registering COSI definitions: %w", err)
+	}
+
+	return catalog.Register(ctx, reg)
+}
+
+// State returns the engine's state, for a management plane that embeds the engine: writes are validated the same
+// way as over gRPC, and watches see every change. Name the writer for the event log with WithWriter.
+func (e *Engine) State() state.State {
+	return e.state
+}
+
+// Addr returns the address the gRPC API listens on, or nil when it serves none.
+func (e *Engine) Addr() net.Addr {
+	if e.listener == nil {
+		return nil
+	}
+
+	return e.listener.Addr()
+}
+
+// WithWriter names who writes through ctx (a user of the management plane), for the event log.
+func WithWriter(ctx context.Context, writer string) context.Context {
+	return store.WithWriter(ctx, writer)
+}
+
+// shutdownGrace bounds how long Run waits for in-flight API calls (and open watches) when it stops.
+const shutdownGrace = 5 * time.Second
+
+// Run runs the controllers and serves the API until ctx is done, then stops them and closes the state.
+// It returns an error only if the API server fails.
+func (e *Engine) Run(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+
+	wg.Go(func() {
+		_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+	})
+
+	serveErr := make(chan error, 1)
+
+	if e.grpc != nil {
+		e.logger.Info("serving the upshift API", zap.Stringer("address", e.listener.Addr()))
+
+		e.served = true
+
+		wg.Go(func() { serveErr <- e.grpc.Serve(e.listener) })
+	}
+
+	var err error
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serving the API: %w", err)
+	}
+
+	cancel()
+
+	if e.grpc != nil {
+		e.stopServer()
+	}
+
+	wg.Wait()
+
+	return errors.Join(err, e.Close())
+}
+
+// stopServer stops the API server, gracefully for up to shutdownGrace.
+func (e *Engine) stopServer() {
+	stopped := make(chan struct{})
+
+	go func() {
+		e.grpc.GracefulStop()
+		close(stopped)
+	}()
+
+	timer := time.NewTimer(shutdownGrace)
+	defer timer.Stop()
+
+	select {
+	case <-stopped:
+	case <-timer.C:
+		e.grpc.Stop()
+		<-stopped
+	}
+}
+
+// Close releases the state file and the listener. Run calls it; call it yourself only for an engine never run.
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		if e.listener != nil && !e.served {
+			e.closeErr = e.listener.Close()
+		}
+
+		e.closeErr = errors.Join(e.closeErr, e.store.Close())
+	})
+
+	return e.closeErr
+}
