@@ -1,0 +1,392 @@
+package kubeemu
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Component binary names, as `make kube-bins` writes them.
+const (
+	APIServerBinary         = "kube-apiserver"
+	ControllerManagerBinary = "kube-controller-manager"
+	SchedulerBinary         = "kube-scheduler"
+)
+
+// DefaultControllers are the kube-controller-manager controllers a control plane runs unless configured otherwise:
+// what drain, PodDisruptionBudgets, DaemonSets, Deployments and namespace or owner cleanup need to behave as in a
+// real cluster. Node lifecycle, service account and certificate controllers are left out: the emulated kubelets
+// report node health themselves and clients authenticate with certificates.
+var DefaultControllers = []string{
+	"disruption-controller",
+	"daemonset-controller",
+	"deployment-controller",
+	"replicaset-controller",
+	"statefulset-controller",
+	"garbage-collector-controller",
+	"namespace-controller",
+}
+
+const (
+	// defaultStartTimeout bounds StartControlPlane when ctx has no deadline. The apiserver is ready in about
+	// 3 s on an idle machine; the margin is for a machine busy compiling.
+	defaultStartTimeout = 2 * time.Minute
+	// healthPollInterval is how often a starting component's health endpoint is polled.
+	healthPollInterval = 100 * time.Millisecond
+	// portAttempts is how many times a component is restarted on a fresh port when its port was taken.
+	portAttempts = 3
+	// clientQPS and clientBurst lift client-go's defaults (5/10), which throttle a fleet of emulated kubelets.
+	clientQPS   = 50
+	clientBurst = 100
+)
+
+// ControlPlaneConfig says where a control plane keeps its files and which etcd it stores into.
+type ControlPlaneConfig struct {
+	// Dir receives the PKI, the kubeconfig and one log file per component. It is created if missing.
+	Dir string
+	// EtcdEndpoints are the etcd client URLs (http://127.0.0.1:port) kube-apiserver stores into.
+	EtcdEndpoints []string
+	// EtcdPrefix is the key prefix of this cluster in etcd, so several clusters can share members.
+	// Empty means kube-apiserver's default, "/registry".
+	EtcdPrefix string
+	// ClusterName names the cluster in the kubeconfig; empty means "kubernetes".
+	ClusterName string
+	// Controllers replaces DefaultControllers when not empty.
+	Controllers []string
+	// BinDir is where the binaries are; empty means $UPSHIFT_KUBE_BIN_DIR.
+	BinDir string
+	// Logger receives start and stop events; nil discards them.
+	Logger *zap.Logger
+}
+
+// ControlPlane is a running kube-apiserver, kube-controller-manager and kube-scheduler. Stop it when done; if the
+// process that started it dies first, the kernel kills the components.
+type ControlPlane struct {
+	logger     *zap.Logger
+	kubeconfig []byte
+	restConfig *rest.Config
+
+	processes []*process // in start order
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// StartControlPlane starts a real kube-apiserver on cfg.EtcdEndpoints, then kube-controller-manager and
+// kube-scheduler against it, each as a child process bound to 127.0.0.1 on a free port and logging to cfg.Dir.
+// It returns once every component reports healthy. ctx bounds the start only; the components run until Stop.
+// A missing binary is an error wrapping ErrBinaryMissing that names $UPSHIFT_KUBE_BIN_DIR and `make kube-bins`.
+func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPlane, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid control plane config: %w", err)
+	}
+
+	binaries := map[string]string{}
+
+	for _, name := range []string{APIServerBinary, ControllerManagerBinary, SchedulerBinary} {
+		path, err := findBinary(cfg.BinDir, name)
+		if err != nil {
+			return nil, err
+		}
+
+		binaries[name] = path
+	}
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+
+		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
+		defer cancel()
+	}
+
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating the control plane directory: %w", err)
+	}
+
+	certs, err := newPKI(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("creating the control plane PKI: %w", err)
+	}
+
+	cp := &ControlPlane{logger: cfg.Logger}
+	if cp.logger == nil {
+		cp.logger = zap.NewNop()
+	}
+
+	if err := cp.start(ctx, cfg, binaries, certs); err != nil {
+		return nil, errors.Join(err, cp.Stop())
+	}
+
+	return cp, nil
+}
+
+func (cfg *ControlPlaneConfig) validate() error {
+	if cfg.Dir == "" {
+		return errors.New("Dir is empty")
+	}
+
+	if len(cfg.EtcdEndpoints) == 0 {
+		return errors.New("no etcd endpoints")
+	}
+
+	for _, endpoint := range cfg.EtcdEndpoints {
+		u, err := url.Parse(endpoint)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return fmt.Errorf("etcd endpoint %q is not an http(s) URL", endpoint)
+		}
+	}
+
+	if cfg.EtcdPrefix != "" && !strings.HasPrefix(cfg.EtcdPrefix, "/") {
+		return fmt.Errorf("etcd prefix %q does not start with /", cfg.EtcdPrefix)
+	}
+
+	return nil
+}
+
+// start brings the components up in dependency order; the caller stops whatever started if it fails.
+func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binaries map[string]string, certs *pki) error {
+	caPool := x509.NewCertPool()
+	caPool.AddCert(certs.CA.cert)
+
+	// Health probes go anonymous: /readyz and /healthz are open to everyone on all three components.
+	probe := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool, MinVersion: tls.VersionTLS12}},
+	}
+	defer probe.CloseIdleConnections()
+
+	apiPort, err := cp.startComponent(ctx, probe, binaries[APIServerBinary], cfg.Dir, APIServerBinary, "/readyz",
+		func(port int) []string { return apiServerArgs(cfg, certs.Files, port) })
+	if err != nil {
+		return err
+	}
+
+	host := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+
+	cp.restConfig = &rest.Config{
+		Host: host,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData:   certs.CA.CertPEM,
+			CertData: certs.Admin.CertPEM,
+			KeyData:  certs.Admin.KeyPEM,
+		},
+		QPS:   clientQPS,
+		Burst: clientBurst,
+	}
+
+	cp.kubeconfig, err = adminKubeconfig(cfg.ClusterName, host, certs)
+	if err != nil {
+		return err
+	}
+
+	kubeconfigPath := filepath.Join(cfg.Dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, cp.kubeconfig, 0o600); err != nil {
+		return fmt.Errorf("writing the kubeconfig: %w", err)
+	}
+
+	controllers := cfg.Controllers
+	if len(controllers) == 0 {
+		controllers = DefaultControllers
+	}
+
+	if _, err := cp.startComponent(ctx, probe, binaries[ControllerManagerBinary], cfg.Dir, ControllerManagerBinary,
+		"/healthz", func(port int) []string {
+			return append(clientComponentArgs(kubeconfigPath, certs.Files, port),
+				"--controllers="+strings.Join(controllers, ","),
+				"--use-service-account-credentials=false",
+			)
+		}); err != nil {
+		return err
+	}
+
+	if _, err := cp.startComponent(ctx, probe, binaries[SchedulerBinary], cfg.Dir, SchedulerBinary, "/healthz",
+		func(port int) []string { return clientComponentArgs(kubeconfigPath, certs.Files, port) }); err != nil {
+		return err
+	}
+
+	return nil
+}
+
+// startComponent starts one component on a free port and waits until healthPath answers 200, starting it again on
+// another port if the first was taken meanwhile. It returns the port.
+func (cp *ControlPlane) startComponent(ctx context.Context, probe *http.Client, binary, dir, name, healthPath string,
+	args func(port int) []string,
+) (int, error) {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+
+		started := time.Now()
+
+		p, err := startProcess(binary, dir, name, args(port))
+		if err != nil {
+			return 0, err
+		}
+
+		cp.processes = append(cp.processes, p)
+
+		err = waitHealthy(ctx, probe, p, fmt.Sprintf("https://127.0.0.1:%d%s", port, healthPath))
+		if err == nil {
+			cp.logger.Info("component ready", zap.String("component", name), zap.Int("port", port),
+				zap.Duration("took", time.Since(started)))
+
+			return port, nil
+		}
+
+		if !errors.Is(err, errExited) || !p.portInUse() || attempt == portAttempts {
+			return 0, fmt.Errorf("starting %s: %w", name, err)
+		}
+
+		cp.logger.Info("component port taken, retrying", zap.String("component", name), zap.Int("port", port))
+	}
+}
+
+// errExited marks a component that exited before it became healthy.
+var errExited = errors.New("exited before becoming healthy")
+
+// waitHealthy polls healthURL until it answers 200, the process exits, or ctx ends.
+func waitHealthy(ctx context.Context, probe *http.Client, p *process, healthURL string) error {
+	ticker := time.NewTicker(healthPollInterval)
+	defer ticker.Stop()
+
+	var lastErr error
+
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, healthURL, nil)
+		if err != nil {
+			return err
+		}
+
+		resp, err := probe.Do(req)
+		if err == nil {
+			resp.Body.Close() //nolint:errcheck
+
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+
+			err = fmt.Errorf("%s answered %s", healthURL, resp.Status)
+		}
+
+		lastErr = err
+
+		select {
+		case <-p.done:
+			return fmt.Errorf("%w: %w", errExited, p.exitError())
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s (last: %v; log: %s): %w", healthURL, lastErr, p.logPath, ctx.Err())
+		case <-ticker.C:
+		}
+	}
+}
+
+// apiServerArgs are the kube-apiserver flags: loopback only, client certificates against our CA, RBAC, and no
+// ServiceAccount admission (no token controller runs, so pods would be refused for want of a "default" account).
+func apiServerArgs(cfg ControlPlaneConfig, files pkiFiles, port int) []string {
+	args := []string{
+		"--etcd-servers=" + strings.Join(cfg.EtcdEndpoints, ","),
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--tls-cert-file=" + files.ServerCert,
+		"--tls-private-key-file=" + files.ServerKey,
+		"--client-ca-file=" + files.CACert,
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + files.SAPub,
+		"--service-account-signing-key-file=" + files.SAKey,
+		"--service-cluster-ip-range=10.96.0.0/12",
+		"--disable-admission-plugins=ServiceAccount",
+		"--endpoint-reconciler-type=none",
+		"--enable-priority-and-fairness=false",
+	}
+
+	if cfg.EtcdPrefix != "" {
+		args = append(args, "--etcd-prefix="+cfg.EtcdPrefix)
+	}
+
+	return args
+}
+
+// clientComponentArgs are the flags kube-controller-manager and kube-scheduler share: the admin kubeconfig, no leader
+// election (one instance per cluster), and a loopback health endpoint served with the apiserver's certificate.
+func clientComponentArgs(kubeconfigPath string, files pkiFiles, port int) []string {
+	return []string{
+		"--kubeconfig=" + kubeconfigPath,
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--tls-cert-file=" + files.ServerCert,
+		"--tls-private-key-file=" + files.ServerKey,
+	}
+}
+
+// adminKubeconfig renders a kubeconfig with the admin client certificate embedded, usable as is by kubectl and
+// client-go.
+func adminKubeconfig(clusterName, host string, certs *pki) ([]byte, error) {
+	if clusterName == "" {
+		clusterName = "kubernetes"
+	}
+
+	user := "admin@" + clusterName
+
+	config := clientcmdapi.NewConfig()
+	config.Clusters[clusterName] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: certs.CA.CertPEM}
+	config.AuthInfos[user] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: certs.Admin.CertPEM,
+		ClientKeyData:         certs.Admin.KeyPEM,
+	}
+	config.Contexts[user] = &clientcmdapi.Context{Cluster: clusterName, AuthInfo: user}
+	config.CurrentContext = user
+
+	data, err := clientcmd.Write(*config)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the kubeconfig: %w", err)
+	}
+
+	return data, nil
+}
+
+// Kubeconfig returns an admin kubeconfig (client certificate in system:masters) for the apiserver.
+func (cp *ControlPlane) Kubeconfig() []byte {
+	return append([]byte(nil), cp.kubeconfig...)
+}
+
+// RESTConfig returns a fresh admin client config for the apiserver; callers may change their copy.
+func (cp *ControlPlane) RESTConfig() *rest.Config {
+	return rest.CopyConfig(cp.restConfig)
+}
+
+// Stop stops the components in reverse start order (SIGTERM, then SIGKILL after a grace period). It is safe to call
+// more than once; later calls return the first result.
+func (cp *ControlPlane) Stop() error {
+	cp.stopOnce.Do(func() {
+		var errs []error
+
+		for i := len(cp.processes) - 1; i >= 0; i-- {
+			errs = append(errs, cp.processes[i].stop())
+		}
+
+		cp.stopErr = errors.Join(errs...)
+		cp.logger.Info("control plane stopped", zap.Error(cp.stopErr))
+	})
+
+	return cp.stopErr
+}

@@ -1,0 +1,201 @@
+package kubeemu
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// podKey is the work queue key of a pod, "namespace/name".
+func podKey(pod *corev1.Pod) string {
+	return pod.Namespace + "/" + pod.Name
+}
+
+// syncPod brings one pod of the node to where a kubelet would: a terminating pod is removed once its grace period
+// has passed since the kubelet saw it terminating, and a live pod is reported Running, Ready while the node is.
+// Finished pods are left alone.
+func (k *Kubelet) syncPod(ctx context.Context, key string, cfg NodeConfig, nodeReady bool) error {
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return fmt.Errorf("bad pod key %q: %w", key, err)
+	}
+
+	pod, err := k.pods.Pods(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		delete(k.terminations, key)
+
+		return nil
+	}
+
+	if err != nil {
+		return fmt.Errorf("reading pod %s: %w", key, err)
+	}
+
+	if pod.DeletionTimestamp != nil {
+		if !nodeReady {
+			return nil // a down kubelet kills nothing; SetReady(true) re-queues the pod
+		}
+
+		return k.finishTermination(ctx, key, pod)
+	}
+
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+
+	status := runningPodStatus(pod, cfg.InternalIP, nodeReady, time.Now())
+	if apiequality.Semantic.DeepEqual(pod.Status, status) {
+		return nil
+	}
+
+	updated := pod.DeepCopy()
+	updated.Status = status
+
+	if _, err := k.client.CoreV1().Pods(namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+
+		return fmt.Errorf("reporting the status of pod %s: %w", key, err)
+	}
+
+	return nil
+}
+
+// finishTermination deletes a terminating pod for good (grace 0) once its own grace period has run from the moment
+// the kubelet first saw it terminating, as a kubelet does after stopping the containers; until then it re-queues the
+// pod for that moment.
+func (k *Kubelet) finishTermination(ctx context.Context, key string, pod *corev1.Pod) error {
+	seen, ok := k.terminations[key]
+	if !ok || seen.uid != string(pod.UID) {
+		seen = termination{uid: string(pod.UID), seen: time.Now()}
+		k.terminations[key] = seen
+	}
+
+	var grace time.Duration
+	if pod.DeletionGracePeriodSeconds != nil {
+		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	}
+
+	if wait := time.Until(seen.seen.Add(grace)); wait > 0 {
+		k.queue.AddAfter(key, wait)
+
+		return nil
+	}
+
+	if err := k.deletePodNow(ctx, pod); err != nil {
+		return err
+	}
+
+	k.logger.Debug("pod terminated", zap.String("pod", key), zap.Duration("grace", grace))
+
+	return nil
+}
+
+// deletePodNow removes pod at once (grace 0) if it is still the same object, as a kubelet does once the pod's
+// containers are gone. A pod already gone or replaced is not an error.
+func (k *Kubelet) deletePodNow(ctx context.Context, pod *corev1.Pod) error {
+	grace := int64(0)
+
+	err := k.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &grace,
+		Preconditions:      metav1.NewUIDPreconditions(string(pod.UID)),
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("deleting pod %s: %w", podKey(pod), err)
+	}
+
+	return nil
+}
+
+// runningPodStatus is the status a kubelet reports for a running pod: phase Running, containers running, and Ready
+// as the node is. Times already set are kept, so a settled pod's status does not change.
+func runningPodStatus(pod *corev1.Pod, hostIP string, ready bool, now time.Time) corev1.PodStatus {
+	status := *pod.Status.DeepCopy()
+	stamp := metav1.NewTime(now)
+
+	status.Phase = corev1.PodRunning
+	if status.StartTime == nil {
+		status.StartTime = &stamp
+	}
+
+	if hostIP != "" {
+		status.HostIP = hostIP
+		status.HostIPs = []corev1.HostIP{{IP: hostIP}}
+
+		if pod.Spec.HostNetwork {
+			status.PodIP = hostIP
+			status.PodIPs = []corev1.PodIP{{IP: hostIP}}
+		}
+	}
+
+	readyStatus := corev1.ConditionFalse
+	if ready {
+		readyStatus = corev1.ConditionTrue
+	}
+
+	for _, condition := range []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue},
+		{Type: corev1.PodReadyToStartContainers, Status: corev1.ConditionTrue},
+		{Type: corev1.PodInitialized, Status: corev1.ConditionTrue},
+		{Type: corev1.ContainersReady, Status: readyStatus},
+		{Type: corev1.PodReady, Status: readyStatus},
+	} {
+		setPodCondition(&status, condition, stamp)
+	}
+
+	previous := map[string]corev1.ContainerStatus{}
+	for _, cs := range pod.Status.ContainerStatuses {
+		previous[cs.Name] = cs
+	}
+
+	status.ContainerStatuses = make([]corev1.ContainerStatus, 0, len(pod.Spec.Containers))
+
+	for _, container := range pod.Spec.Containers {
+		startedAt := stamp
+		if prev, ok := previous[container.Name]; ok && prev.State.Running != nil && prev.Image == container.Image {
+			startedAt = prev.State.Running.StartedAt
+		}
+
+		started := true
+
+		status.ContainerStatuses = append(status.ContainerStatuses, corev1.ContainerStatus{
+			Name:    container.Name,
+			Image:   container.Image,
+			ImageID: container.Image,
+			Ready:   ready,
+			Started: &started,
+			State:   corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: startedAt}},
+		})
+	}
+
+	return status
+}
+
+// setPodCondition stores condition, keeping the transition time if the status is unchanged.
+func setPodCondition(status *corev1.PodStatus, condition corev1.PodCondition, now metav1.Time) {
+	condition.LastTransitionTime = now
+
+	for i := range status.Conditions {
+		if status.Conditions[i].Type != condition.Type {
+			continue
+		}
+
+		if status.Conditions[i].Status == condition.Status {
+			condition.LastTransitionTime = status.Conditions[i].LastTransitionTime
+		}
+
+		status.Conditions[i] = condition
+
+		return
+	}
+
+	status.Conditions = append(status.Conditions, condition)
+}
