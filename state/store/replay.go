@@ -18,7 +18,7 @@ type liveResource struct {
 
 // replayResult is the state rebuilt from snapshot + log, keyed by resource key.
 type replayResult struct {
-	live        map[string]liveResource
+	live        map[string]*liveResource
 	snapshotSeq uint64
 	lastSeq     uint64
 	snapshotLen int
@@ -49,10 +49,10 @@ func replay(tx *bbolt.Tx) (result *replayResult, err error) {
 		return nil, fmt.Errorf("%w: bad snapshot sequence", ErrCorrupt)
 	}
 
-	r := &replayResult{live: map[string]liveResource{}, snapshotSeq: snapshotSeq, lastSeq: snapshotSeq}
+	r := &replayResult{live: map[string]*liveResource{}, snapshotSeq: snapshotSeq, lastSeq: snapshotSeq}
 
 	if err = tx.Bucket(bucketSnapshot).ForEach(func(k, v []byte) error {
-		r.live[string(k)] = liveResource{data: v}
+		r.live[string(k)] = &liveResource{data: v}
 		r.snapshotLen++
 
 		return nil
@@ -92,8 +92,7 @@ func (r *replayResult) apply(k, v []byte) {
 		return
 	}
 
-	key := string(rec.key)
-	prev, exists := r.live[key]
+	prev, exists := r.live[string(rec.key)] // no allocation for the lookup; updates then mutate in place
 
 	switch rec.kind {
 	case KindCreated:
@@ -105,15 +104,20 @@ func (r *replayResult) apply(k, v []byte) {
 			r.problem("event %d creates %s at version %d, not 1", seq, describeKey(rec.key), rec.version)
 		}
 
-		r.live[key] = liveResource{data: rec.data, version: rec.version}
+		r.live[string(rec.key)] = &liveResource{data: rec.data, version: rec.version}
 	case KindUpdated:
 		if !exists {
 			r.problem("event %d updates %s, which does not exist", seq, describeKey(rec.key))
-		} else if prev.version != 0 && rec.version != prev.version+1 {
+			r.live[string(rec.key)] = &liveResource{data: rec.data, version: rec.version}
+
+			return
+		}
+
+		if prev.version != 0 && rec.version != prev.version+1 {
 			r.problem("event %d updates %s from version %d to %d", seq, describeKey(rec.key), prev.version, rec.version)
 		}
 
-		r.live[key] = liveResource{data: rec.data, version: rec.version}
+		prev.data, prev.version = rec.data, rec.version
 	case KindDestroyed:
 		switch {
 		case !exists:
@@ -124,7 +128,7 @@ func (r *replayResult) apply(k, v []byte) {
 			r.problem("event %d destroys %s at version %d, but its last version is %d", seq, describeKey(rec.key), rec.version, prev.version)
 		}
 
-		delete(r.live, key)
+		delete(r.live, string(rec.key))
 	}
 }
 

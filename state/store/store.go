@@ -119,7 +119,7 @@ func openDB(path string, timeout time.Duration, readOnly bool) (*bbolt.DB, error
 		}
 	}
 
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType, NoFreelistSync: !readOnly})
 
 	switch {
 	case err == nil:
