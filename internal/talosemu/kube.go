@@ -50,10 +50,14 @@ type KubeletConfig struct {
 	ControlPlane   bool
 	// StaticPods are the control-plane static pods (kube-apiserver, kube-controller-manager, kube-scheduler).
 	StaticPods []StaticPod
+	// OSImage is what the Node reports as its OS image, e.g. "Talos (v1.14.1)".
+	OSImage string
 }
 
 // StaticPod is one static pod of a control-plane node, mirrored into the API server by the kubelet.
 type StaticPod struct {
 	Name  string
 	Image string
+	// Annotations carry talos.dev/config-version, which clients wait for after a configuration change.
+	Annotations map[string]string
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"go.uber.org/zap"
 )
 
@@ -213,11 +215,18 @@ func (n *Node) kubeletConfig() KubeletConfig {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
+	pods := make([]StaticPod, 0, len(n.rendered.staticPods))
+	for _, pod := range n.rendered.staticPods {
+		pod.Annotations = map[string]string{constants.AnnotationStaticPodConfigVersion: strconv.Itoa(n.configVersion)}
+		pods = append(pods, pod)
+	}
+
 	return KubeletConfig{
 		Name:           n.name,
 		KubeletVersion: n.rendered.kubeletVersion,
 		ControlPlane:   n.controlPlane,
-		StaticPods:     slices.Clone(n.rendered.staticPods),
+		StaticPods:     pods,
+		OSImage:        "Talos (v" + n.running + ")",
 	}
 }
 
