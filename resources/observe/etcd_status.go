@@ -30,6 +30,8 @@ type EtcdStatusSpec struct {
 	CanLoseMember bool `yaml:"canLoseMember" protobuf:"4"`
 	// Error is why etcd could not be observed, if it could not.
 	Error string `yaml:"error,omitempty" protobuf:"5"`
+	// Reason says why no member may leave, when CanLoseMember is false.
+	Reason string `yaml:"reason,omitempty" protobuf:"6"`
 }
 
 // EtcdMember is one member of an etcd cluster.

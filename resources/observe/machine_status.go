@@ -40,6 +40,10 @@ type MachineStatusSpec struct {
 	Reachable bool `yaml:"reachable" protobuf:"9"`
 	// Error is why the machine is unreachable, if it is.
 	Error string `yaml:"error,omitempty" protobuf:"10"`
+	// Cordoned is whether the machine's Kubernetes node is marked unschedulable.
+	Cordoned bool `yaml:"cordoned,omitempty" protobuf:"11"`
+	// KubernetesError says why the node could not be read from Kubernetes, if it could not.
+	KubernetesError string `yaml:"kubernetesError,omitempty" protobuf:"12"`
 }
 
 // NewMachineStatus returns an empty MachineStatus for the machine named id.

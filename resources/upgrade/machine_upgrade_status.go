@@ -56,9 +56,27 @@ type MachineUpgradeStatusSpec struct {
 	PhaseChangedAt time.Time `yaml:"phaseChangedAt,omitempty" protobuf:"8"`
 	// FinishedAt is when the machine reached Done or Failed.
 	FinishedAt time.Time `yaml:"finishedAt,omitempty" protobuf:"9"`
-	// Error says why the machine Failed (e.g. "rolled back").
+	// Error says why the machine Failed: it starts with the reason ("rolled back", "timeout", "drain", "pull",
+	// "install", ...), then the details. While Phase is Uncordoning it is the failure that step leads to.
 	Error string `yaml:"error,omitempty" protobuf:"10"`
+	// NodeName is the machine's Kubernetes node name, observed when the upgrade started.
+	NodeName string `yaml:"nodeName,omitempty" protobuf:"11"`
+	// Image is the installer image the upgrade installs.
+	Image string `yaml:"image,omitempty" protobuf:"12"`
+	// Waiting says what the current step waits for (e.g. the etcd gate refusing), when it waits.
+	Waiting string `yaml:"waiting,omitempty" protobuf:"13"`
 }
+
+// User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),
+// because MachineUpgradeStatus belongs to the engine; each names what it applies to, so a stale one does nothing.
+const (
+	// RetryAnnotation on a Machine retries its failed upgrade: its value is the Attempt that failed. The machine goes
+	// back to Queued and starts again, from the beginning, once the rollout rules allow it.
+	RetryAnnotation = "upshift.dev/retry-attempt"
+	// SkipAnnotation on a Machine leaves it out of the Talos rollout to the version its value names: it counts as
+	// finished, neither blocks nor holds a slot, and a failure of it no longer halts the others.
+	SkipAnnotation = "upshift.dev/skip-version"
+)
 
 // NewMachineUpgradeStatus returns an empty MachineUpgradeStatus for the machine named id.
 func NewMachineUpgradeStatus(id resource.ID) *MachineUpgradeStatus {
@@ -86,6 +104,7 @@ func (MachineUpgradeStatusExtension) ResourceDefinition() meta.ResourceDefinitio
 			{Name: "From", JSONPath: "{.fromVersion}"},
 			{Name: "To", JSONPath: "{.toVersion}"},
 			{Name: "Attempt", JSONPath: "{.attempt}"},
+			{Name: "Waiting", JSONPath: "{.waiting}"},
 			{Name: "Error", JSONPath: "{.error}"},
 		},
 	}

@@ -65,6 +65,17 @@ type TalosUpgradeStatusSpec struct {
 	Error string `yaml:"error,omitempty" protobuf:"10"`
 	// AvailableVersions are the versions a user may pick as the next target.
 	AvailableVersions []string `yaml:"availableVersions,omitempty" protobuf:"11"`
+	// Target is the version machines are being moved to now: the current hop of Plan.
+	Target string `yaml:"target,omitempty" protobuf:"12"`
+	// Direction says whether the change is an "upgrade", a "downgrade" or both ("upgrade and downgrade").
+	Direction string `yaml:"direction,omitempty" protobuf:"13"`
+	// Admitted lists the machines the rollout started toward Target that have not finished yet: the durable
+	// scheduling decision, so a restart never starts more machines than the parallelism allows.
+	Admitted []string `yaml:"admitted,omitempty" protobuf:"14"`
+	// Reverting is true while the cluster goes back to the version an unfinished upgrade started from.
+	Reverting bool `yaml:"reverting,omitempty" protobuf:"15"`
+	// Reason says what the rollout waits for when no machine can start (a lock, a slot, a pause).
+	Reason string `yaml:"reason,omitempty" protobuf:"16"`
 }
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
@@ -81,6 +92,7 @@ func (s TalosUpgradeStatusSpec) DeepCopy() TalosUpgradeStatusSpec {
 	s.Current = slices.Clone(s.Current)
 	s.WaitingOnLock = slices.Clone(s.WaitingOnLock)
 	s.AvailableVersions = slices.Clone(s.AvailableVersions)
+	s.Admitted = slices.Clone(s.Admitted)
 
 	return s
 }
