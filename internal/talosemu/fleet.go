@@ -478,3 +478,20 @@ func (f *Fleet) changeFault(ctx context.Context, node string, fault Fault, on bo
 
 	return n.setFault(ctx, fault, on)
 }
+
+// Kubeconfig is a cluster's admin kubeconfig, or nil when its Kubernetes control plane does not run (lite mode, or
+// no KubernetesRunner).
+func (f *Fleet) Kubeconfig(clusterName string) ([]byte, error) {
+	c, err := f.cluster(clusterName)
+	if err != nil {
+		return nil, err
+	}
+
+	return c.kubeconfig, nil
+}
+
+// TalosVersion is the Talos version the fleet's nodes started with.
+func (f *Fleet) TalosVersion() string { return f.opts.talosVersion }
+
+// KubernetesVersion is the Kubernetes version of the fleet's machine configs at start.
+func (f *Fleet) KubernetesVersion() string { return f.opts.kubernetesVersion }

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/talosemu/realkube"
+	"github.com/upshift-io/upshift/resources/cluster"
+)
+
+// emulatorFlags are the `upshift emulator` flags (design section 7).
+type emulatorFlags struct {
+	stateDir          string
+	listen            string
+	clusters          int
+	controlPlanes     int
+	workers           int
+	talosVersion      string
+	kubernetesVersion string
+	lite              bool
+	rebootDowntime    time.Duration
+	faults            []string
+	register          string
+}
+
+func init() {
+	var flags emulatorFlags
+
+	cmd := &cobra.Command{
+		Use:   "emulator",
+		Short: "Run an emulated Talos fleet (real Talos API, etcd members and Kubernetes) until interrupted",
+		Long: "Run an emulated fleet of Talos clusters behind one Talos API endpoint that routes on the node name, like apid.\n" +
+			"Clusters are c1, c2, ...; machines c1-cp-1, c1-w-1, ... (also their Talos and Kubernetes node names).\n" +
+			"STATE-DIR holds the talosconfig, CLUSTER/kubeconfig, journal.jsonl and the nodes' data.\n" +
+			"Without --lite, every control plane runs a real etcd member and every cluster a real kube-apiserver\n" +
+			"(binaries from $UPSHIFT_KUBE_BIN_DIR, see `make kube-bins`).\n" +
+			"Supported Talos versions: " + fmt.Sprint(talosemu.SupportedVersions()) + ".",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runEmulator(cmd.Context(), cmd.OutOrStdout(), flags)
+		},
+	}
+
+	f := cmd.Flags()
+	f.StringVar(&flags.stateDir, "state-dir", "", "directory for the talosconfig, kubeconfigs, journal and node data (default: a new temporary directory)")
+	f.StringVar(&flags.listen, "listen", "127.0.0.1:0", "address of the fleet's Talos API endpoint")
+	f.IntVar(&flags.clusters, "clusters", 1, "number of clusters")
+	f.IntVar(&flags.controlPlanes, "control-planes", 3, "control-plane nodes per cluster")
+	f.IntVar(&flags.workers, "workers", 3, "worker nodes per cluster")
+	f.StringVar(&flags.talosVersion, "talos", talosemu.DefaultTalosVersion, "Talos version every node runs at start")
+	f.StringVar(&flags.kubernetesVersion, "kubernetes", talosemu.DefaultKubernetesVersion, "Kubernetes version of the clusters")
+	f.BoolVar(&flags.lite, "lite", false, "no etcd and no Kubernetes: thousands of nodes in one process")
+	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
+	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND (repeatable); kinds: "+fmt.Sprint(talosemu.Faults()))
+	f.StringVar(&flags.register, "register", "", "create the Cluster, Machine and Credentials resources in the upshift server at this endpoint")
+	rootCmd.AddCommand(cmd)
+}
+
+func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if flags.stateDir == "" {
+		dir, err := os.MkdirTemp("", "upshift-emulator-")
+		if err != nil {
+			return fmt.Errorf("creating a state directory: %w", err)
+		}
+
+		flags.stateDir = dir
+	}
+
+	logger, err := zap.NewDevelopment(zap.IncreaseLevel(zap.WarnLevel))
+	if err != nil {
+		return fmt.Errorf("building logger: %w", err)
+	}
+
+	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
+
+	opts := []talosemu.Option{
+		talosemu.WithStateDir(flags.stateDir),
+		talosemu.WithListenAddress(flags.listen),
+		talosemu.WithClusters(flags.clusters),
+		talosemu.WithControlPlanes(flags.controlPlanes),
+		talosemu.WithWorkers(flags.workers),
+		talosemu.WithTalosVersion(flags.talosVersion),
+		talosemu.WithKubernetesVersion(flags.kubernetesVersion),
+		talosemu.WithRebootDowntime(flags.rebootDowntime),
+		talosemu.WithLogger(logger),
+	}
+
+	if flags.lite {
+		opts = append(opts, talosemu.WithLite())
+	} else {
+		opts = append(opts, talosemu.WithKubernetes(realkube.Runner{}))
+	}
+
+	for _, spec := range flags.faults {
+		node, fault, err := talosemu.ParseNodeFault(spec)
+		if err != nil {
+			return err
+		}
+
+		opts = append(opts, talosemu.WithFault(node, fault))
+	}
+
+	fleet, err := talosemu.New(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("starting the emulated fleet: %w", err)
+	}
+
+	defer fleet.Close() //nolint:errcheck // the error is reported by the explicit Close below
+
+	fmt.Fprintf(out, "endpoint:    %s\n", fleet.Endpoint())
+	fmt.Fprintf(out, "talosconfig: %s\n", fleet.TalosconfigPath())
+	fmt.Fprintf(out, "journal:     %s\n", filepath.Join(fleet.StateDir(), "journal.jsonl"))
+
+	for _, name := range fleet.Clusters() {
+		if kubeconfig, _ := fleet.Kubeconfig(name); kubeconfig != nil { //nolint:errcheck // the cluster exists
+			fmt.Fprintf(out, "kubeconfig:  %s\n", fleet.KubeconfigPath(name))
+		}
+	}
+
+	fmt.Fprintf(out, "nodes:       %d in %d cluster(s), Talos v%s\n", len(fleet.Nodes()), len(fleet.Clusters()), fleet.TalosVersion())
+
+	if flags.register != "" {
+		if err = registerFleet(ctx, fleet, flags.register); err != nil {
+			return err
+		}
+
+		fmt.Fprintf(out, "registered:  %s\n", flags.register)
+	}
+
+	<-ctx.Done()
+
+	return fleet.Close()
+}
+
+// registerFleet creates the fleet's Cluster, Credentials and Machine resources in a running engine.
+func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) error {
+	c, err := connect(endpoint)
+	if err != nil {
+		return explain(endpoint, err)
+	}
+
+	defer c.Close() //nolint:errcheck
+
+	talosconfig, err := fleet.Talosconfig().Bytes()
+	if err != nil {
+		return fmt.Errorf("encoding talosconfig: %w", err)
+	}
+
+	st := c.State()
+
+	for _, name := range fleet.Clusters() {
+		clusterResource := cluster.NewCluster(name)
+		clusterResource.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
+		clusterResource.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
+
+		kubeconfig, err := fleet.Kubeconfig(name)
+		if err != nil {
+			return err
+		}
+
+		credentials := cluster.NewCredentials(name)
+		credentials.TypedSpec().Talosconfig = string(talosconfig)
+		credentials.TypedSpec().Kubeconfig = string(kubeconfig)
+
+		resources := []resource.Resource{clusterResource, credentials}
+
+		nodes, err := fleet.ClusterNodes(name)
+		if err != nil {
+			return err
+		}
+
+		for _, n := range nodes {
+			machine := cluster.NewMachine(n.Name())
+			machine.TypedSpec().Cluster = name
+			machine.TypedSpec().Endpoint = fleet.Endpoint()
+			machine.TypedSpec().InstallerImage = talosemu.InstallerImageRepository
+			machine.TypedSpec().Role = cluster.RoleWorker
+
+			if n.ControlPlane() {
+				machine.TypedSpec().Role = cluster.RoleControlPlane
+			}
+
+			resources = append(resources, machine)
+		}
+
+		for _, r := range resources {
+			if _, err := write(ctx, st, r); err != nil {
+				return explain(endpoint, fmt.Errorf("registering %s %q: %w", r.Metadata().Type(), r.Metadata().ID(), err))
+			}
+		}
+	}
+
+	return nil
+}
+
