@@ -11,12 +11,15 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/talosemu/realkube"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/state/server"
 )
 
 // emulatorFlags are the `upshift emulator` flags (design section 7).
@@ -146,11 +149,11 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 	return fleet.Close()
 }
 
-// registerFleet creates the fleet's Cluster, Credentials and Machine resources in a running engine.
+// registerFleet creates (or updates) the fleet's Cluster, Credentials and Machine resources in a running engine.
 func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) error {
-	c, err := connect(endpoint)
+	c, err := server.Dial(endpoint)
 	if err != nil {
-		return explain(endpoint, err)
+		return fmt.Errorf("connecting to upshift at %s: %w", endpoint, err)
 	}
 
 	defer c.Close() //nolint:errcheck
@@ -163,20 +166,24 @@ func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) 
 	st := c.State()
 
 	for _, name := range fleet.Clusters() {
-		clusterResource := cluster.NewCluster(name)
-		clusterResource.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
-		clusterResource.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
+		if err = register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
+			r.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
+			r.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
+		}); err != nil {
+			return err
+		}
 
 		kubeconfig, err := fleet.Kubeconfig(name)
 		if err != nil {
 			return err
 		}
 
-		credentials := cluster.NewCredentials(name)
-		credentials.TypedSpec().Talosconfig = string(talosconfig)
-		credentials.TypedSpec().Kubeconfig = string(kubeconfig)
-
-		resources := []resource.Resource{clusterResource, credentials}
+		if err = register(ctx, st, cluster.NewCredentials(name), func(r *cluster.Credentials) {
+			r.TypedSpec().Talosconfig = string(talosconfig)
+			r.TypedSpec().Kubeconfig = string(kubeconfig)
+		}); err != nil {
+			return err
+		}
 
 		nodes, err := fleet.ClusterNodes(name)
 		if err != nil {
@@ -184,22 +191,18 @@ func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) 
 		}
 
 		for _, n := range nodes {
-			machine := cluster.NewMachine(n.Name())
-			machine.TypedSpec().Cluster = name
-			machine.TypedSpec().Endpoint = fleet.Endpoint()
-			machine.TypedSpec().InstallerImage = talosemu.InstallerImageRepository
-			machine.TypedSpec().Role = cluster.RoleWorker
-
+			role := cluster.RoleWorker
 			if n.ControlPlane() {
-				machine.TypedSpec().Role = cluster.RoleControlPlane
+				role = cluster.RoleControlPlane
 			}
 
-			resources = append(resources, machine)
-		}
-
-		for _, r := range resources {
-			if _, err := write(ctx, st, r); err != nil {
-				return explain(endpoint, fmt.Errorf("registering %s %q: %w", r.Metadata().Type(), r.Metadata().ID(), err))
+			if err = register(ctx, st, cluster.NewMachine(n.Name()), func(r *cluster.Machine) {
+				r.TypedSpec().Cluster = name
+				r.TypedSpec().Role = role
+				r.TypedSpec().Endpoint = fleet.Endpoint()
+				r.TypedSpec().InstallerImage = talosemu.InstallerImageRepository
+			}); err != nil {
+				return err
 			}
 		}
 	}
@@ -207,3 +210,15 @@ func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) 
 	return nil
 }
 
+// register creates a resource or updates the existing one with set.
+func register[T resource.Resource](ctx context.Context, st state.State, r T, set func(T)) error {
+	if err := safe.StateModify(ctx, st, r, func(current T) error {
+		set(current)
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("registering %s %q: %w", r.Metadata().Type(), r.Metadata().ID(), err)
+	}
+
+	return nil
+}
