@@ -378,7 +378,7 @@ func (k *Kubelet) syncNode(ctx context.Context, cfg NodeConfig, ready bool) erro
 
 	now := time.Now()
 	status := nodeStatus(current.Status, cfg, ready, now)
-	heartbeatDue := now.Sub(k.lastReport) >= statusReportIntervalBeats*k.opts.heartbeat
+	heartbeatDue := ready && now.Sub(k.lastReport) >= statusReportIntervalBeats*k.opts.heartbeat
 
 	if !heartbeatDue && !nodeStatusChanged(current.Status, status) {
 		return nil
@@ -400,18 +400,17 @@ func (k *Kubelet) syncLease(ctx context.Context, ready bool) error {
 		return nil
 	}
 
-	node, err := k.client.CoreV1().Nodes().Get(ctx, k.name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("reading node %q for its lease: %w", k.name, err)
-	}
-
 	leases := k.client.CoordinationV1().Leases(nodeLeaseNamespace)
 	now := metav1.NewMicroTime(time.Now())
 
 	lease, err := leases.Get(ctx, k.name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = leases.Create(ctx, newLease(node, now), metav1.CreateOptions{})
+		node, err := k.client.CoreV1().Nodes().Get(ctx, k.name, metav1.GetOptions{})
 		if err != nil {
+			return fmt.Errorf("reading node %q for its lease: %w", k.name, err)
+		}
+
+		if _, err := leases.Create(ctx, newLease(node, now), metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("creating the lease of node %q: %w", k.name, err)
 		}
 
