@@ -108,20 +108,20 @@ func (s *Store) commitQueued() int {
 		s.failure = fmt.Errorf("committing to state %q: %w (the store is unusable until reopened)", s.path, err)
 		s.opts.logger.Error("commit failed", zap.Error(err))
 	} else {
+		s.commits.Add(1)
+		s.writes.Add(uint64(len(batch)))
 		s.durable.Store(s.lastSeqOf(batch))
 	}
 
 	close(s.durableCh)
 	s.durableCh = make(chan struct{})
 
+	n := len(batch)
 	clear(batch)
 	s.spare = batch[:0]
 	s.mu.Unlock()
 
-	s.commits.Add(1)
-	s.writes.Add(uint64(len(batch)))
-
-	return len(batch)
+	return n
 }
 
 func (s *Store) lastSeqOf(batch []*record) uint64 {

@@ -13,8 +13,9 @@
 // bbolt transaction, so 16 concurrent writers share one pair of fsyncs instead of queueing for 16 (no timer, unlike
 // bbolt's db.Batch). Nothing that is not durable is ever shown: a write returns only once committed, Get and List
 // wait until the writes of their collection enqueued so far are committed, and watch events are held back until
-// the writes behind them are. A failed commit fails the store (memory would otherwise be ahead of the disk):
-// further writes, reads and watches get the error until it is reopened.
+// the writes behind them are. A failed commit fails the store (memory is then ahead of the disk):
+// every later write, and every read or watch event that would show a write that did not reach the disk, gets the
+// error until the store is reopened from the file.
 //
 // # Layout of the bbolt file
 //

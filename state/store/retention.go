@@ -20,12 +20,26 @@ func (s *Store) compact(now time.Time) {
 		return
 	}
 
+	// A write transaction costs a commit (two fsyncs) even when it changes nothing, so look first.
+	due, err := s.compactionDue(now)
+	if err != nil {
+		s.opts.logger.Error("checking log retention", zap.String("path", s.path), zap.Error(err))
+
+		return
+	}
+
+	if !due {
+		s.compactMore = false
+
+		return
+	}
+
 	var (
 		folded uint64
 		more   bool
 	)
 
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err = s.db.Update(func(tx *bbolt.Tx) error {
 		var err error
 
 		folded, more, err = s.compactTx(tx, now)
@@ -52,6 +66,45 @@ func (s *Store) compact(now time.Time) {
 	}
 }
 
+// compactionDue reports, from a read transaction, whether the oldest retained event is beyond a retention bound.
+func (s *Store) compactionDue(now time.Time) (bool, error) {
+	r := s.opts.retention
+
+	if r.MaxEvents > 0 && s.durable.Load()-s.snapshotSeq > r.MaxEvents+countSlack(r.MaxEvents) {
+		return true, nil
+	}
+
+	if r.MaxAge <= 0 {
+		return false, nil
+	}
+
+	var due bool
+
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		k, v := tx.Bucket(bucketLog).Cursor().First()
+		if k == nil {
+			return nil
+		}
+
+		rec, err := decodeRecord(v)
+		if err != nil {
+			return err
+		}
+
+		due = rec.time.Before(now.Add(-r.MaxAge))
+
+		return nil
+	})
+
+	return due, err
+}
+
+// countSlack lets the log exceed MaxEvents by 10% before compacting, so compaction runs every MaxEvents/10 writes
+// rather than after every commit.
+func countSlack(maxEvents uint64) uint64 {
+	return max(1, maxEvents/10)
+}
+
 // compactTx folds at most compactChunk events and reports how many it folded and whether more are due.
 func (s *Store) compactTx(tx *bbolt.Tx, now time.Time) (folded uint64, more bool, err error) {
 	logB, indexB, snapB, metaB := tx.Bucket(bucketLog), tx.Bucket(bucketIndex), tx.Bucket(bucketSnapshot), tx.Bucket(bucketMeta)
@@ -69,7 +122,7 @@ func (s *Store) compactTx(tx *bbolt.Tx, now time.Time) (folded uint64, more bool
 
 	var countCutoff uint64 // events with seq <= countCutoff are beyond MaxEvents
 
-	if r := s.opts.retention; r.MaxEvents > 0 && lastSeq-s.snapshotSeq > r.MaxEvents+max(1, r.MaxEvents/10) {
+	if r := s.opts.retention; r.MaxEvents > 0 && lastSeq-s.snapshotSeq > r.MaxEvents+countSlack(r.MaxEvents) {
 		countCutoff = lastSeq - r.MaxEvents
 	}
 

@@ -212,18 +212,23 @@ func forward[T any](ctx context.Context, s *Store, collection *atomic.Uint64, in
 		case ev = <-in:
 		}
 
-		if err := s.waitDurable(ctx, collection.Load()); err != nil {
+		failure := s.waitDurable(ctx, collection.Load())
+		if failure != nil {
 			if ctx.Err() != nil {
 				return
 			}
 
-			ev = errEvent(err)
+			ev = errEvent(failure)
 		}
 
 		select {
 		case <-ctx.Done():
 			return
 		case out <- ev:
+		}
+
+		if failure != nil {
+			return
 		}
 	}
 }
