@@ -14,6 +14,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/config/encoder"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/secrets"
 	"github.com/siderolabs/talos/pkg/machinery/config/machine"
@@ -172,6 +174,14 @@ func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosco
 	workerConfig, err := input.Config(machine.TypeWorker)
 	if err != nil {
 		return fmt.Errorf("generating worker config: %w", err)
+	}
+
+	if cpConfig, err = readOnly(cpConfig); err != nil {
+		return err
+	}
+
+	if workerConfig, err = readOnly(workerConfig); err != nil {
+		return err
 	}
 
 	var lite *liteEtcdCluster
@@ -495,3 +505,19 @@ func (f *Fleet) TalosVersion() string { return f.opts.talosVersion }
 
 // KubernetesVersion is the Kubernetes version of the fleet's machine configs at start.
 func (f *Fleet) KubernetesVersion() string { return f.opts.kubernetesVersion }
+
+// readOnly reloads a generated config as a read-only one, like configs loaded from bytes: every node of a role
+// shares it, and COSI copies of a read-only config do not clone it.
+func readOnly(cfg talosconfig.Provider) (talosconfig.Provider, error) {
+	b, err := cfg.EncodeBytes(encoder.WithComments(encoder.CommentsDisabled))
+	if err != nil {
+		return nil, fmt.Errorf("encoding machine config: %w", err)
+	}
+
+	loaded, err := configloader.NewFromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("loading machine config: %w", err)
+	}
+
+	return loaded, nil
+}

@@ -185,12 +185,13 @@ func (n *Node) boot(ctx context.Context) error {
 		}
 	}
 
-	return n.finishBoot(ctx)
+	return n.finishBoot(ctx, false)
 }
 
-// finishBoot publishes a fully booted node and opens its API.
-func (n *Node) finishBoot(ctx context.Context) error {
-	if err := n.publishBooted(ctx); err != nil {
+// finishBoot publishes a fully booted node (with its configuration again when it may have changed during the
+// reboot) and opens its API.
+func (n *Node) finishBoot(ctx context.Context, republishConfig bool) error {
+	if err := n.publishBooted(ctx, republishConfig); err != nil {
 		return err
 	}
 
@@ -335,7 +336,7 @@ func (n *Node) rebootSequence(ctx context.Context, wipe bool) error {
 		return err
 	}
 
-	if err := n.finishBoot(ctx); err != nil {
+	if err := n.finishBoot(ctx, true); err != nil {
 		return err
 	}
 

@@ -128,13 +128,15 @@ func (n *Node) publishBooting(ctx context.Context) error {
 }
 
 // publishBooted shows a fully booted node: identity, configuration, services and stage Running.
-func (n *Node) publishBooted(ctx context.Context) error {
+func (n *Node) publishBooted(ctx context.Context, republishConfig bool) error {
 	if err := n.publishIdentity(ctx); err != nil {
 		return err
 	}
 
-	if err := n.publishConfig(ctx); err != nil {
-		return err
+	if republishConfig {
+		if err := n.publishConfig(ctx); err != nil {
+			return err
+		}
 	}
 
 	return n.publishHealth(ctx)
