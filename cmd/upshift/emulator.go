@@ -65,7 +65,7 @@ func init() {
 	f.StringVar(&flags.kubernetesVersion, "kubernetes", talosemu.DefaultKubernetesVersion, "Kubernetes version of the clusters")
 	f.BoolVar(&flags.lite, "lite", false, "no etcd and no Kubernetes: thousands of nodes in one process")
 	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
-	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND (repeatable); kinds: "+fmt.Sprint(talosemu.Faults()))
+	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND[:DURATION] (repeatable; with a duration it clears itself); kinds: "+fmt.Sprint(talosemu.Faults()))
 	f.StringVar(&flags.register, "register", "", "create the Cluster, Machine and Credentials resources in the upshift server at this endpoint")
 	rootCmd.AddCommand(cmd)
 }
@@ -109,12 +109,12 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 	}
 
 	for _, spec := range flags.faults {
-		node, fault, err := talosemu.ParseNodeFault(spec)
+		nf, err := talosemu.ParseNodeFault(spec)
 		if err != nil {
 			return err
 		}
 
-		opts = append(opts, talosemu.WithFault(node, fault))
+		opts = append(opts, talosemu.WithNodeFault(nf))
 	}
 
 	fleet, err := talosemu.New(ctx, opts...)

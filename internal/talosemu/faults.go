@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Fault is a failure injected into one emulated node, so tests can prove how the engine reacts to it.
@@ -50,17 +51,41 @@ func ParseFault(s string) (Fault, error) {
 	return f, nil
 }
 
-// ParseNodeFault parses the CLI form NODE=KIND.
-func ParseNodeFault(s string) (node string, fault Fault, err error) {
+// NodeFault is a fault of one node, as the CLI gives it.
+type NodeFault struct {
+	Node  string
+	Fault Fault
+	// For makes the fault clear itself after this long; 0 keeps it until cleared.
+	For time.Duration
+}
+
+// ParseNodeFault parses the CLI form NODE=KIND[:DURATION], e.g. c1-w-2=api-down:30s.
+func ParseNodeFault(s string) (NodeFault, error) {
 	node, kind, ok := strings.Cut(s, "=")
 	if !ok || node == "" {
-		return "", "", fmt.Errorf("fault %q: expected NODE=KIND", s)
+		return NodeFault{}, fmt.Errorf("fault %q: expected NODE=KIND[:DURATION]", s)
 	}
 
-	fault, err = ParseFault(kind)
+	nf := NodeFault{Node: node}
+
+	if kind, duration, timed := strings.Cut(kind, ":"); timed {
+		d, err := time.ParseDuration(duration)
+		if err != nil || d <= 0 {
+			return NodeFault{}, fmt.Errorf("fault %q: duration %q is not a positive Go duration", s, duration)
+		}
+
+		nf.For = d
+		s = node + "=" + kind
+	}
+
+	_, kind, _ = strings.Cut(s, "=")
+
+	fault, err := ParseFault(kind)
 	if err != nil {
-		return "", "", fmt.Errorf("fault %q: %w", s, err)
+		return NodeFault{}, fmt.Errorf("fault %q: %w", s, err)
 	}
 
-	return node, fault, nil
+	nf.Fault = fault
+
+	return nf, nil
 }

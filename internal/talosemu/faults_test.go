@@ -17,13 +17,18 @@ import (
 func TestParseNodeFault(t *testing.T) {
 	t.Parallel()
 
-	node, fault, err := talosemu.ParseNodeFault("c1-w-1=rollback")
-	if err != nil || node != "c1-w-1" || fault != talosemu.FaultRollback {
-		t.Fatalf("got %q %q %v", node, fault, err)
+	nf, err := talosemu.ParseNodeFault("c1-w-1=rollback")
+	if err != nil || nf != (talosemu.NodeFault{Node: "c1-w-1", Fault: talosemu.FaultRollback}) {
+		t.Fatalf("got %+v, %v", nf, err)
 	}
 
-	for _, bad := range []string{"c1-w-1", "=rollback", "c1-w-1=melt"} {
-		if _, _, err := talosemu.ParseNodeFault(bad); err == nil {
+	nf, err = talosemu.ParseNodeFault("c1-w-2=api-down:30s")
+	if err != nil || nf != (talosemu.NodeFault{Node: "c1-w-2", Fault: talosemu.FaultAPIDown, For: 30 * time.Second}) {
+		t.Fatalf("got %+v, %v", nf, err)
+	}
+
+	for _, bad := range []string{"c1-w-1", "=rollback", "c1-w-1=melt", "c1-w-1=api-down:soon", "c1-w-1=api-down:-1s"} {
+		if _, err := talosemu.ParseNodeFault(bad); err == nil {
 			t.Errorf("%q: want an error", bad)
 		}
 	}
@@ -142,6 +147,28 @@ func TestFaults(t *testing.T) {
 
 		if _, err := version(t, c, "c1-w-5"); err != nil {
 			t.Fatalf("after clearing api-down: %v", err)
+		}
+
+		// For a while: the fault clears itself.
+		if err := fleet.SetFaultFor(ctx, "c1-w-5", talosemu.FaultAPIDown, liteDowntime); err != nil {
+			t.Fatal(err)
+		}
+
+		if _, err := version(t, c, "c1-w-5"); status.Code(err) != codes.Unavailable {
+			t.Fatalf("want Unavailable, got %v", err)
+		}
+
+		node, err := fleet.Node("c1-w-5")
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		for !node.Up() {
+			select {
+			case <-ctx.Done():
+				t.Fatal("api-down did not clear itself")
+			case <-time.After(10 * time.Millisecond):
+			}
 		}
 	})
 

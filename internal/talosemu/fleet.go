@@ -145,14 +145,16 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 		f.clusters = append(f.clusters, c)
 	}
 
-	for name, faults := range f.opts.faults {
-		n, ok := f.nodes[name]
+	for _, nf := range f.opts.faults {
+		n, ok := f.nodes[nf.Node]
 		if !ok {
-			return fmt.Errorf("fault for unknown node %q", name)
+			return fmt.Errorf("fault %s for unknown node %q", nf.Fault, nf.Node)
 		}
 
-		for _, fault := range faults {
-			n.faults[fault] = true
+		n.faults[nf.Fault] = true
+
+		if nf.For > 0 {
+			f.clearFaultAfter(n, nf.Fault, nf.For)
 		}
 	}
 
@@ -474,6 +476,37 @@ func (f *Fleet) SetFault(ctx context.Context, node string, fault Fault) error {
 // ClearFault removes a fault from a running node (a node held down by no-return comes back).
 func (f *Fleet) ClearFault(ctx context.Context, node string, fault Fault) error {
 	return f.changeFault(ctx, node, fault, false)
+}
+
+// SetFaultFor injects a fault into a running node that clears itself after d (e.g. api-down for a while).
+func (f *Fleet) SetFaultFor(ctx context.Context, node string, fault Fault, d time.Duration) error {
+	if err := f.SetFault(ctx, node, fault); err != nil {
+		return err
+	}
+
+	n, err := f.Node(node)
+	if err != nil {
+		return err
+	}
+
+	f.clearFaultAfter(n, fault, d)
+
+	return nil
+}
+
+func (f *Fleet) clearFaultAfter(n *Node, fault Fault, d time.Duration) {
+	f.background(func(ctx context.Context) {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+
+		select {
+		case <-ctx.Done():
+		case <-timer.C:
+			if err := n.setFault(ctx, fault, false); err != nil {
+				f.logger.Error("clearing fault", zap.String("node", n.name), zap.String("fault", string(fault)), zap.Error(err))
+			}
+		}
+	})
 }
 
 func (f *Fleet) changeFault(ctx context.Context, node string, fault Fault, on bool) error {

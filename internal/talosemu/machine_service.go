@@ -136,7 +136,7 @@ func (machineService) Upgrade(ctx context.Context, req *machine.UpgradeRequest) 
 	}
 
 	if n.etcd != nil && !req.GetPreserve() && !req.GetForce() {
-		if err := n.etcd.validateForUpgrade(ctx); err != nil {
+		if err := n.validateEtcdForUpgrade(ctx); err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "error validating etcd for upgrade: %v", err)
 		}
 	}

@@ -481,3 +481,19 @@ func (n *Node) applyNow(ctx context.Context, cfg config.Provider) error {
 }
 
 var errInvalidConfig = errors.New("invalid machine configuration")
+
+// validateEtcdForUpgrade is Talos' check before an upgrade that wipes a control plane's etcd data: the cluster keeps
+// quorum without the member, and every member is started and healthy (injected etcd-unhealthy faults included).
+func (n *Node) validateEtcdForUpgrade(ctx context.Context) error {
+	if err := n.etcd.validateForUpgrade(ctx); err != nil {
+		return err
+	}
+
+	for _, other := range n.cluster.nodes {
+		if other.etcd != nil && other.hasFault(FaultEtcdUnhealthy) {
+			return fmt.Errorf("etcd member %016x is not healthy; all members must be healthy to perform an upgrade", other.etcd.id())
+		}
+	}
+
+	return nil
+}

@@ -21,7 +21,7 @@ type options struct {
 	lite              bool
 	rebootDowntime    time.Duration
 	slowRebootFactor  int
-	faults            map[string][]Fault
+	faults            []NodeFault
 	kubernetes        KubernetesRunner
 	logger            *zap.Logger
 }
@@ -39,7 +39,6 @@ func defaultOptions() options {
 		kubernetesVersion: DefaultKubernetesVersion,
 		rebootDowntime:    DefaultRebootDowntime,
 		slowRebootFactor:  5,
-		faults:            map[string][]Fault{},
 		logger:            zap.NewNop(),
 	}
 }
@@ -169,12 +168,21 @@ func WithSlowRebootFactor(factor int) Option {
 
 // WithFault injects a fault into a node from the start.
 func WithFault(node string, fault Fault) Option {
+	return WithNodeFault(NodeFault{Node: node, Fault: fault})
+}
+
+// WithNodeFault injects a fault into a node from the start, for a while when its For is set.
+func WithNodeFault(nf NodeFault) Option {
 	return func(o *options) error {
-		if _, err := ParseFault(string(fault)); err != nil {
+		if _, err := ParseFault(string(nf.Fault)); err != nil {
 			return err
 		}
 
-		o.faults[node] = append(o.faults[node], fault)
+		if nf.For < 0 {
+			return fmt.Errorf("fault %s of %s: negative duration %s", nf.Fault, nf.Node, nf.For)
+		}
+
+		o.faults = append(o.faults, nf)
 
 		return nil
 	}

@@ -205,16 +205,18 @@ func (n *Node) setMachineStatus(ctx context.Context, stage runtime.MachineStage,
 
 // setServices marks every service running and healthy (up) or stopped (down); etcd follows its fault.
 func (n *Node) setServices(ctx context.Context, up bool) error {
-	etcdHealthy := up && !n.hasFault(FaultEtcdUnhealthy)
+	// etcd runs only while the node is a member (not after it left the cluster), and is healthy unless faulted.
+	etcdRunning := up && n.etcd != nil && n.etcd.id() != 0
+	etcdHealthy := etcdRunning && !n.hasFault(FaultEtcdUnhealthy)
 
 	for _, id := range n.services() {
-		healthy := up
+		running, healthy := up, up
 		if id == "etcd" {
-			healthy = etcdHealthy
+			running, healthy = etcdRunning, etcdHealthy
 		}
 
 		if err := safe.StateModify(ctx, n.st, v1alpha1.NewService(id), func(r *v1alpha1.Service) error {
-			r.TypedSpec().Running = up
+			r.TypedSpec().Running = running
 			r.TypedSpec().Healthy = healthy
 			r.TypedSpec().Unknown = false
 
