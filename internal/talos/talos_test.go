@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,23 +103,9 @@ func TestInstallerCalls(t *testing.T) {
 		{node: "c1-cp-1", method: "Reboot"},
 	}
 
-	if got := f.recorded(); !equalCalls(got, want) {
+	if got := f.recorded(); !slices.Equal(got, want) {
 		t.Errorf("calls = %+v\nwant %+v", got, want)
 	}
-}
-
-func equalCalls(a, b []call) bool {
-	if len(a) != len(b) {
-		return false
-	}
-
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-
-	return true
 }
 
 func TestInstallerExitCode(t *testing.T) {

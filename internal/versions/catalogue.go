@@ -37,6 +37,9 @@ var shipped = []string{"1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.14.1
 type Catalogue struct {
 	mu       sync.RWMutex
 	releases []Release
+	// generation counts changes to releases; graphs caches planning graphs per Kubernetes version for it.
+	generation int
+	graphs     map[string]*graph
 }
 
 // NewCatalogue returns an empty catalogue; Shipped returns the one the engine starts with.
@@ -78,8 +81,12 @@ func (c *Catalogue) Add(version, installerTag string) error {
 	return nil
 }
 
-// add inserts or replaces r keeping the order; the caller holds mu (or owns c exclusively).
+// add inserts or replaces r keeping the order and drops the cached graphs; the caller holds mu (or owns c
+// exclusively).
 func (c *Catalogue) add(r Release) {
+	c.generation++
+	c.graphs = nil
+
 	i, found := slices.BinarySearchFunc(c.releases, r.Version, func(e Release, v Version) int { return e.Version.Compare(v) })
 	if found {
 		c.releases[i] = r

@@ -105,54 +105,46 @@ func (c *Catalogue) plan(current []Version, kubernetes string, to Version) (Plan
 // cluster's Kubernetes and lie between the oldest and newest version involved are considered, so a chain never
 // overshoots.
 func (c *Catalogue) chain(hosts []Version, kubernetes string, target Release) []Release {
-	lo, hi := slices.MinFunc(hosts, Version.Compare), slices.MaxFunc(hosts, Version.Compare)
-	lo, hi = slices.MinFunc([]Version{lo, target.Version}, Version.Compare), slices.MaxFunc([]Version{hi, target.Version}, Version.Compare)
+	g := c.graphFor(kubernetes)
 
-	var nodes []Release
-
-	for _, r := range c.Releases() {
-		if r.Version.Compare(lo) >= 0 && r.Version.Compare(hi) <= 0 && CheckKubernetes(r.Version, kubernetes) == nil {
-			nodes = append(nodes, r)
-		}
+	lo := slices.MinFunc(append([]Version{target.Version}, hosts...), Version.Compare)
+	hi := slices.MaxFunc(append([]Version{target.Version}, hosts...), Version.Compare)
+	inRange := make([]bool, len(g.nodes))
+	for i, r := range g.nodes {
+		inRange[i] = r.Version.Compare(lo) >= 0 && r.Version.Compare(hi) <= 0
 	}
 
-	// dist[i] is the number of installs from nodes[i] to the target; -1 when the target cannot be reached.
-	dist := make([]int, len(nodes))
-	for i, r := range nodes {
+	// dist[i] is the number of installs from nodes[i] to the target (breadth-first, backwards from the
+	// target); -1 when the target cannot be reached from it.
+	dist := make([]int, len(g.nodes))
+	queue := make([]int, 0, len(g.nodes))
+
+	for i, r := range g.nodes {
 		dist[i] = -1
+
 		if r.Version.Equal(target.Version) {
 			dist[i] = 0
+			queue = append(queue, i)
 		}
 	}
 
-	for d, changed := 0, true; changed; d++ {
-		changed = false
+	for ; len(queue) > 0; queue = queue[1:] {
+		j := queue[0]
 
-		for i := range nodes {
-			if dist[i] != -1 {
-				continue
-			}
-
-			for j := range nodes {
-				if dist[j] == d && CheckDirect(nodes[i].Version, nodes[j].Version) == nil {
-					dist[i], changed = d+1, true
-
-					break
-				}
+		for i := range g.nodes {
+			if dist[i] == -1 && inRange[i] && g.next[i][j] {
+				dist[i] = dist[j] + 1
+				queue = append(queue, i)
 			}
 		}
 	}
 
-	// best returns the index of the newest node at the smallest distance that accepts every one of from.
-	best := func(from []Version, maxDist int) int {
+	// best returns the newest node at the smallest distance (at most maxDist) that accepts(i).
+	best := func(maxDist int, accepts func(i int) bool) int {
 		pick := -1
 
-		for i := len(nodes) - 1; i >= 0; i-- {
-			if dist[i] < 0 || dist[i] > maxDist || checkDirectFromAll(from, nodes[i].Version) != nil {
-				continue
-			}
-
-			if pick == -1 || dist[i] < dist[pick] {
+		for i := len(g.nodes) - 1; i >= 0; i-- {
+			if dist[i] >= 0 && dist[i] <= maxDist && (pick == -1 || dist[i] < dist[pick]) && accepts(i) {
 				pick = i
 			}
 		}
@@ -160,19 +152,71 @@ func (c *Catalogue) chain(hosts []Version, kubernetes string, target Release) []
 		return pick
 	}
 
-	next := best(hosts, len(nodes))
-	if next == -1 {
+	cur := best(len(g.nodes), func(i int) bool { return checkDirectFromAll(hosts, g.nodes[i].Version) == nil })
+	if cur == -1 {
 		return nil
 	}
 
-	hops := []Release{nodes[next]}
+	hops := []Release{g.nodes[cur]}
 
-	for dist[next] > 0 {
-		next = best([]Version{nodes[next].Version}, dist[next]-1)
-		hops = append(hops, nodes[next])
+	for dist[cur] > 0 {
+		from := cur
+		cur = best(dist[from]-1, func(i int) bool { return g.next[from][i] })
+		hops = append(hops, g.nodes[cur])
 	}
 
 	return hops
+}
+
+// graph is the part of the catalogue that runs one Kubernetes version, with which release installs directly
+// over which: planning walks it instead of asking machinery's rules again for every pair.
+type graph struct {
+	nodes []Release
+	// next[i][j] is true when nodes[j] can be installed directly over nodes[i].
+	next [][]bool
+}
+
+// maxCachedGraphs bounds the graph cache; Kubernetes versions in use are few, but callers pass any string.
+const maxCachedGraphs = 32
+
+// graphFor returns the graph of the releases that run kubernetes, built once per catalogue content.
+func (c *Catalogue) graphFor(kubernetes string) *graph {
+	c.mu.RLock()
+	g, generation := c.graphs[kubernetes], c.generation
+	c.mu.RUnlock()
+
+	if g != nil {
+		return g
+	}
+
+	g = &graph{}
+
+	for _, r := range c.Releases() {
+		if CheckKubernetes(r.Version, kubernetes) == nil {
+			g.nodes = append(g.nodes, r)
+		}
+	}
+
+	g.next = make([][]bool, len(g.nodes))
+	for i, from := range g.nodes {
+		g.next[i] = make([]bool, len(g.nodes))
+		for j, to := range g.nodes {
+			g.next[i][j] = to.Version.talos.UpgradeableFrom(from.Version.talos) == nil
+		}
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	if c.generation == generation { // the catalogue did not change meanwhile
+		if len(c.graphs) >= maxCachedGraphs || c.graphs == nil {
+			c.graphs = map[string]*graph{}
+		}
+
+		c.graphs[kubernetes] = g
+	}
+
+	return g
 }
 
 // Choice is one Talos release a user may pick for a cluster, with how the engine would get there.

@@ -260,3 +260,20 @@ func TestFlowAndDirection(t *testing.T) {
 		t.Errorf("CheckDirect(1.16.0 -> 1.14.1) = %v", err)
 	}
 }
+
+func TestAddingAReleaseOpensAPath(t *testing.T) {
+	c := catalogue(t, "1.14.1")
+
+	if _, err := c.Plan([]string{"1.10.0"}, "1.32.0", "1.14.1"); !errors.Is(err, versions.ErrNoPath) {
+		t.Fatalf("Plan without an intermediate release = %v, want ErrNoPath", err)
+	}
+
+	if err := c.Add("1.12.5", ""); err != nil {
+		t.Fatal(err)
+	}
+
+	plan, err := c.Plan([]string{"1.10.0"}, "1.32.0", "1.14.1")
+	if err != nil || strings.Join(hopVersions(plan), " ") != "1.12.5 1.14.1" {
+		t.Fatalf("Plan after adding 1.12.5 = %v, %v", hopVersions(plan), err)
+	}
+}
