@@ -57,7 +57,7 @@ type ClusterSpec struct {
 	// ManifestSync is the bootstrap-manifest sync mode. Empty means ManifestSyncManual.
 	ManifestSync ManifestSyncMode `yaml:"manifestSync,omitempty" protobuf:"5"`
 	// Paused stops new machines from starting an upgrade; machines already upgrading finish their step.
-	Paused bool `yaml:"paused,omitempty" protobuf:"6"`
+	Paused bool `yaml:"paused" protobuf:"6"`
 }
 
 // NewCluster returns an empty Cluster named id.
