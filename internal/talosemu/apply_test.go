@@ -65,7 +65,7 @@ func kubeProxyImage(t *testing.T, c *client.Client, node string) string {
 		}
 
 		spec := item.Object["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any) //nolint:forcetypeassert
-		container := spec["containers"].([]any)[0].(map[string]any)                                       //nolint:forcetypeassert
+		container := spec["containers"].([]any)[0].(map[string]any)                                        //nolint:forcetypeassert
 
 		return container["image"].(string) //nolint:forcetypeassert
 	}
