@@ -28,7 +28,7 @@ type testCluster struct {
 }
 
 // startEtcd starts a single embedded etcd member on free loopback ports and returns its client URL.
-func startEtcd(t *testing.T) string {
+func startEtcd(t testing.TB) string {
 	t.Helper()
 
 	cfg := embed.NewConfig()
@@ -62,7 +62,7 @@ func startEtcd(t *testing.T) string {
 	return clientURL.String()
 }
 
-func loopbackURL(t *testing.T) url.URL {
+func loopbackURL(t testing.TB) url.URL {
 	t.Helper()
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -77,7 +77,7 @@ func loopbackURL(t *testing.T) url.URL {
 
 // startCluster starts etcd, the control plane and a kubelet per node. A missing binary fails the test: CI must
 // build them (`make kube-bins`).
-func startCluster(t *testing.T, nodes ...kubeemu.NodeConfig) *testCluster {
+func startCluster(t testing.TB, nodes ...kubeemu.NodeConfig) *testCluster {
 	t.Helper()
 
 	ctx, cancel := context.WithCancel(context.Background())
