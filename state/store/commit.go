@@ -11,121 +11,150 @@ import (
 	"go.uber.org/zap"
 )
 
-// enqueue hands one write to the committer and returns its sequence number. It is called by the in-memory
+// enqueue hands one write to the commit queue and returns its sequence number. It is called by the in-memory
 // collection while it holds its mutex, so it must not block on the disk: it only appends to the queue. Sequence
 // numbers are handed out in queue order, and one collection's writes are enqueued in the order they are applied in
 // memory, so replaying the log reproduces every collection's history.
 func (s *Store) enqueue(rec *record, collection *atomic.Uint64) (uint64, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 
 	if s.failure != nil {
-		s.mu.Unlock()
-
 		return 0, s.failure
 	}
 
 	if s.closed {
-		s.mu.Unlock()
-
 		return 0, fmt.Errorf("writing to state %q: %w", s.path, ErrClosed)
 	}
 
 	s.lastSeq++
-	seq := s.lastSeq
-	rec.seq, rec.time = seq, time.Now()
+	rec.seq, rec.time = s.lastSeq, time.Now()
 	s.queue = append(s.queue, rec)
-	collection.Store(seq)
-	s.mu.Unlock()
+	collection.Store(rec.seq)
 
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-
-	return seq, nil
+	return rec.seq, nil
 }
 
-// run is the committer: whenever no commit is in flight it takes everything queued so far and commits it in one
-// bbolt transaction (one pair of fsyncs), so the batch size follows the disk's latency instead of a timer.
-func (s *Store) run() {
-	defer close(s.done)
+// waitDurable blocks until seq is on disk, the store failed, or ctx ends.
+//
+// Group commit without a committer goroutine or a timer: a waiter that finds no commit in flight becomes the
+// leader and commits everything queued so far (its own write included) in one bbolt transaction, then wakes the
+// others; one of those still waiting leads the next commit with everything queued meanwhile. A lone writer thus
+// commits on its own goroutine like COSI's stock store, and concurrent writers share commits, the batch size
+// following the disk's latency.
+func (s *Store) waitDurable(ctx context.Context, seq uint64) error {
+	for s.durable.Load() < seq {
+		s.mu.Lock()
 
-	var ticker <-chan time.Time
+		if s.failure != nil {
+			failure := s.failure
+			s.mu.Unlock()
 
-	if s.opts.retention.MaxAge > 0 {
-		t := time.NewTicker(s.opts.compactionInterval)
-		defer t.Stop()
+			return failure
+		}
 
-		ticker = t.C
-	}
+		if !s.busy && len(s.queue) > 0 {
+			s.busy = true
+			s.mu.Unlock()
 
-	s.compact(time.Now())
-
-	for {
-		select {
-		case <-s.wake:
-		case <-ticker:
-			s.compact(time.Now())
+			s.commitQueued()
 
 			continue
-		case <-s.stop:
-			s.commitQueued() // Close: everything enqueued before closed was set gets committed
-
-			return
 		}
 
-		// Writers woken by the previous commit are runnable now; yielding once (microseconds, no timer) lets them
-		// join this commit instead of waiting a whole fsync for the next one.
-		runtime.Gosched()
+		ch := s.durableCh
+		s.mu.Unlock()
 
-		if s.commitQueued() > 0 || s.compactMore {
-			s.compact(time.Now())
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for event %d to be durable: %w", seq, ctx.Err())
 		}
+	}
+
+	return nil
+}
+
+// acquire waits until no commit or compaction is in flight and takes the exclusive right to the next one; it
+// returns false if the store failed meanwhile.
+func (s *Store) acquire() bool {
+	for {
+		s.mu.Lock()
+
+		if s.failure != nil {
+			s.mu.Unlock()
+
+			return false
+		}
+
+		if !s.busy {
+			s.busy = true
+			s.mu.Unlock()
+
+			return true
+		}
+
+		ch := s.durableCh
+		s.mu.Unlock()
+
+		<-ch
 	}
 }
 
-// commitQueued commits the current queue and publishes the outcome; it returns how many writes it committed.
-func (s *Store) commitQueued() int {
+// release gives up the right taken by acquire (or by a leading waiter) and wakes everyone waiting, so that one
+// of them can lead the next commit.
+func (s *Store) release() {
+	s.busy = false
+	close(s.durableCh)
+	s.durableCh = make(chan struct{})
+}
+
+// commitQueued commits the current queue in one transaction and publishes the outcome; the caller holds the right
+// to commit (busy).
+func (s *Store) commitQueued() {
+	// With other writes in progress, writers woken by the previous commit are runnable now; yielding once (no
+	// timer) lets them join this commit instead of waiting a whole fsync for the next one. A lone writer does not
+	// yield: under CPU contention a yield costs milliseconds.
+	if s.writers.Load() > 1 {
+		runtime.Gosched()
+	}
+
 	s.mu.Lock()
 	batch := s.queue
 	s.queue, s.spare = s.spare[:0], nil
-	failed := s.failure != nil
 	s.mu.Unlock()
 
-	// After a failed commit memory is ahead of the disk; committing later writes that depend on the lost ones
-	// would make the log lie, so they are dropped and their writers get the failure.
-	if len(batch) == 0 || failed {
-		s.spare = batch
+	var err error
 
-		return 0
+	if len(batch) > 0 {
+		err = s.db.Update(func(tx *bbolt.Tx) error { return applyBatch(tx, batch) })
 	}
-
-	err := s.db.Update(func(tx *bbolt.Tx) error { return applyBatch(tx, batch) })
 
 	s.mu.Lock()
+	defer s.mu.Unlock()
 
-	if err != nil {
+	switch {
+	case err != nil:
+		// Memory is now ahead of the disk; committing later writes that depend on the lost ones would make the
+		// log lie, so the store fails as a whole.
 		s.failure = fmt.Errorf("committing to state %q: %w (the store is unusable until reopened)", s.path, err)
 		s.opts.logger.Error("commit failed", zap.Error(err))
-	} else {
+	case len(batch) > 0:
 		s.commits.Add(1)
 		s.writes.Add(uint64(len(batch)))
-		s.durable.Store(s.lastSeqOf(batch))
+		s.durable.Store(batch[len(batch)-1].seq)
 	}
 
-	close(s.durableCh)
-	s.durableCh = make(chan struct{})
-
-	n := len(batch)
 	clear(batch)
 	s.spare = batch[:0]
-	s.mu.Unlock()
+	s.release()
 
-	return n
-}
-
-func (s *Store) lastSeqOf(batch []*record) uint64 {
-	return batch[len(batch)-1].seq
+	if s.opts.retention.MaxEvents > 0 {
+		select {
+		case s.compactCh <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // applyBatch writes a batch: for every record the log entry, its index entry and the new current state.
@@ -168,31 +197,6 @@ func applyBatch(tx *bbolt.Tx, batch []*record) error {
 
 		if err != nil {
 			return fmt.Errorf("storing %s: %w", describeKey(rec.key), err)
-		}
-	}
-
-	return nil
-}
-
-// waitDurable blocks until seq is on disk, the store failed, or ctx ends.
-func (s *Store) waitDurable(ctx context.Context, seq uint64) error {
-	for s.durable.Load() < seq {
-		s.mu.Lock()
-		failure, ch := s.failure, s.durableCh
-		s.mu.Unlock()
-
-		if failure != nil {
-			return failure
-		}
-
-		if s.durable.Load() >= seq {
-			return nil
-		}
-
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for event %d to be durable: %w", seq, ctx.Err())
 		}
 	}
 

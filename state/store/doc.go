@@ -8,14 +8,16 @@
 // fleet's status updates, all of one type, commit one fsync at a time.
 //
 // Here inmem still does all of COSI's semantics, but its backing store only enqueues the marshaled write and
-// returns; Store.State's Create, Update and Destroy then wait for the commit after inmem has released the mutex. A
-// single committer goroutine commits whenever no commit is in flight, taking everything queued meanwhile into one
-// bbolt transaction, so 16 concurrent writers share one pair of fsyncs instead of queueing for 16 (no timer, unlike
-// bbolt's db.Batch). Nothing that is not durable is ever shown: a write returns only once committed, Get and List
-// wait until the writes of their collection enqueued so far are committed, and watch events are held back until
-// the writes behind them are. A failed commit fails the store (memory is then ahead of the disk):
-// every later write, and every read or watch event that would show a write that did not reach the disk, gets the
-// error until the store is reopened from the file.
+// returns; Store.State's Create, Update and Destroy then wait for the commit after inmem has released the mutex.
+// Commits are led by the writers themselves, with no committer goroutine and no timer (unlike bbolt's db.Batch):
+// a waiting writer that finds no commit in flight takes everything queued so far into one bbolt transaction,
+// commits it and wakes the others, one of which leads the next commit with what queued meanwhile. A lone writer
+// commits on its own goroutine as COSI's stock store does; 16 concurrent writers share one pair of fsyncs instead
+// of queueing for 16, the batch size following the disk's latency. Nothing that is not durable is ever shown: a
+// write returns only once committed, Get and List wait until the writes of their collection enqueued so far are
+// committed, and watch events are held back until the writes behind them are. A failed commit fails the store
+// (memory is then ahead of the disk): every later write, and every read or watch event that would show a write
+// that did not reach the disk, gets the error until the store is reopened from the file.
 //
 // # Layout of the bbolt file
 //
@@ -33,7 +35,7 @@
 //
 // # Retention
 //
-// WithRetention bounds the log by count and/or age. Compaction runs on the committer between commits, in chunks,
+// WithRetention bounds the log by count and/or age. Compaction runs in the background between commits, in chunks,
 // each one bbolt transaction that folds the oldest events into the snapshot, deletes them and their index entries,
 // and advances the snapshot sequence, so a crash at any moment leaves a file that replays to the same state.
 // History reports where the retained log begins.

@@ -9,29 +9,69 @@ import (
 )
 
 // compactChunk bounds how many events one compaction transaction folds, so writers queued behind it wait for at
-// most one bounded transaction; the committer interleaves further chunks with write commits.
+// most one bounded transaction; further chunks interleave with write commits.
 const compactChunk = 10000
 
-// compact folds events beyond the retention bounds into the snapshot. It runs on the committer goroutine, one
-// chunk per call, each chunk a single bbolt transaction: the snapshot, the log, the index and the snapshot
-// sequence move together, so a crash at any point leaves a file whose snapshot + log replays to the same state.
-func (s *Store) compact(now time.Time) {
+// compactor applies the retention: after commits (count) and on a ticker (age), one chunk at a time, each time
+// taking the commit right so that it never runs concurrently with a commit.
+func (s *Store) compactor() {
+	defer close(s.done)
+
 	if !s.opts.retention.enabled() {
+		<-s.stop
+
 		return
 	}
 
+	var tick <-chan time.Time
+
+	if s.opts.retention.MaxAge > 0 {
+		t := time.NewTicker(s.opts.compactionInterval)
+		defer t.Stop()
+
+		tick = t.C
+	}
+
+	for more := true; ; {
+		if more {
+			if !s.acquire() {
+				return
+			}
+
+			more = s.compact(time.Now())
+
+			s.mu.Lock()
+			s.release()
+			s.mu.Unlock()
+
+			continue
+		}
+
+		select {
+		case <-s.stop:
+			return
+		case <-s.compactCh:
+		case <-tick:
+		}
+
+		more = true
+	}
+}
+
+// compact folds events beyond the retention bounds into the snapshot, one chunk per call, each chunk a single bbolt transaction: the snapshot, the log, the index and the snapshot
+// sequence move together, so a crash at any point leaves a file whose snapshot + log replays to the same state.
+// It reports whether another chunk is due.
+func (s *Store) compact(now time.Time) bool {
 	// A write transaction costs a commit (two fsyncs) even when it changes nothing, so look first.
 	due, err := s.compactionDue(now)
 	if err != nil {
 		s.opts.logger.Error("checking log retention", zap.String("path", s.path), zap.Error(err))
 
-		return
+		return false
 	}
 
 	if !due {
-		s.compactMore = false
-
-		return
+		return false
 	}
 
 	var (
@@ -50,20 +90,14 @@ func (s *Store) compact(now time.Time) {
 		// Compaction failing leaves the log longer than configured but consistent; writes go on.
 		s.opts.logger.Error("log compaction failed", zap.String("path", s.path), zap.Error(err))
 
-		return
+		return false
 	}
 
 	if folded > 0 {
 		s.opts.logger.Debug("log compacted", zap.Uint64("events", folded), zap.Uint64("snapshot_seq", s.snapshotSeq))
 	}
 
-	s.compactMore = more
-	if more {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
-	}
+	return more
 }
 
 // compactionDue reports, from a read transaction, whether the oldest retained event is beyond a retention bound.

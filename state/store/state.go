@@ -126,17 +126,25 @@ func (d *durableState) List(ctx context.Context, kind resource.Kind, opts ...sta
 	return list, err
 }
 
-// write runs one inmem write with a ticket and waits, outside any lock, for its commit.
+// write runs one inmem write with a ticket and waits, outside any lock, for its commit (leading it if no commit
+// is in flight).
 func (d *durableState) write(ctx context.Context, owner string, do func(context.Context) error) error {
+	d.store.writers.Add(1)
+	defer d.store.writers.Add(-1)
+
 	t := &ticket{owner: owner}
 
-	if err := do(context.WithValue(ctx, ticketKey{}, t)); err != nil {
-		return err
+	err := do(context.WithValue(ctx, ticketKey{}, t))
+
+	// Once enqueued, a write becomes durable or fails the store within a commit or two, and this writer may have
+	// to lead that commit; so wait even if ctx ends.
+	if t.seq != 0 {
+		if waitErr := d.store.waitDurable(context.Background(), t.seq); err == nil {
+			err = waitErr
+		}
 	}
 
-	// Not ctx: once enqueued, the write becomes durable or fails the store within one commit, and the caller
-	// must learn which.
-	return d.store.waitDurable(context.Background(), t.seq)
+	return err
 }
 
 // Create implements state.CoreState.
@@ -234,7 +242,7 @@ func forward[T any](ctx context.Context, s *Store, collection *atomic.Uint64, in
 }
 
 // backingStore is the inmem.BackingStore of one namespace. Put and Destroy run under the collection's mutex and
-// only enqueue; the write's durableState waits for the commit after the mutex is released.
+// only enqueue; the write's durableState waits for (or leads) the commit after the mutex is released.
 type backingStore struct {
 	store *Store
 	ns    resource.Namespace
@@ -274,7 +282,7 @@ func (b *backingStore) Put(ctx context.Context, typ resource.Type, res resource.
 	}, typ)
 }
 
-// Destroy enqueues a destroy; the committer records the resource's last stored state with it.
+// Destroy enqueues a destroy; the commit records the resource's last stored state with it.
 func (b *backingStore) Destroy(ctx context.Context, typ resource.Type, ptr resource.Pointer) error {
 	t, _ := ctx.Value(ticketKey{}).(*ticket)
 

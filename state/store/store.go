@@ -44,29 +44,31 @@ type Store struct {
 	// group commit, see commit.go
 	mu        sync.Mutex
 	queue     []*record
-	spare     []*record
+	spare     []*record     // the previous batch's slice, reused by the next queue; owned by the commit holder
 	lastSeq   uint64        // last sequence number handed out; guarded by mu
-	durableCh chan struct{} // closed and replaced whenever durable advances or the store fails; guarded by mu
+	durableCh chan struct{} // closed and replaced whenever a commit or compaction ends; guarded by mu
 	failure   error         // set once a commit fails; guarded by mu
 	closed    bool          // guarded by mu
+	busy      bool          // a commit or compaction is in flight; guarded by mu
 	durable   atomic.Uint64 // highest sequence number known to be on disk
-	wake      chan struct{}
+	writers   atomic.Int64  // Create/Update/Destroy calls in progress
+	compactCh chan struct{} // a commit happened: count-based retention may be due
 	stop      chan struct{}
-	done      chan struct{}
+	done      chan struct{} // the compactor ended
 
 	pending sync.Map // collectionKey -> *atomic.Uint64: last sequence number enqueued for that (namespace, type)
 
 	loadMu sync.Mutex
 	loaded map[resource.Namespace][]resource.Resource // replayed at Open, handed to inmem on first use of a namespace
 
-	snapshotSeq uint64 // owned by the committer goroutine after Open
-	compactMore bool   // a compaction stopped at its chunk limit; owned by the committer goroutine
+	snapshotSeq uint64 // owned by whoever holds busy after Open
 
 	commits atomic.Uint64 // statistics for benchmarks and logs
 	writes  atomic.Uint64
 }
 
-// Open opens (or creates) the state file at path, replays snapshot and log into memory, and starts the committer.
+// Open opens (or creates) the state file at path, replays snapshot and log into memory, and starts the
+// background compaction (if a retention is set).
 // It fails with ErrLocked if another process holds the file past the open timeout, and with ErrForeign or
 // ErrCorrupt, without modifying the file, if it is not a readable upshift state.
 func Open(path string, opts ...Option) (*Store, error) {
@@ -85,7 +87,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		path:      path,
 		opts:      o,
 		durableCh: make(chan struct{}),
-		wake:      make(chan struct{}, 1),
+		compactCh: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -106,7 +108,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	s.durable.Store(s.lastSeq)
 	s.state = newDurableState(s)
 
-	go s.run()
+	go s.compactor()
 
 	return s, nil
 }
@@ -246,7 +248,7 @@ func (s *Store) Path() string {
 	return s.path
 }
 
-// Close commits everything already queued, stops the committer and releases the file. Writes after Close fail
+// Close commits everything already queued, stops compaction and releases the file. Writes after Close fail
 // with ErrClosed.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -261,6 +263,13 @@ func (s *Store) Close() error {
 
 	close(s.stop)
 	<-s.done
+
+	// Writes enqueued before closed was set are committed (their writers may be waiting for a leader), and the
+	// commit right is kept so that nothing touches the file after it is closed.
+	if s.acquire() {
+		s.commitQueued()
+		s.acquire()
+	}
 
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("closing state %q: %w", s.path, err)
