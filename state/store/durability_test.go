@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -122,4 +123,60 @@ func TestWritesAfterCloseFail(t *testing.T) {
 
 	err := s.State().Create(context.Background(), newStatus("default", "late"))
 	require.ErrorIs(t, err, store.ErrClosed)
+}
+
+// TestCloseDuringWrites closes the store under concurrent writers: every write either fails with ErrClosed or
+// was acknowledged and is there after reopening.
+func TestCloseDuringWrites(t *testing.T) {
+	t.Parallel()
+
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTestStore(t, path)
+	st := state.WrapCore(s.State())
+	ctx := context.Background()
+
+	const writers = 8
+
+	acked := make([]int, writers)
+	started := make(chan struct{}, writers)
+
+	var g errgroup.Group
+
+	for w := range writers {
+		g.Go(func() error {
+			for i := 0; ; i++ {
+				err := st.Create(ctx, newStatus("default", fmt.Sprintf("w%d-%d", w, i)))
+				if errors.Is(err, store.ErrClosed) {
+					return nil
+				}
+
+				if err != nil {
+					return err
+				}
+
+				acked[w] = i + 1
+
+				if i == 0 {
+					started <- struct{}{}
+				}
+			}
+		})
+	}
+
+	for range writers {
+		<-started
+	}
+
+	require.NoError(t, s.Close())
+	require.NoError(t, g.Wait())
+
+	s = openTestStore(t, path)
+	defer s.Close() //nolint:errcheck
+
+	for w, n := range acked {
+		for i := range n {
+			_, err := s.State().Get(ctx, resource.NewMetadata("default", statusType, fmt.Sprintf("w%d-%d", w, i), resource.VersionUndefined))
+			require.NoError(t, err, "acknowledged write w%d-%d lost at Close", w, i)
+		}
+	}
 }
