@@ -44,7 +44,7 @@ type call struct {
 
 // callFrom returns the call a handler serves; the interceptors always set it.
 func callFrom(ctx context.Context) *call {
-	c, _ := ctx.Value(callKey{}).(*call) //nolint:errcheck // set by the interceptors for every handler
+	c, _ := ctx.Value(callKey{}).(*call) // the interceptors set it for every handler
 
 	return c
 }
