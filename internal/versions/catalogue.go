@@ -27,10 +27,11 @@ func (r Release) Image(repository string) string {
 	return repository + ":" + r.InstallerTag
 }
 
-// shipped lists the releases the engine knows without being told: the .0 of every release line whose
-// upgrade rules machinery v1.14.1 carries from 1.10 on, and the latest patch it was built against. Operators add
-// the patches they run with Catalogue.Add (no network is ever used to discover releases).
-var shipped = []string{"1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.14.1"}
+// shipped lists the releases the engine knows without being told: the .0 of every release line whose upgrade
+// rules machinery v1.14.1 carries from 1.10 on, and the latest patch of each line from 1.11 (the ones the emulated
+// fleet runs). Planning prefers the latest patch of an intermediate line. Operators add the patches they run with
+// Catalogue.Add (no network is ever used to discover releases).
+var shipped = []string{"1.10.0", "1.11.0", "1.11.6", "1.12.0", "1.12.6", "1.13.0", "1.13.4", "1.14.0", "1.14.1"}
 
 // Catalogue is the set of Talos releases upgrades may go to or through, kept sorted by version. It is safe for
 // concurrent use: the engine reads it while an operator extends it.

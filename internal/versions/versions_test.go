@@ -2,10 +2,12 @@ package versions_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/versions"
 )
 
@@ -174,7 +176,10 @@ func TestChoices(t *testing.T) {
 		got = append(got, c.Release.Version.String()+" "+c.Direction.String()+" "+strings.Repeat("*", c.Hops))
 	}
 
-	want := []string{"1.10.0 downgrade **", "1.11.0 downgrade *", "1.13.0 upgrade *", "1.14.0 upgrade *", "1.14.1 upgrade *"}
+	want := []string{
+		"1.10.0 downgrade **", "1.11.0 downgrade *", "1.11.6 downgrade *", "1.12.6 upgrade *",
+		"1.13.0 upgrade *", "1.13.4 upgrade *", "1.14.0 upgrade *", "1.14.1 upgrade *",
+	}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("Choices = %q, want %q", got, want)
 	}
@@ -240,8 +245,8 @@ func TestCatalogueConcurrentUse(t *testing.T) {
 
 	wg.Wait()
 
-	if got := len(c.Releases()); got != 6+8 {
-		t.Errorf("%d releases after concurrent adds, want 14", got)
+	if got, want := len(c.Releases()), len(versions.Shipped().Releases())+8-1; got != want { // 1.13.4 was shipped
+		t.Errorf("%d releases after concurrent adds, want %d", got, want)
 	}
 }
 
@@ -275,5 +280,28 @@ func TestAddingAReleaseOpensAPath(t *testing.T) {
 	plan, err := c.Plan([]string{"1.10.0"}, "1.32.0", "1.14.1")
 	if err != nil || strings.Join(hopVersions(plan), " ") != "1.12.5 1.14.1" {
 		t.Fatalf("Plan after adding 1.12.5 = %v, %v", hopVersions(plan), err)
+	}
+}
+
+// TestShippedCataloguePlansWithinTheEmulatedFleet plans every change between the versions the emulated fleet runs
+// with the shipped catalogue: each must have a plan, and every hop must be a version the fleet can install.
+func TestShippedCataloguePlansWithinTheEmulatedFleet(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+
+	for _, from := range supported {
+		for _, to := range supported {
+			plan, err := versions.Shipped().Plan([]string{from}, talosemu.DefaultKubernetesVersion, to)
+			if err != nil {
+				t.Errorf("%s -> %s: %v", from, to, err)
+
+				continue
+			}
+
+			for _, hop := range hopVersions(plan) {
+				if !slices.Contains(supported, hop) {
+					t.Errorf("%s -> %s goes through %s, which the emulated fleet cannot install (%s)", from, to, hop, plan)
+				}
+			}
+		}
 	}
 }
