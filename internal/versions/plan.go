@@ -236,8 +236,8 @@ func (c *Catalogue) Choices(hosts []string, kubernetes string) ([]Choice, error)
 		return nil, fmt.Errorf("listing Talos versions: %w", err)
 	}
 
-	if _, err := Parse(kubernetes); err != nil {
-		return nil, fmt.Errorf("listing Talos versions: Kubernetes: %w", err)
+	if _, err := parseKubernetes(kubernetes); err != nil {
+		return nil, fmt.Errorf("listing Talos versions: %w", err)
 	}
 
 	var choices []Choice

@@ -158,9 +158,9 @@ func CheckDirect(host, target Version) error {
 // CheckKubernetes reports, with machinery's reason, why the Talos release target cannot run Kubernetes
 // kubernetes; nil when it can. It is ErrInvalidVersion when kubernetes does not parse.
 func CheckKubernetes(target Version, kubernetes string) error {
-	k, err := compatibility.ParseKubernetesVersion(strings.TrimSpace(kubernetes))
+	k, err := parseKubernetes(kubernetes)
 	if err != nil {
-		return fmt.Errorf("%w Kubernetes version %q: %w", ErrInvalidVersion, kubernetes, err)
+		return err
 	}
 
 	if err := k.SupportedWith(target.talos); err != nil {
@@ -168,4 +168,14 @@ func CheckKubernetes(target Version, kubernetes string) error {
 	}
 
 	return nil
+}
+
+// parseKubernetes reads a Kubernetes version as machinery does ("1.35.0", "v1.35.0", "1.35").
+func parseKubernetes(s string) (*compatibility.KubernetesVersion, error) {
+	k, err := compatibility.ParseKubernetesVersion(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("%w Kubernetes version %q: %w", ErrInvalidVersion, s, err)
+	}
+
+	return k, nil
 }
