@@ -90,3 +90,23 @@ func EtcdGate(members []EtcdMember, leaving string) (safe bool, reason string) {
 
 	return true, ""
 }
+
+// EtcdCanLoseAny says whether any one voting member may go down now (what EtcdStatus shows per cluster), with
+// the reason when not: the gate of the first voting member it refuses.
+func EtcdCanLoseAny(members []EtcdMember) (safe bool, reason string) {
+	if len(members) == 0 {
+		return EtcdGate(members, "")
+	}
+
+	for _, m := range members {
+		if m.Learner {
+			continue
+		}
+
+		if safe, reason := EtcdGate(members, m.ID); !safe {
+			return false, reason
+		}
+	}
+
+	return true, ""
+}

@@ -204,3 +204,24 @@ func TestEtcdGateProperty(t *testing.T) {
 		}
 	}
 }
+
+func TestEtcdCanLoseAny(t *testing.T) {
+	member := func(id string, healthy bool) rollout.EtcdMember {
+		return rollout.EtcdMember{ID: id, Started: true, Healthy: healthy}
+	}
+
+	for _, tc := range []struct {
+		members []rollout.EtcdMember
+		safe    bool
+		reason  string
+	}{
+		{[]rollout.EtcdMember{member("1", true), member("2", true), member("3", true)}, true, ""},
+		{[]rollout.EtcdMember{member("1", true), member("2", false), member("3", true)}, false, "all etcd members must be started and healthy: member 2 is not healthy"},
+		{[]rollout.EtcdMember{member("1", true), member("2", true)}, false, "etcd has 2 members and loses quorum when either goes down; add a third control plane first"},
+		{nil, false, "etcd reports no members"},
+	} {
+		if safe, reason := rollout.EtcdCanLoseAny(tc.members); safe != tc.safe || reason != tc.reason {
+			t.Errorf("EtcdCanLoseAny(%v) = %v, %q; want %v, %q", tc.members, safe, reason, tc.safe, tc.reason)
+		}
+	}
+}

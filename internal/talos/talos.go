@@ -40,6 +40,10 @@ type MachineStatus struct {
 	NodeName string
 }
 
+// MemberID renders an etcd member ID the way Talos prints it (16 hex digits), so IDs from EtcdMembers and
+// EtcdMemberStatus compare as strings in resources and messages.
+func MemberID(id uint64) string { return fmt.Sprintf("%016x", id) }
+
 // EtcdMember is one member of the cluster's etcd, as a control plane lists it.
 type EtcdMember struct {
 	ID       uint64

@@ -141,6 +141,10 @@ func TestEtcd(t *testing.T) {
 		t.Errorf("status = %+v", st)
 	}
 
+	if talos.MemberID(st.MemberID) != "00000000000000a1" {
+		t.Errorf("MemberID(%d) = %s", st.MemberID, talos.MemberID(st.MemberID))
+	}
+
 	must(t, c.EtcdForfeitLeadership(ctx, "c1-cp-1"))
 
 	if calls := f.recorded(); calls[len(calls)-1] != (call{node: "c1-cp-1", method: "EtcdForfeitLeadership"}) {
