@@ -1,7 +1,10 @@
 package talosemu_test
 
 import (
+	"encoding/json"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -318,6 +321,28 @@ func TestLegacyNodesUseMachineServiceUpgrade(t *testing.T) {
 
 	if idx < 0 || entries[idx].Image != talosemu.InstallerImage(oldVersion) || entries[idx].Preserve == nil || !*entries[idx].Preserve {
 		t.Fatalf("journal does not record the legacy upgrade with its arguments: %+v", entries)
+	}
+
+	// The journal file holds the same entries as JSON lines, in order.
+	raw, err := os.ReadFile(filepath.Join(fleet.StateDir(), "journal.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) < len(entries) {
+		t.Fatalf("journal file has %d lines, the journal %d entries", len(lines), len(entries))
+	}
+
+	for i, line := range lines[:len(entries)] {
+		var e talosemu.Entry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("journal line %d: %v", i+1, err)
+		}
+
+		if !e.Time.Equal(entries[i].Time) || e.Node != entries[i].Node || e.Method != entries[i].Method || e.Event != entries[i].Event {
+			t.Fatalf("journal line %d is %+v, entry %+v", i+1, e, entries[i])
+		}
 	}
 }
 
