@@ -34,25 +34,7 @@ func TestWatchEventsFollowDurability(t *testing.T) {
 	events := make(chan state.Event)
 	require.NoError(t, st.WatchKind(ctx, resource.NewMetadata("default", statusType, "", resource.VersionUndefined), events))
 
-	var g errgroup.Group
-
-	for w := range writers {
-		g.Go(func() error {
-			r := newStatus("default", fmt.Sprintf("m%d", w))
-			if err := st.Create(ctx, r); err != nil {
-				return err
-			}
-
-			for range updates {
-				r.TypedSpec().Attempt++
-				if err := st.Update(ctx, r); err != nil {
-					return err
-				}
-			}
-
-			return nil
-		})
-	}
+	g := writeConcurrently(ctx, st, writers, updates)
 
 	for range writers * (updates + 1) {
 		var ev state.Event
@@ -75,19 +57,8 @@ func TestWatchEventsFollowDurability(t *testing.T) {
 	require.NoError(t, g.Wait())
 }
 
-// TestGroupCommitBatchesConcurrentWriters checks that concurrent writers of ONE collection share commits, which
-// COSI's stock bolt store cannot do because it fsyncs under the collection mutex.
-func TestGroupCommitBatchesConcurrentWriters(t *testing.T) {
-	t.Parallel()
-
-	s := openTestStore(t, filepath.Join(t.TempDir(), "state.db"))
-	defer s.Close() //nolint:errcheck
-
-	st := state.WrapCore(s.State())
-	ctx := context.Background()
-
-	const writers, updates = 16, 30
-
+// writeConcurrently starts writers goroutines, each creating its resource m<w> and updating it updates times.
+func writeConcurrently(ctx context.Context, st state.State, writers, updates int) *errgroup.Group {
 	var g errgroup.Group
 
 	for w := range writers {
@@ -107,6 +78,24 @@ func TestGroupCommitBatchesConcurrentWriters(t *testing.T) {
 			return nil
 		})
 	}
+
+	return &g
+}
+
+// TestGroupCommitBatchesConcurrentWriters checks that concurrent writers of ONE collection share commits, which
+// COSI's stock bolt store cannot do because it fsyncs under the collection mutex.
+func TestGroupCommitBatchesConcurrentWriters(t *testing.T) {
+	t.Parallel()
+
+	s := openTestStore(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close() //nolint:errcheck
+
+	st := state.WrapCore(s.State())
+	ctx := context.Background()
+
+	const writers, updates = 16, 30
+
+	g := writeConcurrently(ctx, st, writers, updates)
 
 	require.NoError(t, g.Wait())
 

@@ -73,16 +73,26 @@ func TestOpenRefusesCorruptFile(t *testing.T) {
 	_, _ = rand.Read(garbage) //nolint:errcheck // never fails
 	require.NoError(t, os.WriteFile(path, garbage, 0o600))
 
-	_, err := store.Open(path)
-	require.ErrorIs(t, err, store.ErrCorrupt)
+	requireRefused(t, path, store.ErrCorrupt)
+}
+
+// requireRefused checks that Open and Verify both refuse the file with want, naming it, and leave it untouched.
+func requireRefused(t *testing.T, path string, want error) {
+	t.Helper()
+
+	before, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	_, err = store.Open(path)
+	require.ErrorIs(t, err, want)
 	require.ErrorContains(t, err, path)
 
 	_, err = store.Verify(path)
-	require.ErrorIs(t, err, store.ErrCorrupt)
+	require.ErrorIs(t, err, want)
 
 	after, err := os.ReadFile(path)
 	require.NoError(t, err)
-	require.Equal(t, garbage, after, "a corrupt file must never be overwritten")
+	require.Equal(t, before, after, "a refused file must never be modified")
 }
 
 func TestOpenRefusesForeignFile(t *testing.T) {
@@ -111,20 +121,7 @@ func TestOpenRefusesForeignFile(t *testing.T) {
 
 			path := filepath.Join(t.TempDir(), "state.db")
 			writeBolt(t, path, prepare)
-
-			before, err := os.ReadFile(path)
-			require.NoError(t, err)
-
-			_, err = store.Open(path)
-			require.ErrorIs(t, err, store.ErrForeign)
-			require.ErrorContains(t, err, path)
-
-			_, err = store.Verify(path)
-			require.ErrorIs(t, err, store.ErrForeign)
-
-			after, err := os.ReadFile(path)
-			require.NoError(t, err)
-			require.Equal(t, before, after, "a foreign file must never be modified")
+			requireRefused(t, path, store.ErrForeign)
 		})
 	}
 }
