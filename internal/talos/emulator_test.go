@@ -13,7 +13,7 @@ import (
 // the real machinery services over mTLS and routes on the node metadata like apid, to prove the adapter and the
 // fleet agree on the wire.
 
-func startEmulatedCluster(t *testing.T, version string) (*talosemu.Fleet, talos.API) {
+func startEmulatedCluster(t testing.TB, version string) (*talosemu.Fleet, talos.API) {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)

@@ -259,7 +259,7 @@ func newNode(t *testing.T, version, stage string, ready bool, bootID, nodename s
 	return &fakeNode{version: version, st: st}
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 
 	if err != nil {

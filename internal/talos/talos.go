@@ -22,6 +22,7 @@ import (
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+	"golang.org/x/sync/errgroup"
 )
 
 // MachineStatus is what one observation of a machine returns.
@@ -63,6 +64,9 @@ type EtcdMemberStatus struct {
 
 // Observer reads a machine's state.
 type Observer interface {
+	// Version returns the running Talos version as its tag, e.g. "v1.14.1" (one round trip).
+	Version(ctx context.Context, node string) (string, error)
+	// MachineStatus returns everything an observation needs (four round trips).
 	MachineStatus(ctx context.Context, node string) (MachineStatus, error)
 }
 
@@ -183,49 +187,81 @@ func systemContainerd() *common.ContainerdInstance {
 	return &common.ContainerdInstance{Driver: common.ContainerDriver_CRI, Namespace: common.ContainerdNamespace_NS_SYSTEM}
 }
 
-// MachineStatus observes the machine: its version (Version API), stage and readiness (MachineStatus), boot
-// ID (BootID, or the kernel's boot_id file on Talos that lacks the resource) and Kubernetes node name.
-func (c *Client) MachineStatus(ctx context.Context, node string) (MachineStatus, error) {
-	const op = "observing machine"
+// Version implements Observer.
+func (c *Client) Version(ctx context.Context, node string) (string, error) {
+	v, err := c.version(client.WithNode(ctx, node))
 
-	ctx = client.WithNode(ctx, node)
+	return v, wrap(node, "reading version", err)
+}
 
-	var out MachineStatus
-
-	resp, err := c.c.Version(ctx)
+func (c *Client) version(nodeCtx context.Context) (string, error) {
+	resp, err := c.c.Version(nodeCtx)
 	if err != nil {
-		return out, wrap(node, op, fmt.Errorf("version: %w", err))
+		return "", err
 	}
 
 	if len(resp.GetMessages()) == 0 {
-		return out, wrap(node, op, errors.New("version: empty response"))
+		return "", errors.New("empty response")
 	}
 
-	out.Version = resp.GetMessages()[0].GetVersion().GetTag()
+	return resp.GetMessages()[0].GetVersion().GetTag(), nil
+}
 
-	ms, err := safe.StateGetByID[*runtime.MachineStatus](ctx, c.c.COSI, runtime.MachineStatusID)
-	if err != nil {
-		return out, wrap(node, op, fmt.Errorf("machine status: %w", err))
-	}
+// MachineStatus observes the machine: its version (Version API), stage and readiness (MachineStatus), boot
+// ID (BootID, or the kernel's boot_id file on Talos that lacks the resource) and Kubernetes node name. The four
+// reads go out at once, so an observation costs about one round trip of latency.
+func (c *Client) MachineStatus(ctx context.Context, node string) (MachineStatus, error) {
+	var out MachineStatus
 
-	out.Stage = strings.ToLower(ms.TypedSpec().Stage.String())
-	out.Ready = ms.TypedSpec().Status.Ready
+	eg, ctx := errgroup.WithContext(client.WithNode(ctx, node))
 
-	for _, cond := range ms.TypedSpec().Status.UnmetConditions {
-		out.UnmetConditions = append(out.UnmetConditions, cond.Name+": "+cond.Reason)
-	}
+	eg.Go(func() (err error) {
+		if out.Version, err = c.version(ctx); err != nil {
+			return fmt.Errorf("version: %w", err)
+		}
 
-	if out.BootID, err = c.bootID(ctx); err != nil {
-		return out, wrap(node, op, fmt.Errorf("boot ID: %w", err))
-	}
+		return nil
+	})
 
-	nodename, err := safe.StateGetByID[*k8s.Nodename](ctx, c.c.COSI, k8s.NodenameID)
+	eg.Go(func() error {
+		ms, err := safe.StateGetByID[*runtime.MachineStatus](ctx, c.c.COSI, runtime.MachineStatusID)
+		if err != nil {
+			return fmt.Errorf("machine status: %w", err)
+		}
 
-	switch {
-	case err == nil:
-		out.NodeName = nodename.TypedSpec().Nodename
-	case !state.IsNotFoundError(err):
-		return out, wrap(node, op, fmt.Errorf("node name: %w", err))
+		out.Stage = strings.ToLower(ms.TypedSpec().Stage.String())
+		out.Ready = ms.TypedSpec().Status.Ready
+
+		for _, cond := range ms.TypedSpec().Status.UnmetConditions {
+			out.UnmetConditions = append(out.UnmetConditions, cond.Name+": "+cond.Reason)
+		}
+
+		return nil
+	})
+
+	eg.Go(func() (err error) {
+		if out.BootID, err = c.bootID(ctx); err != nil {
+			return fmt.Errorf("boot ID: %w", err)
+		}
+
+		return nil
+	})
+
+	eg.Go(func() error {
+		nodename, err := safe.StateGetByID[*k8s.Nodename](ctx, c.c.COSI, k8s.NodenameID)
+
+		switch {
+		case err == nil:
+			out.NodeName = nodename.TypedSpec().Nodename
+		case !state.IsNotFoundError(err):
+			return fmt.Errorf("node name: %w", err)
+		}
+
+		return nil
+	})
+
+	if err := eg.Wait(); err != nil {
+		return MachineStatus{}, wrap(node, "observing machine", err)
 	}
 
 	return out, nil
