@@ -35,6 +35,9 @@ type Input struct {
 	Machines []Machine
 	// Target is the version the cluster goes to now (the current hop of the plan).
 	Target string
+	// Final is the version the plan ends on when Target is an intermediate hop: machines already on it are
+	// finished and never taken through the hop. Empty means Target.
+	Final string
 	// Parallelism limits the workers in flight; nil means one at a time.
 	Parallelism Parallelism
 	// Paused stops new starts; machines in flight finish their sequence.
@@ -54,7 +57,8 @@ type Decision struct {
 	WaitingOnLock []string
 	// Failed lists the machines whose upgrade to the target failed; while any is listed nothing new starts.
 	Failed []string
-	// Finished counts the machines on the target (or skipped) with nothing in flight; Total counts all.
+	// Finished counts the machines on the target or the final version (or skipped) with nothing in flight;
+	// Total counts all.
 	Finished, Total int
 	// WorkerSlots is the number of workers allowed in flight, from Parallelism (1 to the number of workers).
 	WorkerSlots int
@@ -74,7 +78,7 @@ const (
 	stateCandidate
 )
 
-func classify(m Machine, target string) machineState {
+func classify(m Machine, target, final string) machineState {
 	retargeted := !sameVersion(m.PhaseTarget, target)
 
 	switch {
@@ -82,7 +86,7 @@ func classify(m Machine, target string) machineState {
 		return stateInFlight
 	case m.Phase == PhaseFailed && !retargeted && !m.Skipped:
 		return stateFailed
-	case m.Skipped || sameVersion(m.Version, target):
+	case m.Skipped || sameVersion(m.Version, target) || sameVersion(m.Version, final):
 		return stateFinished
 	case m.Locked:
 		return stateLocked
@@ -127,7 +131,7 @@ func Schedule(in Input) Decision {
 			workers++
 		}
 
-		switch classify(m, in.Target) {
+		switch classify(m, in.Target, cmp.Or(in.Final, in.Target)) {
 		case stateFinished:
 			d.Finished++
 		case stateInFlight:

@@ -139,6 +139,13 @@ func TestSchedule(t *testing.T) {
 			start: []string{"cp-2"}, slots: 1, finished: 2,
 		},
 		{
+			name: "machines already on the final version skip an intermediate hop",
+			in: rollout.Input{Target: "1.13.4", Final: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), upgraded), with(cp("cp-2"), func(m *rollout.Machine) { m.Version = "1.11.6" }),
+			}},
+			start: []string{"cp-2"}, slots: 1, finished: 1,
+		},
+		{
 			name:  "done",
 			in:    rollout.Input{Target: "v" + newV, Machines: []rollout.Machine{with(cp("cp-1"), upgraded), with(wk("w-1"), upgraded)}},
 			done:  true,
