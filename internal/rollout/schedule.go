@@ -121,7 +121,8 @@ func Schedule(in Input) Decision {
 	var (
 		d                          = Decision{Total: len(machines)}
 		workers, workersInFlight   int
-		cpInFlight, cpNeedsTarget  bool
+		cpInFlight                 string
+		cpNeedsTarget              bool
 		cpCandidates, wkCandidates []string
 	)
 
@@ -141,7 +142,7 @@ func Schedule(in Input) Decision {
 			}
 
 			if isCP {
-				cpInFlight = true
+				cpInFlight = m.ID
 			} else {
 				workersInFlight++
 			}
@@ -169,8 +170,8 @@ func Schedule(in Input) Decision {
 		d.Reason = "machine " + strings.Join(d.Failed, ", ") + " failed; retry, skip or revert to go on"
 	case in.Paused:
 		d.Reason = "paused"
-	case cpInFlight:
-		d.Reason = "waiting for control plane " + strings.Join(d.InFlight, ", ")
+	case cpInFlight != "":
+		d.Reason = "waiting for control plane " + cpInFlight
 	case len(cpCandidates) > 0 && workersInFlight > 0:
 		d.Reason = "control plane " + cpCandidates[0] + " waits for the workers in flight"
 	case len(cpCandidates) > 0:
