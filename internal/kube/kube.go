@@ -34,10 +34,14 @@ var ErrDrainTimeout = errors.New("drain timed out")
 
 // Node is what the engine observes of a Kubernetes node.
 type Node struct {
-	Name           string
-	Ready          bool
+	// Name is the Kubernetes node name.
+	Name string
+	// Ready is the node's Ready condition.
+	Ready bool
+	// KubeletVersion is what the kubelet reports, e.g. "v1.35.0".
 	KubeletVersion string
-	Cordoned       bool
+	// Cordoned is true when the node is unschedulable.
+	Cordoned bool
 }
 
 // Nodes is what the controllers do with a cluster's nodes. A node that does not exist gives an error for which

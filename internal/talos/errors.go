@@ -37,10 +37,14 @@ func (k Kind) String() string {
 
 // Error is the error of every Client method: which node, which operation, and what kind of failure.
 type Error struct {
+	// Node is the node the call was addressed to.
 	Node string
-	Op   string
+	// Op says what the engine was doing, e.g. "installing Talos".
+	Op string
+	// Kind says whether the node was unreachable, refused, or failed otherwise.
 	Kind Kind
-	Err  error
+	// Err is the underlying (gRPC) error.
+	Err error
 }
 
 // Error renders e.g. `node "c1-cp-1": upgrading Talos: refused: rpc error: ...`.

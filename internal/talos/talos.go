@@ -47,16 +47,21 @@ func MemberID(id uint64) string { return fmt.Sprintf("%016x", id) }
 
 // EtcdMember is one member of the cluster's etcd, as a control plane lists it.
 type EtcdMember struct {
-	ID       uint64
+	// ID is the member ID (MemberID renders it).
+	ID uint64
+	// Hostname is the member's name; empty for a member added but never started.
 	Hostname string
-	Learner  bool
+	// Learner is true for a non-voting member.
+	Learner bool
 }
 
 // EtcdMemberStatus is a control plane's own etcd member as it reports itself.
 type EtcdMemberStatus struct {
+	// MemberID is the reporting member's ID.
 	MemberID uint64
 	// Leader is the member ID of the leader this member knows of (0 when none).
-	Leader  uint64
+	Leader uint64
+	// Learner is true for a non-voting member.
 	Learner bool
 	// Errors are the member's alarms and errors; a healthy member has none.
 	Errors []string

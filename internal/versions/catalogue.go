@@ -13,7 +13,9 @@ const DefaultInstallerRepository = "ghcr.io/siderolabs/installer"
 
 // Release is one Talos release the engine may install: its version and the tag of its installer image.
 type Release struct {
-	Version      Version
+	// Version is the Talos release.
+	Version Version
+	// InstallerTag is the tag of its installer image, usually Version.Tag().
 	InstallerTag string
 }
 

@@ -221,7 +221,9 @@ func (c *Catalogue) graphFor(kubernetes string) *graph {
 
 // Choice is one Talos release a user may pick for a cluster, with how the engine would get there.
 type Choice struct {
-	Release   Release
+	// Release is the release the user may pick.
+	Release Release
+	// Direction says whether picking it upgrades or downgrades the cluster.
 	Direction Direction
 	// Hops is the number of installs every machine goes through (1 for a direct path).
 	Hops int
