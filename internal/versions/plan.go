@@ -69,17 +69,22 @@ func (c *Catalogue) Plan(hosts []string, kubernetes, target string) (Plan, error
 		return Plan{}, fmt.Errorf("planning the Talos change to %s: %w", to, err)
 	}
 
-	return c.plan(current, kubernetes, to)
+	plan, err := c.plan(current, kubernetes, to)
+	if err != nil {
+		return Plan{}, fmt.Errorf("planning the Talos change to %s: %w", to, err)
+	}
+
+	return plan, nil
 }
 
 func (c *Catalogue) plan(current []Version, kubernetes string, to Version) (Plan, error) {
 	release, ok := c.Lookup(to)
 	if !ok {
-		return Plan{}, fmt.Errorf("planning the Talos change to %s: %w (add it with its installer tag)", to, ErrNotInCatalogue)
+		return Plan{}, fmt.Errorf("%w (add it with its installer tag)", ErrNotInCatalogue)
 	}
 
 	if err := CheckKubernetes(to, kubernetes); err != nil {
-		return Plan{}, fmt.Errorf("target Talos %s cannot run this cluster's Kubernetes %s, change Kubernetes first: %w", to, kubernetes, err)
+		return Plan{}, fmt.Errorf("the cluster's Kubernetes %s must change first: %w", kubernetes, err)
 	}
 
 	from := slices.DeleteFunc(slices.Clone(current), to.Equal)
