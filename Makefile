@@ -18,8 +18,16 @@ build:
 kube-bins:
 	$(MAKE) -C integration/kubebins BIN=$(BIN)
 
+# For now: serve on a fresh temporary data dir and say how to use it (the demo replaces this).
 run: build
-	$(BIN)/upshift serve --data-dir $(OUT)/demo
+	@dir=$$(mktemp -d -t upshift-run-XXXXXX); \
+	echo "upshift: state in $$dir/state.db, API on 127.0.0.1:50651. In another terminal:"; \
+	echo "  $(BIN)/upshift apply -f examples/cluster.yaml"; \
+	echo "  $(BIN)/upshift get clusters"; \
+	echo "  $(BIN)/upshift get machines -w"; \
+	echo "  $(BIN)/upshift history cluster prod"; \
+	echo "Stop with Ctrl-C."; \
+	exec $(BIN)/upshift serve --data-dir $$dir
 
 test: build kube-bins vet
 	$(GO) test -race -timeout 25m ./...

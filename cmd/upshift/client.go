@@ -43,9 +43,14 @@ func explain(endpoint string, err error) error {
 		return nil
 	}
 
-	st, ok := status.FromError(err)
-	if ok && st.Code() == codes.Unavailable {
-		return fmt.Errorf("cannot reach upshift at %s (is `upshift serve` running there?): %s", endpoint, st.Message())
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+		// The transport's message nests several layers of "desc ="; its last words say what happened.
+		msg := st.Message()
+		if i := strings.LastIndex(msg, ": "); i >= 0 {
+			msg = strings.Trim(msg[i+2:], `"`)
+		}
+
+		return fmt.Errorf("cannot reach upshift at %s (%s): is `upshift serve` running there?", endpoint, msg)
 	}
 
 	// COSI's client wraps statuses in its own error types without Unwrap; keep only the server's words.

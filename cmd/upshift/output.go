@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -35,15 +34,21 @@ func newPrinter(format string, w io.Writer, rd *meta.ResourceDefinition, watch b
 }
 
 // tablePrinter prints the columns talosctl prints (NAMESPACE TYPE ID VERSION) plus the type's print columns, and
-// EVENT first in watch mode.
+// EVENT first in watch mode. Column widths only grow, so rows printed as a watch goes on stay aligned with the
+// header and the rows before them.
 type tablePrinter struct {
-	w       *tabwriter.Writer
+	w       io.Writer
 	columns []*jsonpath.JSONPath
+	rows    [][]string // not yet flushed
+	widths  []int
 	watch   bool
 }
 
+// columnGap separates table columns.
+const columnGap = 3
+
 func newTablePrinter(w io.Writer, rd *meta.ResourceDefinition, watch bool) (*tablePrinter, error) {
-	p := &tablePrinter{w: tabwriter.NewWriter(w, 0, 0, 3, ' ', 0), watch: watch}
+	p := &tablePrinter{w: w, watch: watch}
 
 	var header []string
 	if watch {
@@ -62,9 +67,9 @@ func newTablePrinter(w io.Writer, rd *meta.ResourceDefinition, watch bool) (*tab
 		header = append(header, strings.ToUpper(col.Name))
 	}
 
-	_, err := fmt.Fprintln(p.w, strings.Join(header, "\t"))
+	p.rows = append(p.rows, header)
 
-	return p, err
+	return p, nil
 }
 
 func (p *tablePrinter) print(r resource.Resource, event string) error {
@@ -91,13 +96,44 @@ func (p *tablePrinter) print(r resource.Resource, event string) error {
 		row = append(row, buf.String())
 	}
 
-	_, err = fmt.Fprintln(p.w, strings.Join(row, "\t"))
+	p.rows = append(p.rows, row)
 
-	return err
+	return nil
 }
 
 func (p *tablePrinter) flush() error {
-	return p.w.Flush()
+	for _, row := range p.rows {
+		for i, cell := range row {
+			if i == len(p.widths) {
+				p.widths = append(p.widths, 0)
+			}
+
+			p.widths[i] = max(p.widths[i], len(cell))
+		}
+	}
+
+	var out strings.Builder
+
+	for _, row := range p.rows {
+		for i, cell := range row {
+			if i == len(row)-1 {
+				out.WriteString(cell)
+
+				break
+			}
+
+			out.WriteString(cell)
+			out.WriteString(strings.Repeat(" ", p.widths[i]-len(cell)+columnGap))
+		}
+
+		out.WriteString("\n")
+	}
+
+	p.rows = p.rows[:0]
+
+	_, err := io.WriteString(p.w, out.String())
+
+	return err
 }
 
 // displayTypeOf turns "Clusters.upshift.dev" into "Cluster" for the TYPE column.

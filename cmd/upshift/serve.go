@@ -47,7 +47,10 @@ func serve(ctx context.Context, dataDir, listen string) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	logger, err := zap.NewDevelopment()
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
+
+	logger, err := cfg.Build()
 	if err != nil {
 		return fmt.Errorf("building logger: %w", err)
 	}
