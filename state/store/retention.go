@@ -34,6 +34,12 @@ func (s *Store) compactor() {
 
 	for more := true; ; {
 		if more {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+
 			if !s.acquire() {
 				return
 			}
@@ -58,9 +64,10 @@ func (s *Store) compactor() {
 	}
 }
 
-// compact folds events beyond the retention bounds into the snapshot, one chunk per call, each chunk a single bbolt transaction: the snapshot, the log, the index and the snapshot
-// sequence move together, so a crash at any point leaves a file whose snapshot + log replays to the same state.
-// It reports whether another chunk is due.
+// compact folds events beyond the retention bounds into the snapshot, one chunk per call, each chunk a single
+// bbolt transaction: the snapshot, the log, the index and the snapshot sequence move together, so a crash at any
+// point leaves a file whose snapshot + log replays to the same state. It reports whether another chunk is due.
+// The caller holds the commit right.
 func (s *Store) compact(now time.Time) bool {
 	// A write transaction costs a commit (two fsyncs) even when it changes nothing, so look first.
 	due, err := s.compactionDue(now)

@@ -94,16 +94,16 @@ func (s *Store) collection(ns resource.Namespace, typ resource.Type) *atomic.Uin
 	return c.(*atomic.Uint64) //nolint:forcetypeassert
 }
 
+// collectionOf resolves the collection counter of a kind. Watches resolve it once, when they start: the caller
+// may reuse the pointer or kind it passed afterwards.
+func (d *durableState) collectionOf(kind resource.Kind) *atomic.Uint64 {
+	return d.store.collection(kind.Namespace(), kind.Type())
+}
+
 // settle waits until every write enqueued so far for a collection is durable; callers use it after reading
 // in-memory state so that what they return has reached the disk.
 func (d *durableState) settle(ctx context.Context, kind resource.Kind) error {
-	return d.store.waitDurable(ctx, d.store.collection(kind.Namespace(), kind.Type()).Load())
-}
-
-// watchCollection resolves the collection counter a watch settles on once, when the watch starts: the caller may
-// reuse the pointer or kind it passed afterwards.
-func (d *durableState) watchCollection(kind resource.Kind) *atomic.Uint64 {
-	return d.store.collection(kind.Namespace(), kind.Type())
+	return d.store.waitDurable(ctx, d.collectionOf(kind).Load())
 }
 
 // Get implements state.CoreState.
@@ -174,7 +174,7 @@ func (d *durableState) Watch(ctx context.Context, ptr resource.Pointer, ch chan<
 		return err
 	}
 
-	go forward(ctx, d.store, d.watchCollection(ptr), in, ch, errorEvent)
+	go forward(ctx, d.store, d.collectionOf(ptr), in, ch, errorEvent)
 
 	return nil
 }
@@ -186,7 +186,7 @@ func (d *durableState) WatchKind(ctx context.Context, kind resource.Kind, ch cha
 		return err
 	}
 
-	go forward(ctx, d.store, d.watchCollection(kind), in, ch, errorEvent)
+	go forward(ctx, d.store, d.collectionOf(kind), in, ch, errorEvent)
 
 	return nil
 }
@@ -198,7 +198,7 @@ func (d *durableState) WatchKindAggregated(ctx context.Context, kind resource.Ki
 		return err
 	}
 
-	go forward(ctx, d.store, d.watchCollection(kind), in, ch, func(err error) []state.Event { return []state.Event{errorEvent(err)} })
+	go forward(ctx, d.store, d.collectionOf(kind), in, ch, func(err error) []state.Event { return []state.Event{errorEvent(err)} })
 
 	return nil
 }
