@@ -12,6 +12,8 @@ import (
 	"github.com/blang/semver/v4"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/protobuf"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/registry"
 	"github.com/gertd/go-pluralize"
@@ -157,4 +159,21 @@ func DisplayType(t resource.Type) string {
 	name, _, _ := strings.Cut(t, ".")
 
 	return pluralizer.Singular(name)
+}
+
+// NewTyped returns an empty resource of a typed resource type, with the given id in Namespace. Every
+// New<Type> constructor of the domain packages is this with its type filled in.
+func NewTyped[S typed.DeepCopyable[S], E typed.Extension](typ resource.Type, id resource.ID) *typed.Resource[S, E] {
+	var spec S
+
+	return typed.NewResource[S, E](resource.NewMetadata(Namespace, typ, id, resource.VersionUndefined), spec)
+}
+
+// MustRegisterType registers how a typed resource type is encoded for the store and gRPC (its spec's protobuf
+// tags). Domain packages call it from init; it panics on a spec that cannot be encoded, a programming error that
+// must stop the binary at start-up rather than lose writes later.
+func MustRegisterType[S typed.DeepCopyable[S], E typed.Extension](typ resource.Type) {
+	if err := protobuf.RegisterDynamic[S, typed.Resource[S, E]](typ, &typed.Resource[S, E]{}); err != nil {
+		panic(err)
+	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -62,10 +61,7 @@ type ClusterSpec struct {
 
 // NewCluster returns an empty Cluster named id.
 func NewCluster(id resource.ID) *Cluster {
-	return typed.NewResource[ClusterSpec, ClusterExtension](
-		resource.NewMetadata(resources.Namespace, ClusterType, id, resource.VersionUndefined),
-		ClusterSpec{},
-	)
+	return resources.NewTyped[ClusterSpec, ClusterExtension](ClusterType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -166,7 +162,5 @@ func (ClusterExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[ClusterSpec](ClusterType, &Cluster{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[ClusterSpec, ClusterExtension](ClusterType)
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
 
@@ -33,10 +32,7 @@ type ConfigPatchSpec struct {
 
 // NewConfigPatch returns an empty ConfigPatch named id.
 func NewConfigPatch(id resource.ID) *ConfigPatch {
-	return typed.NewResource[ConfigPatchSpec, ConfigPatchExtension](
-		resource.NewMetadata(resources.Namespace, ConfigPatchType, id, resource.VersionUndefined),
-		ConfigPatchSpec{},
-	)
+	return resources.NewTyped[ConfigPatchSpec, ConfigPatchExtension](ConfigPatchType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -94,7 +90,5 @@ func (ConfigPatchExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[ConfigPatchSpec](ConfigPatchType, &ConfigPatch{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[ConfigPatchSpec, ConfigPatchExtension](ConfigPatchType)
 }

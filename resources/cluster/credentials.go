@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"k8s.io/client-go/tools/clientcmd"
@@ -30,10 +29,7 @@ type CredentialsSpec struct {
 
 // NewCredentials returns empty Credentials for the cluster named id.
 func NewCredentials(id resource.ID) *Credentials {
-	return typed.NewResource[CredentialsSpec, CredentialsExtension](
-		resource.NewMetadata(resources.Namespace, CredentialsType, id, resource.VersionUndefined),
-		CredentialsSpec{},
-	)
+	return resources.NewTyped[CredentialsSpec, CredentialsExtension](CredentialsType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -80,7 +76,5 @@ func (CredentialsExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[CredentialsSpec](CredentialsType, &Credentials{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[CredentialsSpec, CredentialsExtension](CredentialsType)
 }

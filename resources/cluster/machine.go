@@ -8,7 +8,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -66,10 +65,7 @@ type MachineSpec struct {
 
 // NewMachine returns an empty Machine named id.
 func NewMachine(id resource.ID) *Machine {
-	return typed.NewResource[MachineSpec, MachineExtension](
-		resource.NewMetadata(resources.Namespace, MachineType, id, resource.VersionUndefined),
-		MachineSpec{},
-	)
+	return resources.NewTyped[MachineSpec, MachineExtension](MachineType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -147,7 +143,5 @@ func (MachineExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[MachineSpec](MachineType, &Machine{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[MachineSpec, MachineExtension](MachineType)
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -26,10 +25,7 @@ type MachineLockSpec struct {
 
 // NewMachineLock returns a lock for the machine named id.
 func NewMachineLock(id resource.ID) *MachineLock {
-	return typed.NewResource[MachineLockSpec, MachineLockExtension](
-		resource.NewMetadata(resources.Namespace, MachineLockType, id, resource.VersionUndefined),
-		MachineLockSpec{},
-	)
+	return resources.NewTyped[MachineLockSpec, MachineLockExtension](MachineLockType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -70,7 +66,5 @@ func (MachineLockExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[MachineLockSpec](MachineLockType, &MachineLock{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[MachineLockSpec, MachineLockExtension](MachineLockType)
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 	"github.com/cosi-project/runtime/pkg/state/registry"
 
@@ -60,10 +59,7 @@ type ObjectDiff struct {
 
 // NewManifestSync returns an empty ManifestSync for the cluster named id.
 func NewManifestSync(id resource.ID) *ManifestSync {
-	return typed.NewResource[ManifestSyncSpec, ManifestSyncExtension](
-		resource.NewMetadata(resources.Namespace, ManifestSyncType, id, resource.VersionUndefined),
-		ManifestSyncSpec{},
-	)
+	return resources.NewTyped[ManifestSyncSpec, ManifestSyncExtension](ManifestSyncType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -104,7 +100,5 @@ func Register(ctx context.Context, reg *registry.ResourceRegistry) error {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[ManifestSyncSpec](ManifestSyncType, &ManifestSync{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[ManifestSyncSpec, ManifestSyncExtension](ManifestSyncType)
 }

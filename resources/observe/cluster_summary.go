@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -36,10 +35,7 @@ type ClusterSummarySpec struct {
 
 // NewClusterSummary returns an empty ClusterSummary for the cluster named id.
 func NewClusterSummary(id resource.ID) *ClusterSummary {
-	return typed.NewResource[ClusterSummarySpec, ClusterSummaryExtension](
-		resource.NewMetadata(resources.Namespace, ClusterSummaryType, id, resource.VersionUndefined),
-		ClusterSummarySpec{},
-	)
+	return resources.NewTyped[ClusterSummarySpec, ClusterSummaryExtension](ClusterSummaryType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -70,7 +66,5 @@ func (ClusterSummaryExtension) ResourceDefinition() meta.ResourceDefinitionSpec 
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[ClusterSummarySpec](ClusterSummaryType, &ClusterSummary{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[ClusterSummarySpec, ClusterSummaryExtension](ClusterSummaryType)
 }

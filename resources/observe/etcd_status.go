@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -50,10 +49,7 @@ type EtcdMember struct {
 
 // NewEtcdStatus returns an empty EtcdStatus for the cluster named id.
 func NewEtcdStatus(id resource.ID) *EtcdStatus {
-	return typed.NewResource[EtcdStatusSpec, EtcdStatusExtension](
-		resource.NewMetadata(resources.Namespace, EtcdStatusType, id, resource.VersionUndefined),
-		EtcdStatusSpec{},
-	)
+	return resources.NewTyped[EtcdStatusSpec, EtcdStatusExtension](EtcdStatusType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -82,7 +78,5 @@ func (EtcdStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[EtcdStatusSpec](EtcdStatusType, &EtcdStatus{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[EtcdStatusSpec, EtcdStatusExtension](EtcdStatusType)
 }

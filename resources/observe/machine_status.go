@@ -5,7 +5,6 @@ package observe
 import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -48,10 +47,7 @@ type MachineStatusSpec struct {
 
 // NewMachineStatus returns an empty MachineStatus for the machine named id.
 func NewMachineStatus(id resource.ID) *MachineStatus {
-	return typed.NewResource[MachineStatusSpec, MachineStatusExtension](
-		resource.NewMetadata(resources.Namespace, MachineStatusType, id, resource.VersionUndefined),
-		MachineStatusSpec{},
-	)
+	return resources.NewTyped[MachineStatusSpec, MachineStatusExtension](MachineStatusType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -77,7 +73,5 @@ func (MachineStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[MachineStatusSpec](MachineStatusType, &MachineStatus{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[MachineStatusSpec, MachineStatusExtension](MachineStatusType)
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -78,10 +77,7 @@ type PreCheck struct {
 
 // NewKubernetesUpgradeStatus returns an empty KubernetesUpgradeStatus for the cluster named id.
 func NewKubernetesUpgradeStatus(id resource.ID) *KubernetesUpgradeStatus {
-	return typed.NewResource[KubernetesUpgradeStatusSpec, KubernetesUpgradeStatusExtension](
-		resource.NewMetadata(resources.Namespace, KubernetesUpgradeStatusType, id, resource.VersionUndefined),
-		KubernetesUpgradeStatusSpec{},
-	)
+	return resources.NewTyped[KubernetesUpgradeStatusSpec, KubernetesUpgradeStatusExtension](KubernetesUpgradeStatusType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -107,7 +103,5 @@ func (KubernetesUpgradeStatusExtension) ResourceDefinition() meta.ResourceDefini
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[KubernetesUpgradeStatusSpec](KubernetesUpgradeStatusType, &KubernetesUpgradeStatus{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[KubernetesUpgradeStatusSpec, KubernetesUpgradeStatusExtension](KubernetesUpgradeStatusType)
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -80,10 +79,7 @@ const (
 
 // NewMachineUpgradeStatus returns an empty MachineUpgradeStatus for the machine named id.
 func NewMachineUpgradeStatus(id resource.ID) *MachineUpgradeStatus {
-	return typed.NewResource[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension](
-		resource.NewMetadata(resources.Namespace, MachineUpgradeStatusType, id, resource.VersionUndefined),
-		MachineUpgradeStatusSpec{},
-	)
+	return resources.NewTyped[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension](MachineUpgradeStatusType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -111,7 +107,5 @@ func (MachineUpgradeStatusExtension) ResourceDefinition() meta.ResourceDefinitio
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[MachineUpgradeStatusSpec](MachineUpgradeStatusType, &MachineUpgradeStatus{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension](MachineUpgradeStatusType)
 }

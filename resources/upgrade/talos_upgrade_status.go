@@ -8,7 +8,6 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
-	"github.com/cosi-project/runtime/pkg/resource/protobuf"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
 	"github.com/upshift-io/upshift/resources"
@@ -80,10 +79,7 @@ type TalosUpgradeStatusSpec struct {
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
 func NewTalosUpgradeStatus(id resource.ID) *TalosUpgradeStatus {
-	return typed.NewResource[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension](
-		resource.NewMetadata(resources.Namespace, TalosUpgradeStatusType, id, resource.VersionUndefined),
-		TalosUpgradeStatusSpec{},
-	)
+	return resources.NewTyped[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension](TalosUpgradeStatusType, id)
 }
 
 // DeepCopy implements typed.DeepCopyable.
@@ -121,7 +117,5 @@ var clusterUpgradeColumns = []meta.PrintColumn{
 }
 
 func init() {
-	if err := protobuf.RegisterDynamic[TalosUpgradeStatusSpec](TalosUpgradeStatusType, &TalosUpgradeStatus{}); err != nil {
-		panic(err)
-	}
+	resources.MustRegisterType[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension](TalosUpgradeStatusType)
 }
