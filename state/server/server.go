@@ -30,12 +30,13 @@ type HistorySource interface {
 	History(ctx context.Context, ns resource.Namespace, typ resource.Type, id resource.ID) (store.History, error)
 }
 
-// New returns a gRPC server with the COSI State service over st and the History service over hist.
+// New returns a gRPC server with the COSI State service over st (writes with an owner are refused: owners name
+// the engine's controllers) and the History service over hist.
 // opts are passed to grpc.NewServer after the server's own interceptors.
 func New(st state.CoreState, hist HistorySource, opts ...grpc.ServerOption) *grpc.Server {
 	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(tagWriter, encodeValidationError)}, opts...)...)
 
-	v1alpha1.RegisterStateServer(srv, cosiserver.NewState(st))
+	v1alpha1.RegisterStateServer(srv, cosiserver.NewState(apiState{CoreState: st}))
 	srv.RegisterService(&historyServiceDesc, &historyServer{source: hist})
 
 	return srv

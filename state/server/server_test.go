@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 	"github.com/upshift-io/upshift/state/validate"
@@ -102,4 +103,31 @@ func TestValidationErrorOverGRPC(t *testing.T) {
 	assert.True(t, validate.IsError(err), "%v", err)
 	assert.False(t, state.IsPhaseConflictError(err))
 	assert.Equal(t, localErr.Error(), err.Error())
+}
+
+// An API client cannot write in a controller's name, so outputs stay the controllers'.
+func TestOwnerRefusedOverGRPC(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	c, local := serve(t)
+
+	summary := observe.NewClusterSummary("prod")
+	err := c.State().Create(ctx, summary, state.WithCreateOwner("ClusterSummaryController"))
+	require.Error(t, err)
+	assert.True(t, validate.IsError(err), "%v", err)
+	assert.Contains(t, err.Error(), `metadata.owner: "ClusterSummaryController" is a controller of the engine`)
+
+	err = c.State().Create(ctx, summary)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "only its controllers write it")
+
+	require.NoError(t, local.Create(ctx, summary, state.WithCreateOwner("ClusterSummaryController")))
+
+	err = c.State().Destroy(ctx, summary.Metadata(), state.WithDestroyOwner("ClusterSummaryController"))
+	require.Error(t, err)
+	assert.True(t, validate.IsError(err), "%v", err)
+
+	err = c.State().Destroy(ctx, summary.Metadata())
+	assert.True(t, state.IsOwnerConflictError(err), "%v", err)
 }
