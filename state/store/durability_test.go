@@ -119,9 +119,7 @@ func TestWritesAfterCloseFail(t *testing.T) {
 func TestCloseDuringWrites(t *testing.T) {
 	t.Parallel()
 
-	path := filepath.Join(t.TempDir(), "state.db")
-	s := openTestStore(t, path)
-	st := state.WrapCore(s.State())
+	path, s, st := newTestStore(t)
 	ctx := context.Background()
 
 	const writers = 8

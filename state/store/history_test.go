@@ -16,6 +16,16 @@ import (
 	"github.com/upshift-io/upshift/state/store"
 )
 
+// newTestStore opens a store on a fresh file and returns the file, the store and its full state API.
+func newTestStore(t *testing.T, opts ...store.Option) (string, *store.Store, state.State) {
+	t.Helper()
+
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTestStore(t, path, opts...)
+
+	return path, s, state.WrapCore(s.State())
+}
+
 func openTestStore(t *testing.T, path string, opts ...store.Option) *store.Store {
 	t.Helper()
 
@@ -28,9 +38,7 @@ func openTestStore(t *testing.T, path string, opts ...store.Option) *store.Store
 func TestHistoryRecordsKindsVersionsAndWriters(t *testing.T) {
 	t.Parallel()
 
-	path := filepath.Join(t.TempDir(), "state.db")
-	s := openTestStore(t, path)
-	st := state.WrapCore(s.State())
+	path, s, st := newTestStore(t)
 	ctx := context.Background()
 
 	r := newStatus("default", "m1")
@@ -102,9 +110,7 @@ func TestHistoryRecordsKindsVersionsAndWriters(t *testing.T) {
 func TestReopenRestoresStateExactly(t *testing.T) {
 	t.Parallel()
 
-	path := filepath.Join(t.TempDir(), "state.db")
-	s := openTestStore(t, path)
-	st := state.WrapCore(s.State())
+	path, s, st := newTestStore(t)
 	ctx := context.Background()
 
 	for i := range 50 {
