@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/require"
@@ -284,4 +285,34 @@ func TestRetentionByAge(t *testing.T) {
 	defer s.Close() //nolint:errcheck
 
 	require.Equal(t, before, listAll(t, state.WrapCore(s.State()), "default"))
+}
+
+// TestMetaNamespaceIsNotPersisted: COSI's registries re-create resource definitions and namespaces on every start,
+// so the meta namespace lives in memory only.
+func TestMetaNamespaceIsNotPersisted(t *testing.T) {
+	t.Parallel()
+
+	path, s, st := newTestStore(t)
+	ctx := context.Background()
+
+	require.NoError(t, st.Create(ctx, newStatus(meta.NamespaceName, "in-memory")))
+	require.NoError(t, st.Create(ctx, newStatus("default", "on-disk")))
+
+	_, err := st.Get(ctx, resource.NewMetadata(meta.NamespaceName, statusType, "in-memory", resource.VersionUndefined))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+
+	report, err := store.Verify(path)
+	require.NoError(t, err)
+	require.Equal(t, 1, report.Resources)
+	require.Equal(t, 1, report.Events)
+
+	s = openTestStore(t, path)
+	defer s.Close() //nolint:errcheck
+
+	_, err = s.State().Get(ctx, resource.NewMetadata(meta.NamespaceName, statusType, "in-memory", resource.VersionUndefined))
+	require.True(t, state.IsNotFoundError(err), "meta must not survive a restart: %v", err)
+
+	_, err = s.State().Get(ctx, resource.NewMetadata("default", statusType, "on-disk", resource.VersionUndefined))
+	require.NoError(t, err)
 }
