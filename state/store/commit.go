@@ -137,7 +137,7 @@ func (s *Store) commitQueued() {
 	case err != nil:
 		// Memory is now ahead of the disk; committing later writes that depend on the lost ones would make the
 		// log lie, so the store fails as a whole.
-		s.failure = fmt.Errorf("committing to state %q: %w (the store is unusable until reopened)", s.path, err)
+		s.failure = fmt.Errorf("committing to state %q: %w: %w (the store is unusable until reopened)", s.path, ErrFailed, err)
 		s.opts.logger.Error("commit failed", zap.Error(err))
 	case len(batch) > 0:
 		s.commits.Add(1)

@@ -38,6 +38,7 @@ func TestCommitFailureFailsTheStore(t *testing.T) {
 	lost := conformance.NewPathResource("default", "lost")
 	err = st.Create(ctx, lost)
 	require.ErrorContains(t, err, "committing to state")
+	require.ErrorIs(t, err, ErrFailed)
 
 	require.ErrorContains(t, st.Create(ctx, conformance.NewPathResource("default", "later")), "unusable until reopened")
 

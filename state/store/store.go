@@ -29,6 +29,9 @@ var (
 	ErrCorrupt = errors.New("state file is corrupt")
 	// ErrClosed: the store was closed; writes are refused.
 	ErrClosed = errors.New("state store is closed")
+	// ErrFailed: a commit failed, so memory is ahead of the disk; the store refuses writes, and reads of what did
+	// not reach the disk, until it is reopened from the file.
+	ErrFailed = errors.New("state store failed")
 )
 
 // marshaler is COSI's protobuf resource marshaling: registered types round-trip, others come back as
