@@ -43,8 +43,15 @@ func serve(t *testing.T) (*server.Client, state.State) {
 }
 
 func newCluster(version string) *cluster.Cluster {
-	c := cluster.NewCluster("prod")
-	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: version, KubernetesVersion: "v1.37.2"}
+	c := newClusterID("prod")
+	c.TypedSpec().TalosVersion = version
+
+	return c
+}
+
+func newClusterID(id string) *cluster.Cluster {
+	c := cluster.NewCluster(id)
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.37.2"}
 
 	return c
 }
