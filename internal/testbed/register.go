@@ -1,0 +1,92 @@
+// Package testbed puts an upshift engine in charge of an emulated Talos fleet: it starts the fleet (talosemu, with
+// real etcd and real Kubernetes unless lite), the engine (in this process, or as a child process a test can kill
+// with SIGKILL) and registers the fleet's Cluster, Credentials and Machine resources in it. Integration tests, the
+// benchmarks, `upshift emulator --register` and the demo all build on it, so each sees the fleet the same way.
+package testbed
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/resources/cluster"
+)
+
+// Register creates (or updates) the fleet's Cluster, Credentials and Machine resources in st: each cluster wants
+// the version its nodes run now (so nothing starts until a user asks), with the fleet's talosconfig and the
+// cluster's kubeconfig (none for a lite fleet); each machine points at the fleet's endpoint.
+func Register(ctx context.Context, st state.State, fleet *talosemu.Fleet) error {
+	talosconfig, err := fleet.Talosconfig().Bytes()
+	if err != nil {
+		return fmt.Errorf("encoding talosconfig: %w", err)
+	}
+
+	for _, name := range fleet.Clusters() {
+		if err = registerCluster(ctx, st, fleet, name, string(talosconfig)); err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet, name, talosconfig string) error {
+	if err := register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
+		r.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
+		r.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
+	}); err != nil {
+		return err
+	}
+
+	kubeconfig, err := fleet.Kubeconfig(name)
+	if err != nil {
+		return err
+	}
+
+	if err = register(ctx, st, cluster.NewCredentials(name), func(r *cluster.Credentials) {
+		r.TypedSpec().Talosconfig = talosconfig
+		r.TypedSpec().Kubeconfig = string(kubeconfig)
+	}); err != nil {
+		return err
+	}
+
+	nodes, err := fleet.ClusterNodes(name)
+	if err != nil {
+		return err
+	}
+
+	for _, n := range nodes {
+		role := cluster.RoleWorker
+		if n.ControlPlane() {
+			role = cluster.RoleControlPlane
+		}
+
+		if err = register(ctx, st, cluster.NewMachine(n.Name()), func(r *cluster.Machine) {
+			r.TypedSpec().Cluster = name
+			r.TypedSpec().Role = role
+			r.TypedSpec().Endpoint = fleet.Endpoint()
+			r.TypedSpec().InstallerImage = talosemu.InstallerImageRepository
+		}); err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// register creates a resource or updates the existing one with set.
+func register[T resource.Resource](ctx context.Context, st state.State, r T, set func(T)) error {
+	if err := safe.StateModify(ctx, st, r, func(current T) error {
+		set(current)
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("registering %s %q: %w", r.Metadata().Type(), r.Metadata().ID(), err)
+	}
+
+	return nil
+}
