@@ -10,15 +10,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/resource"
-	"github.com/cosi-project/runtime/pkg/safe"
-	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/talosemu/realkube"
-	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/state/server"
 )
 
@@ -158,67 +155,5 @@ func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) 
 
 	defer c.Close() //nolint:errcheck
 
-	talosconfig, err := fleet.Talosconfig().Bytes()
-	if err != nil {
-		return fmt.Errorf("encoding talosconfig: %w", err)
-	}
-
-	st := c.State()
-
-	for _, name := range fleet.Clusters() {
-		if err = register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
-			r.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
-			r.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
-		}); err != nil {
-			return err
-		}
-
-		kubeconfig, err := fleet.Kubeconfig(name)
-		if err != nil {
-			return err
-		}
-
-		if err = register(ctx, st, cluster.NewCredentials(name), func(r *cluster.Credentials) {
-			r.TypedSpec().Talosconfig = string(talosconfig)
-			r.TypedSpec().Kubeconfig = string(kubeconfig)
-		}); err != nil {
-			return err
-		}
-
-		nodes, err := fleet.ClusterNodes(name)
-		if err != nil {
-			return err
-		}
-
-		for _, n := range nodes {
-			role := cluster.RoleWorker
-			if n.ControlPlane() {
-				role = cluster.RoleControlPlane
-			}
-
-			if err = register(ctx, st, cluster.NewMachine(n.Name()), func(r *cluster.Machine) {
-				r.TypedSpec().Cluster = name
-				r.TypedSpec().Role = role
-				r.TypedSpec().Endpoint = fleet.Endpoint()
-				r.TypedSpec().InstallerImage = talosemu.InstallerImageRepository
-			}); err != nil {
-				return err
-			}
-		}
-	}
-
-	return nil
-}
-
-// register creates a resource or updates the existing one with set.
-func register[T resource.Resource](ctx context.Context, st state.State, r T, set func(T)) error {
-	if err := safe.StateModify(ctx, st, r, func(current T) error {
-		set(current)
-
-		return nil
-	}); err != nil {
-		return fmt.Errorf("registering %s %q: %w", r.Metadata().Type(), r.Metadata().ID(), err)
-	}
-
-	return nil
+	return testbed.Register(ctx, c.State(), fleet)
 }
