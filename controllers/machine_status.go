@@ -1,0 +1,188 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"go.uber.org/zap"
+
+	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
+)
+
+// MachineStatusController observes every Machine through its cluster's Talos API (version, stage, readiness,
+// boot ID, node name) and Kubernetes (kubelet version, cordon) into a MachineStatus, again every poll interval.
+// A machine that cannot be reached is reported as such, with the error and its last known state; that is an
+// observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
+// holds one worker for that long at most.
+type MachineStatusController struct {
+	conn Connector
+	cfg  UpgradeConfig
+}
+
+// NewMachineStatusController returns the controller; conn reaches the machines.
+func NewMachineStatusController(conn Connector, cfg UpgradeConfig) *MachineStatusController {
+	return &MachineStatusController{conn: conn, cfg: cfg}
+}
+
+// Name implements controller.QController.
+func (ctrl *MachineStatusController) Name() string { return "MachineStatusController" }
+
+// Settings implements controller.QController.
+func (ctrl *MachineStatusController) Settings() controller.QSettings {
+	return controller.QSettings{
+		Inputs: []controller.Input{
+			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQPrimary},
+			{Namespace: resources.Namespace, Type: cluster.CredentialsType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: observe.EtcdStatusType, Kind: controller.InputQMapped},
+		},
+		Outputs:     []controller.Output{{Type: observe.MachineStatusType, Kind: controller.OutputExclusive}},
+		Concurrency: ctrl.cfg.concurrency(),
+	}
+}
+
+// MapInput implements controller.QController: new credentials re-observe the cluster's machines at once; etcd
+// changes are picked up by the next poll.
+func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
+	if ptr.Type() != cluster.CredentialsType {
+		return nil, nil
+	}
+
+	return machinePointers(ctx, r, ptr.ID())
+}
+
+// Reconcile implements controller.QController.
+func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
+	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, ptr.ID())
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
+		}
+
+		return fmt.Errorf("reading machine %q: %w", ptr.ID(), err)
+	}
+
+	if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(ptr.ID()), func(s *observe.MachineStatus) error {
+		ctrl.observe(ctx, r, machine, s.TypedSpec())
+		s.Metadata().Labels().Set(ClusterLabel, s.TypedSpec().Cluster)
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("writing status of machine %q: %w", ptr.ID(), err)
+	}
+
+	return controller.NewRequeueInterval(ctrl.cfg.PollInterval)
+}
+
+// observe updates spec with what can be seen of machine now; what cannot be seen keeps its last known value.
+func (ctrl *MachineStatusController) observe(ctx context.Context, r controller.Reader, machine *cluster.Machine, spec *observe.MachineStatusSpec) {
+	ctx, cancel := context.WithTimeout(ctx, ctrl.cfg.ObserveTimeout)
+	defer cancel()
+
+	id := machine.Metadata().ID()
+	spec.Cluster = machine.TypedSpec().Cluster
+
+	access, err := readAccess(ctx, r, spec.Cluster, machine.TypedSpec().Endpoint)
+	if err != nil {
+		spec.Reachable, spec.Error = false, err.Error()
+
+		return
+	}
+
+	if err = ctrl.observeTalos(ctx, access, id, spec); err != nil {
+		spec.Reachable, spec.Error = false, err.Error()
+	} else {
+		spec.Reachable, spec.Error = true, ""
+	}
+
+	spec.KubernetesError = ""
+
+	if err = ctrl.observeKubernetes(ctx, access, nodeName(id, spec.NodeName), spec); err != nil && !errors.Is(err, ErrNoKubernetes) {
+		spec.KubernetesError = err.Error()
+	}
+
+	spec.EtcdMember = ""
+
+	if etcd, err := safe.ReaderGetByID[*observe.EtcdStatus](ctx, r, spec.Cluster); err == nil {
+		for _, member := range etcd.TypedSpec().Members {
+			if member.Machine == id {
+				spec.EtcdMember = member.ID
+			}
+		}
+	}
+}
+
+func (ctrl *MachineStatusController) observeTalos(ctx context.Context, access ClusterAccess, id string, spec *observe.MachineStatusSpec) error {
+	api, err := ctrl.conn.Talos(ctx, access)
+	if err != nil {
+		return err
+	}
+
+	st, err := api.MachineStatus(ctx, id)
+	if err != nil {
+		return err
+	}
+
+	spec.TalosVersion, spec.Stage, spec.Ready, spec.BootID, spec.NodeName = st.Version, st.Stage, st.Ready, st.BootID, st.NodeName
+
+	return nil
+}
+
+func (ctrl *MachineStatusController) observeKubernetes(ctx context.Context, access ClusterAccess, node string, spec *observe.MachineStatusSpec) error {
+	nodes, err := ctrl.conn.Kubernetes(ctx, access)
+	if err != nil {
+		return err
+	}
+
+	n, err := nodes.Node(ctx, node)
+	if err != nil {
+		return err
+	}
+
+	spec.KubeletVersion, spec.Cordoned = n.KubeletVersion, n.Cordoned
+
+	return nil
+}
+
+// nodeName is the Kubernetes node name of machine id: the one Talos reports, else the machine ID (the emulator's
+// and most installations' convention).
+func nodeName(id, observed string) string {
+	if observed != "" {
+		return observed
+	}
+
+	return id
+}
+
+// machinePointers lists the Machines of clusterID.
+func machinePointers(ctx context.Context, r controller.Reader, clusterID string) ([]resource.Pointer, error) {
+	machines, err := safe.ReaderListAll[*cluster.Machine](ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("listing machines: %w", err)
+	}
+
+	var out []resource.Pointer
+
+	for m := range machines.All() {
+		if m.TypedSpec().Cluster == clusterID {
+			out = append(out, m.Metadata())
+		}
+	}
+
+	return out, nil
+}
+
+// destroyIfExists destroys the output ptr names, if there is one.
+func destroyIfExists(ctx context.Context, r controller.Writer, ptr resource.Pointer) error {
+	if err := r.Destroy(ctx, ptr); err != nil && !state.IsNotFoundError(err) {
+		return fmt.Errorf("destroying %s %q: %w", resources.DisplayType(ptr.Type()), ptr.ID(), err)
+	}
+
+	return nil
+}

@@ -1,0 +1,502 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"go.uber.org/zap"
+
+	"github.com/upshift-io/upshift/internal/rollout"
+	"github.com/upshift-io/upshift/internal/versions"
+	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// MachineUpgradeStatusController drives each machine the rollout admitted through the steps of design section 4,
+// recording every step in its MachineUpgradeStatus before the step's side effect.
+//
+// A reconcile never waits on a machine: it starts (or, after a restart, resumes) one executor goroutine per
+// machine in flight, which runs the steps one after the other and reports back by writing the resource. So a slow
+// pull, drain or reboot delays nobody else. Each step first looks at the machine (boot ID, stage, version) to see
+// whether its side effect already happened, so a restart in the middle of a step never repeats a Reboot or a
+// legacy Upgrade. Failures are final until a user retries (upgrade.RetryAnnotation): "rolled back" when the machine
+// comes back on its old version, "timeout" when it does not come back, "drain" when its drain does not finish (the
+// node is uncordoned first); there is no automatic retry that could brick a node.
+type MachineUpgradeStatusController struct {
+	conn Connector
+	cfg  UpgradeConfig
+
+	mu       sync.Mutex
+	runs     map[string]*machineRun
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// NewMachineUpgradeStatusController returns the controller; conn reaches the machines and their nodes.
+func NewMachineUpgradeStatusController(conn Connector, cfg UpgradeConfig) *MachineUpgradeStatusController {
+	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, runs: map[string]*machineRun{}}
+}
+
+// Name implements controller.QController.
+func (ctrl *MachineUpgradeStatusController) Name() string { return "MachineUpgradeStatusController" }
+
+// Settings implements controller.QController. The controller's own output is also an input: an executor's final
+// write wakes the machine's reconcile, which then sees it free for the next decision.
+func (ctrl *MachineUpgradeStatusController) Settings() controller.QSettings {
+	return controller.QSettings{
+		Inputs: []controller.Input{
+			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQPrimary},
+			{Namespace: resources.Namespace, Type: upgrade.MachineUpgradeStatusType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: upgrade.TalosUpgradeStatusType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: cluster.MachineLockType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: observe.MachineStatusType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: cluster.ClusterType, Kind: controller.InputQMapped},
+			{Namespace: resources.Namespace, Type: cluster.CredentialsType, Kind: controller.InputQMapped},
+		},
+		Outputs:     []controller.Output{{Type: upgrade.MachineUpgradeStatusType, Kind: controller.OutputExclusive}},
+		Concurrency: ctrl.cfg.concurrency(),
+		RunHook: func(ctx context.Context, _ *zap.Logger, _ controller.QRuntime) error {
+			<-ctx.Done()
+
+			ctrl.mu.Lock()
+			ctrl.stopping = true
+			ctrl.mu.Unlock()
+
+			ctrl.wg.Wait() // executors stop with the runtime; the next run resumes them from their resources
+
+			return nil
+		},
+	}
+}
+
+// MapInput implements controller.QController: a cluster's upgrade status wakes the machines it admitted; the
+// per-machine inputs wake their machine; Cluster and Credentials are only read.
+func (ctrl *MachineUpgradeStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
+	switch ptr.Type() {
+	case upgrade.MachineUpgradeStatusType, cluster.MachineLockType, observe.MachineStatusType:
+		return []resource.Pointer{cluster.NewMachine(ptr.ID()).Metadata()}, nil
+	case upgrade.TalosUpgradeStatusType:
+		tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, r, ptr.ID())
+		if err != nil {
+			if state.IsNotFoundError(err) {
+				return nil, nil
+			}
+
+			return nil, fmt.Errorf("reading Talos upgrade status of cluster %q: %w", ptr.ID(), err)
+		}
+
+		out := make([]resource.Pointer, 0, len(tus.TypedSpec().Admitted))
+		for _, id := range tus.TypedSpec().Admitted {
+			out = append(out, cluster.NewMachine(id).Metadata())
+		}
+
+		return out, nil
+	default:
+		return nil, nil
+	}
+}
+
+// Reconcile implements controller.QController: it resumes a machine in flight, turns a retried failure back to
+// Queued, or starts an admitted machine.
+func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logger *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
+	id := ptr.ID()
+
+	if ctrl.running(id) {
+		return nil
+	}
+
+	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
+		}
+
+		return fmt.Errorf("reading machine %q: %w", id, err)
+	}
+
+	var current *upgrade.MachineUpgradeStatusSpec
+
+	if mus, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {
+		current = mus.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return fmt.Errorf("reading upgrade of machine %q: %w", id, err)
+	}
+
+	run := &machineRun{ctrl: ctrl, r: r, logger: logger.With(zap.String("machine", id)), id: id, machine: *machine.TypedSpec()}
+
+	switch {
+	case current != nil && rollout.Phase(current.Phase).InFlight():
+		run.spec = *current
+		ctrl.start(ctx, run, run.resume)
+
+		return nil
+	case current != nil && current.Phase == upgrade.MachineFailed && retryRequested(machine, current):
+		queued := *current
+		queued.Phase, queued.Error, queued.Waiting, queued.PhaseChangedAt = upgrade.MachineQueued, "", "", time.Now()
+
+		return run.write(ctx, queued)
+	}
+
+	hop, admitted, err := admission(ctx, r, machine)
+	if err != nil || !admitted {
+		return err
+	}
+
+	if current != nil {
+		startable := current.Phase == upgrade.MachineQueued || current.Phase == "" ||
+			((current.Phase == upgrade.MachineDone || current.Phase == upgrade.MachineFailed) && !sameVersion(current.ToVersion, hop))
+		if !startable {
+			return nil
+		}
+
+		run.spec.Attempt = current.Attempt
+	}
+
+	ctrl.start(ctx, run, func(ctx context.Context) { run.begin(ctx, hop) })
+
+	return nil
+}
+
+// retryRequested reports whether the machine carries a retry of its failed attempt.
+func retryRequested(machine *cluster.Machine, current *upgrade.MachineUpgradeStatusSpec) bool {
+	v, ok := machine.Metadata().Annotations().Get(upgrade.RetryAnnotation)
+
+	return ok && v == strconv.Itoa(current.Attempt)
+}
+
+// admission returns the hop the machine's cluster goes to and whether the rollout admitted the (unlocked) machine.
+func admission(ctx context.Context, r controller.Reader, machine *cluster.Machine) (string, bool, error) {
+	id := machine.Metadata().ID()
+
+	tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, r, machine.TypedSpec().Cluster)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return "", false, nil
+		}
+
+		return "", false, fmt.Errorf("reading Talos upgrade status of cluster %q: %w", machine.TypedSpec().Cluster, err)
+	}
+
+	if !slices.Contains(tus.TypedSpec().Admitted, id) || tus.TypedSpec().Target == "" {
+		return "", false, nil
+	}
+
+	if _, err = safe.ReaderGetByID[*cluster.MachineLock](ctx, r, id); err == nil {
+		return "", false, nil
+	} else if !state.IsNotFoundError(err) {
+		return "", false, fmt.Errorf("reading lock of machine %q: %w", id, err)
+	}
+
+	return tus.TypedSpec().Target, true, nil
+}
+
+func (ctrl *MachineUpgradeStatusController) running(id string) bool {
+	ctrl.mu.Lock()
+	run := ctrl.runs[id]
+	ctrl.mu.Unlock()
+
+	if run == nil {
+		return false
+	}
+
+	// An executor writing its last step holds its lock until it is done, so a reconcile woken by that write waits
+	// here and then finds the machine free.
+	run.mu.Lock()
+	defer run.mu.Unlock()
+
+	return !run.finished
+}
+
+// start runs an executor for run.id in the background until it finishes or the runtime stops.
+func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *machineRun, body func(context.Context)) {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	if ctrl.stopping {
+		return
+	}
+
+	ctrl.runs[run.id] = run
+
+	ctrl.wg.Go(func() {
+		body(ctx)
+
+		ctrl.mu.Lock()
+		if ctrl.runs[run.id] == run {
+			delete(ctrl.runs, run.id)
+		}
+		ctrl.mu.Unlock()
+	})
+}
+
+// machineRun is the executor of one machine's upgrade.
+type machineRun struct {
+	ctrl    *MachineUpgradeStatusController
+	r       controller.QRuntime
+	logger  *zap.Logger
+	id      string
+	machine cluster.MachineSpec
+	spec    upgrade.MachineUpgradeStatusSpec // as last written
+
+	mu       sync.Mutex
+	finished bool
+}
+
+// begin starts an admitted machine toward hop: it observes the machine, then records the first step.
+func (run *machineRun) begin(ctx context.Context, hop string) {
+	now := time.Now()
+	spec := upgrade.MachineUpgradeStatusSpec{
+		Cluster: run.machine.Cluster, ToVersion: hop, Attempt: run.spec.Attempt + 1, StartedAt: now, PhaseChangedAt: now,
+	}
+	run.spec = spec
+
+	st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
+	if err != nil {
+		return
+	}
+
+	if fail != "" {
+		spec.Phase, spec.Error, spec.FinishedAt = upgrade.MachineFailed, fail, time.Now()
+		run.finish(ctx, spec)
+
+		return
+	}
+
+	spec.FromVersion, spec.NodeName, spec.Image = st.Version, nodeName(run.id, st.NodeName), run.image(hop)
+
+	if sameVersion(st.Version, hop) {
+		spec.Phase, spec.FinishedAt = upgrade.MachineDone, time.Now()
+		run.finish(ctx, spec)
+
+		return
+	}
+
+	spec.Phase = upgrade.MachinePhase(rollout.Steps(run.flow(spec), run.role())[1])
+
+	if run.write(ctx, spec) != nil {
+		return
+	}
+
+	run.resume(ctx)
+}
+
+// resume runs the steps from the recorded one to Done or Failed.
+func (run *machineRun) resume(ctx context.Context) {
+	for {
+		fail, err := run.do(ctx)
+		if err != nil || ctx.Err() != nil {
+			return // the runtime stops; the next one resumes this step from what it observes
+		}
+
+		next, err := run.advance(ctx, fail)
+		if err != nil {
+			return
+		}
+
+		if next.Phase == upgrade.MachineDone || next.Phase == upgrade.MachineFailed {
+			run.finish(ctx, next)
+
+			return
+		}
+
+		if run.write(ctx, next) != nil {
+			return
+		}
+	}
+}
+
+// finish writes the last transition and frees the machine for the next reconcile in one step.
+func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+
+	if run.write(ctx, spec) == nil {
+		run.finished = true
+		run.logger.Info("machine upgrade finished", zap.String("phase", string(spec.Phase)), zap.String("version", spec.ToVersion), zap.String("error", spec.Error))
+	}
+}
+
+// write records spec durably, retrying until it is written or the runtime stops.
+func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) error {
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err() // a stopped runtime records nothing more: its successor resumes from the last record
+		}
+
+		err := safe.WriterModify(ctx, run.r, upgrade.NewMachineUpgradeStatus(run.id), func(s *upgrade.MachineUpgradeStatus) error {
+			s.Metadata().Labels().Set(ClusterLabel, spec.Cluster)
+			*s.TypedSpec() = spec
+
+			return nil
+		})
+		if err == nil {
+			run.spec = spec
+
+			return nil
+		}
+
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+
+		run.logger.Warn("recording machine upgrade step failed; retrying", zap.String("phase", string(spec.Phase)), zap.Error(err))
+
+		if sleep(ctx, run.ctrl.cfg.RetryDelay) != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// advance computes the transition that follows the recorded step, given how it ended (fail is empty on success).
+func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.MachineUpgradeStatusSpec, error) {
+	s := run.spec
+	flow, role := run.flow(s), run.role()
+	now := time.Now()
+	s.Waiting, s.PhaseChangedAt = "", now
+
+	switch {
+	case fail != "" && s.Phase == upgrade.MachineUncordoning:
+		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, joinFailures(s.Error, fail), now
+	case fail != "" && mayBeCordoned(flow, role, s.Phase):
+		s.Phase, s.Error = upgrade.MachineUncordoning, fail // uncordon the node before failing
+	case fail != "":
+		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now
+	case s.Phase == upgrade.MachineUncordoning && s.Error != "":
+		s.Phase, s.FinishedAt = upgrade.MachineFailed, now
+	default:
+		next, err := run.nextPhase(ctx, &s)
+		if err != nil {
+			return s, err
+		}
+
+		s.Phase = next
+		if next == upgrade.MachineDone {
+			s.FinishedAt = now
+		}
+	}
+
+	if s.Phase == upgrade.MachinePhase(rollout.RebootStep(run.flow(s))) {
+		// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
+		st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
+		if err != nil {
+			return s, err
+		}
+
+		if fail != "" {
+			s.Phase, s.Error = upgrade.MachineUncordoning, fail
+
+			return s, nil
+		}
+
+		s.PreRebootBootID = st.BootID
+	}
+
+	return s, nil
+}
+
+// nextPhase is the step after the recorded one; when the cluster's target moved while the step ran (a revert or
+// a new version), rollout.Retarget decides, and s may head to the new target.
+func (run *machineRun) nextPhase(ctx context.Context, s *upgrade.MachineUpgradeStatusSpec) (upgrade.MachinePhase, error) {
+	flow, role := run.flow(*s), run.role()
+	hop := s.ToVersion
+
+	if tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, run.r, s.Cluster); err == nil && tus.TypedSpec().Target != "" {
+		hop = tus.TypedSpec().Target
+	} else if err != nil && !state.IsNotFoundError(err) {
+		return "", fmt.Errorf("reading Talos upgrade status: %w", err)
+	}
+
+	if sameVersion(hop, s.ToVersion) {
+		next, err := rollout.Next(flow, role, rollout.Phase(s.Phase))
+
+		return upgrade.MachinePhase(next), err
+	}
+
+	next, keepOld, err := rollout.Retarget(flow, role, rollout.Phase(s.Phase), sameVersion(s.FromVersion, hop))
+	if err != nil {
+		return "", err
+	}
+
+	if !keepOld {
+		run.logger.Info("machine upgrade retargeted", zap.String("from", s.ToVersion), zap.String("to", hop), zap.String("next", string(next)))
+
+		s.ToVersion, s.Image = hop, run.image(hop)
+
+		if steps := rollout.Steps(run.flow(*s), role); next != rollout.PhaseDone && !slices.Contains(steps, next) {
+			next = steps[1] // the new target changes the flow: start its steps over
+		}
+	}
+
+	return upgrade.MachinePhase(next), nil
+}
+
+// mayBeCordoned reports whether the node may be cordoned when phase fails, so it must be uncordoned first.
+func mayBeCordoned(flow rollout.Flow, role rollout.Role, phase upgrade.MachinePhase) bool {
+	steps := rollout.Steps(flow, role)
+	i := slices.Index(steps, rollout.Phase(phase))
+
+	return i >= slices.Index(steps, rollout.PhaseCordoning)
+}
+
+func joinFailures(first, then string) string {
+	if first == "" {
+		return then
+	}
+
+	return first + "; then " + then
+}
+
+func (run *machineRun) role() rollout.Role {
+	if run.machine.Role == cluster.RoleControlPlane {
+		return rollout.ControlPlane
+	}
+
+	return rollout.Worker
+}
+
+// flow is the upgrade flow of s: the lifecycle flow when both versions serve it, the legacy one otherwise.
+func (run *machineRun) flow(s upgrade.MachineUpgradeStatusSpec) rollout.Flow {
+	from, errFrom := versions.Parse(s.FromVersion)
+	to, errTo := versions.Parse(s.ToVersion)
+
+	if errFrom == nil && errTo == nil && !versions.UsesLifecycleFlow(from, to) {
+		return rollout.FlowLegacy
+	}
+
+	return rollout.FlowLifecycle
+}
+
+// image is the installer image of version for this machine: the catalogue's installer tag in the machine's
+// repository.
+func (run *machineRun) image(version string) string {
+	if v, err := versions.Parse(version); err == nil {
+		if release, ok := run.ctrl.cfg.Catalogue.Lookup(v); ok {
+			return release.Image(run.machine.InstallerImage)
+		}
+	}
+
+	return run.machine.Image(version)
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}

@@ -1,0 +1,411 @@
+package controllers_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
+	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
+	"github.com/upshift-io/upshift/state/validate"
+)
+
+const (
+	v13 = "v1.13.0"
+	v14 = "v1.14.1"
+)
+
+// startUpgrades runs the rollout controllers over a validating in-memory state until the test ends.
+func startUpgrades(t *testing.T, f *fakeFleet, opts ...controllers.UpgradeOption) (context.Context, state.State) {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
+	done := runUpgrades(ctx, t, st, f, opts...)
+
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+
+	return ctx, st
+}
+
+func runUpgrades(ctx context.Context, t *testing.T, st state.State, f *fakeFleet, opts ...controllers.UpgradeOption) <-chan error {
+	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+	rt := controllers.NewRuntime(st, logger, controllers.WithRegistrars(controllers.Upgrades(f, fastUpgrades(opts...)...)))
+	done := make(chan error, 1)
+
+	go func() { done <- rt.Run(ctx) }()
+
+	return done
+}
+
+// createAndUpgrade creates the fleet on v13, waits until every machine is observed on it, then asks for v14: the
+// rollout then decides with the whole cluster in view.
+func createAndUpgrade(ctx context.Context, t *testing.T, st state.State, f *fakeFleet, change func(*cluster.ClusterSpec)) {
+	t.Helper()
+
+	createUpgradeFleet(ctx, t, st, f, v13, change)
+	assertDone(ctx, t, st, v13)
+	setTarget(ctx, t, st, v14)
+}
+
+func setTarget(ctx context.Context, t *testing.T, st state.State, version string) {
+	t.Helper()
+
+	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster("c1").Metadata(), func(c *cluster.Cluster) error {
+		c.TypedSpec().TalosVersion = version
+
+		return nil
+	})
+	require.NoError(t, err)
+}
+
+func assertUpgrade(ctx context.Context, t *testing.T, st state.State, check func(*upgrade.TalosUpgradeStatusSpec, *assert.Assertions)) {
+	t.Helper()
+
+	rtestutils.AssertResource(ctx, t, st, "c1", func(s *upgrade.TalosUpgradeStatus, a *assert.Assertions) {
+		check(s.TypedSpec(), a)
+	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
+func assertDone(ctx context.Context, t *testing.T, st state.State, version string) {
+	t.Helper()
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseDone, s.Phase, "%+v", s)
+		a.Equal(version, s.ToVersion)
+		a.Equal(s.Total, s.Done)
+	})
+}
+
+func machineUpgrade(ctx context.Context, t *testing.T, st state.State, id string) upgrade.MachineUpgradeStatusSpec {
+	t.Helper()
+
+	mus, err := safe.StateGetByID[*upgrade.MachineUpgradeStatus](ctx, st, id)
+	require.NoError(t, err)
+
+	return *mus.TypedSpec()
+}
+
+// The whole lifecycle flow on 3 control planes and 4 workers with a worker parallelism of 2: control planes first
+// and one at a time, leadership forfeited before the leader's reboot, per node cordon → drain → reboot →
+// uncordon, never more than 2 workers in flight and at some moment exactly 2, one install and one reboot each.
+func TestRolloutLifecycleFlow(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 3, 4)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v13, func(c *cluster.ClusterSpec) { c.Parallelism = "2" })
+
+	assertDone(ctx, t, st, v13)
+	setTarget(ctx, t, st, v14)
+	assertDone(ctx, t, st, v14)
+
+	f.mu.Lock()
+	maxCPsDown, maxWorkers := f.maxCPsDown, f.maxWorkersBusy
+	f.mu.Unlock()
+
+	assert.Equal(t, 1, maxCPsDown, "control planes down at once")
+	assert.Equal(t, 2, maxWorkers, "workers in flight at once")
+
+	cps, workers := []string{"cp-1", "cp-2", "cp-3"}, []string{"w-1", "w-2", "w-3", "w-4"}
+
+	lastCP := 0
+	for _, cp := range cps {
+		assert.Equal(t, []string{"PullImage", "Install", "EtcdForfeitLeadership", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf(cp), cp)
+		lastCP = max(lastCP, f.lastCall(cp, "Uncordon"))
+	}
+
+	// The etcd leader (cp-1) goes last, so leadership moves once.
+	assert.Greater(t, f.firstCall("cp-1", "PullImage"), f.lastCall("cp-3", "Uncordon"))
+
+	for _, w := range workers {
+		assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf(w), w)
+		assert.Greater(t, f.firstCall(w, "PullImage"), lastCP, "%s started before the control planes finished", w)
+		assert.Equal(t, v14, f.get(w).version)
+		assert.False(t, f.get(w).cordoned)
+
+		mus := machineUpgrade(ctx, t, st, w)
+		assert.Equal(t, upgrade.MachineDone, mus.Phase)
+		assert.Equal(t, v13, mus.FromVersion)
+		assert.Equal(t, 1, mus.Attempt)
+		assert.Equal(t, "ghcr.io/siderolabs/installer:v1.14.1", mus.Image)
+		assert.NotEmpty(t, mus.PreRebootBootID)
+	}
+}
+
+// Talos < 1.13 takes the legacy flow: cordon, drain, then one MachineService.Upgrade that reboots.
+func TestRolloutLegacyFlow(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet("v1.12.0", 1, 1)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, "v1.12.0", nil)
+
+	assertDone(ctx, t, st, "v1.12.0")
+	setTarget(ctx, t, st, v13)
+	assertDone(ctx, t, st, v13)
+
+	assert.Equal(t, []string{"EtcdForfeitLeadership", "Cordon", "Drain", "LegacyUpgrade", "Uncordon"}, f.callsOf("cp-1"))
+	assert.Equal(t, []string{"Cordon", "Drain", "LegacyUpgrade", "Uncordon"}, f.callsOf("w-1"))
+}
+
+// While one etcd member is unhealthy no control plane starts, and the cluster says why; it proceeds once healed.
+func TestRolloutEtcdGate(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 3, 1)
+	f.set("cp-2", func(n *fakeNode) { n.etcdUnhealthy = true })
+
+	ctx, st := startUpgrades(t, f)
+	createAndUpgrade(ctx, t, st, f, nil)
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseBlocked, s.Phase)
+		a.Contains(s.Error, "waits for etcd")
+		a.Contains(s.Error, "is not healthy")
+	})
+
+	for _, n := range []string{"cp-1", "cp-2", "cp-3", "w-1"} {
+		assert.Empty(t, f.callsOf(n), n)
+	}
+
+	f.set("cp-2", func(n *fakeNode) { n.etcdUnhealthy = false })
+	assertDone(ctx, t, st, v14)
+}
+
+// A machine back on its old version fails with "rolled back": it is uncordoned, gets no further install, no other
+// machine starts, and the cluster shows Failed with the machine until a retry, after which it upgrades.
+func TestRolloutRolledBack(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 3)
+	f.set("w-1", func(n *fakeNode) { n.rollback = true })
+
+	ctx, st := startUpgrades(t, f)
+	createAndUpgrade(ctx, t, st, f, nil)
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseFailed, s.Phase)
+		a.Equal("w-1", s.FailedMachine)
+		a.Contains(s.Error, "w-1: rolled back")
+	})
+
+	mus := machineUpgrade(ctx, t, st, "w-1")
+	assert.Equal(t, upgrade.MachineFailed, mus.Phase)
+	assert.Contains(t, mus.Error, controllers.ReasonRolledBack)
+	assert.False(t, f.get("w-1").cordoned)
+	assert.Equal(t, 1, f.count("w-1", "Install"))
+	assert.Empty(t, f.callsOf("w-2"))
+	assert.Empty(t, f.callsOf("w-3"))
+
+	f.set("w-1", func(n *fakeNode) { n.rollback = false })
+	requestRetry(ctx, t, st, "w-1", mus.Attempt)
+
+	assertDone(ctx, t, st, v14)
+	assert.Equal(t, 2, machineUpgrade(ctx, t, st, "w-1").Attempt)
+	assert.Equal(t, 2, f.count("w-1", "Install"))
+}
+
+func requestRetry(ctx context.Context, t *testing.T, st state.State, machine string, attempt int) {
+	t.Helper()
+
+	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine(machine).Metadata(), func(m *cluster.Machine) error {
+		m.Metadata().Annotations().Set(upgrade.RetryAnnotation, strconv.Itoa(attempt))
+
+		return nil
+	})
+	require.NoError(t, err)
+}
+
+// A drain that does not finish within the cluster's drain timeout fails the machine with "drain", and the node
+// is uncordoned again before it fails; it is never rebooted.
+func TestRolloutDrainTimeout(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 2)
+	f.drainBlocks["w-1"] = true
+
+	ctx, st := startUpgrades(t, f)
+	createAndUpgrade(ctx, t, st, f, func(c *cluster.ClusterSpec) { c.DrainTimeout = "50ms" })
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseFailed, s.Phase)
+		a.Contains(s.Error, "w-1: drain")
+	})
+
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Uncordon"}, f.callsOf("w-1"))
+	assert.False(t, f.get("w-1").cordoned)
+	assert.Empty(t, f.callsOf("w-2"))
+}
+
+// Locked machines are skipped without holding a slot, listed as waiting, and upgraded once unlocked.
+func TestRolloutLockedMachine(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 3)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v13, nil)
+	require.NoError(t, st.Create(ctx, cluster.NewMachineLock("w-2")))
+
+	assertDone(ctx, t, st, v13)
+	setTarget(ctx, t, st, v14)
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal([]string{"w-2"}, s.WaitingOnLock)
+		a.Equal(2, s.Done)
+		a.Equal(3, s.Total)
+		a.Empty(s.Current)
+	})
+
+	assert.Empty(t, f.callsOf("w-2"))
+
+	require.NoError(t, st.Destroy(ctx, cluster.NewMachineLock("w-2").Metadata()))
+	assertDone(ctx, t, st, v14)
+}
+
+// Setting the version back in the middle of the rollout reverts: the machine in flight finishes its step, and
+// every machine ends on the old version.
+func TestRolloutRevert(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 2)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v13, nil)
+	assertDone(ctx, t, st, v13)
+
+	reverted := make(chan struct{})
+	f.hook(func(c fakeCall) {
+		if c.Node == "w-1" && c.Method == "Install" {
+			select {
+			case <-reverted:
+			default:
+				setTarget(ctx, t, st, v13)
+				close(reverted)
+			}
+		}
+	})
+
+	setTarget(ctx, t, st, v14)
+	<-reverted
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseDone, s.Phase, "%+v", s)
+		a.Equal(v13, s.ToVersion)
+	})
+
+	for _, n := range []string{"cp-1", "w-1", "w-2"} {
+		assert.Equal(t, v13, f.get(n).version, n)
+		assert.False(t, f.get(n).cordoned, n)
+	}
+
+	assert.Equal(t, 2, f.count("cp-1", "Reboot"), "cp-1 went to %s and back", v14)
+	assert.Empty(t, f.callsOf("w-2"))
+}
+
+// An engine restart in the middle of a reboot resumes the step from what it observes: the reboot is not sent
+// again, and the machine finishes.
+func TestRolloutRestartMidReboot(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 1)
+	f.rebootDelay = 200 * time.Millisecond
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
+	run := func(ctx context.Context) <-chan error { return runUpgrades(ctx, t, st, f) }
+
+	firstCtx, stopFirst := context.WithCancel(ctx)
+	rebooted := make(chan struct{})
+	f.hook(func(c fakeCall) {
+		if c.Method == "Reboot" {
+			stopFirst() // the engine dies as the reboot goes out, before it records the step's end
+			close(rebooted)
+		}
+	})
+
+	first := run(firstCtx)
+	createUpgradeFleet(ctx, t, st, f, v14, nil)
+
+	<-rebooted
+	require.NoError(t, <-first)
+
+	f.hook(nil)
+
+	require.Equal(t, upgrade.MachineRebooting, machineUpgrade(ctx, t, st, "w-1").Phase, "the first engine stopped inside the reboot step")
+
+	second := run(ctx)
+
+	assertDone(ctx, t, st, v14)
+	cancel()
+	require.NoError(t, <-second)
+
+	assert.Equal(t, 1, f.count("w-1", "Reboot"))
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
+}
+
+// A paused cluster starts nothing; resuming it finishes the rollout.
+func TestRolloutPaused(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 2)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v14, func(c *cluster.ClusterSpec) { c.Paused = true })
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhasePaused, s.Phase)
+	})
+	assert.Empty(t, f.callsOf("w-1"))
+
+	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster("c1").Metadata(), func(c *cluster.Cluster) error {
+		c.TypedSpec().Paused = false
+
+		return nil
+	})
+	require.NoError(t, err)
+
+	assertDone(ctx, t, st, v14)
+}
+
+// A skipped failed machine no longer halts the rollout, and the cluster finishes without it.
+func TestRolloutSkip(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 2)
+	f.set("w-1", func(n *fakeNode) { n.rollback = true })
+
+	ctx, st := startUpgrades(t, f)
+	createAndUpgrade(ctx, t, st, f, nil)
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseFailed, s.Phase)
+	})
+
+	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine("w-1").Metadata(), func(m *cluster.Machine) error {
+		m.Metadata().Annotations().Set(upgrade.SkipAnnotation, v14)
+
+		return nil
+	})
+	require.NoError(t, err)
+
+	assertDone(ctx, t, st, v14)
+	assert.Equal(t, v13, f.get("w-1").version)
+	assert.Equal(t, v14, f.get("w-2").version)
+}

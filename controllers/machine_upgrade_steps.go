@@ -1,0 +1,342 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/upshift-io/upshift/internal/kube"
+	"github.com/upshift-io/upshift/internal/rollout"
+	"github.com/upshift-io/upshift/internal/talos"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// The side effects of the steps of machineRun. Each returns fail, the reason the upgrade fails ("" when the step
+// succeeded), and an error only when ctx ended (the runtime stops and the step is resumed by the next one).
+
+// Reasons a step fails with; MachineUpgradeStatus.Error starts with one of them.
+const (
+	ReasonRolledBack = "rolled back"
+	ReasonTimeout    = "timeout"
+	ReasonDrain      = "drain"
+)
+
+// do runs the side effect of the recorded step.
+func (run *machineRun) do(ctx context.Context) (string, error) {
+	s := run.spec
+	node := run.id
+
+	switch s.Phase {
+	case upgrade.MachinePullingImage:
+		return run.talosCall(ctx, "pull", func(ctx context.Context, api talos.API) error {
+			_, err := api.PullImage(ctx, node, s.Image)
+
+			return err
+		})
+	case upgrade.MachineInstalling:
+		if run.flow(s) == rollout.FlowLegacy {
+			return run.rebootOnce(ctx, "upgrade", func(ctx context.Context, api talos.API) error { return api.LegacyUpgrade(ctx, node, s.Image) })
+		}
+
+		// Installing again after an interrupted install only stages the same image for the next boot again.
+		return run.talosCall(ctx, "install", func(ctx context.Context, api talos.API) error { return api.Install(ctx, node, s.Image) })
+	case upgrade.MachineCheckingEtcd:
+		return run.waitEtcdGate(ctx)
+	case upgrade.MachineForfeitingLeadership:
+		return run.talosCall(ctx, "forfeit etcd leadership", func(ctx context.Context, api talos.API) error { return api.EtcdForfeitLeadership(ctx, node) })
+	case upgrade.MachineCordoning:
+		return run.kubeCall(ctx, "cordon", func(ctx context.Context, nodes kube.Nodes) error { return nodes.Cordon(ctx, s.NodeName) })
+	case upgrade.MachineDraining:
+		return run.drain(ctx)
+	case upgrade.MachineRebooting:
+		return run.rebootOnce(ctx, "reboot", func(ctx context.Context, api talos.API) error { return api.Reboot(ctx, node) })
+	case upgrade.MachineWaitingReady:
+		return run.waitReady(ctx)
+	case upgrade.MachineUncordoning:
+		return run.kubeCall(ctx, "uncordon", func(ctx context.Context, nodes kube.Nodes) error { return nodes.Uncordon(ctx, s.NodeName) })
+	default:
+		return "", nil
+	}
+}
+
+// deadline is when the recorded step, entered at PhaseChangedAt, gives up after d; it survives restarts.
+func (run *machineRun) deadline(d time.Duration) time.Time { return run.spec.PhaseChangedAt.Add(d) }
+
+func (run *machineRun) talos(ctx context.Context) (talos.API, error) {
+	access, err := readAccess(ctx, run.r, run.machine.Cluster, run.machine.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+
+	return run.ctrl.conn.Talos(ctx, access)
+}
+
+// talosCall makes an idempotent call, again while the machine is unreachable, until the step timeout.
+func (run *machineRun) talosCall(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
+	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
+
+	for {
+		api, err := run.talos(ctx)
+		if err == nil {
+			if err = call(ctx, api); err == nil {
+				return "", nil
+			}
+
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+
+			if !talos.IsUnreachable(err) {
+				return fmt.Sprintf("%s: %v", what, err), nil
+			}
+		}
+
+		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
+			return fail, err
+		}
+	}
+}
+
+// waitOrTimeout waits before the next try of a step, or says it timed out with the last error.
+func (run *machineRun) waitOrTimeout(ctx context.Context, deadline time.Time, what string, last error) (string, error) {
+	if !time.Now().Before(deadline) {
+		return fmt.Sprintf("%s: %s: %v", ReasonTimeout, what, last), nil
+	}
+
+	run.logger.Debug("machine step waits", zap.String("step", what), zap.Error(last))
+
+	return "", sleep(ctx, min(run.ctrl.cfg.RetryDelay, time.Until(deadline)+time.Millisecond))
+}
+
+// observeReachable observes the machine, waiting while it is unreachable until deadline.
+func (run *machineRun) observeReachable(ctx context.Context, deadline time.Time) (talos.MachineStatus, string, error) {
+	for {
+		st, err := run.observe(ctx)
+		if err == nil {
+			return st, "", nil
+		}
+
+		if fail, err := run.waitOrTimeout(ctx, deadline, "observe", err); fail != "" || err != nil {
+			return st, fail, err
+		}
+	}
+}
+
+func (run *machineRun) observe(ctx context.Context) (talos.MachineStatus, error) {
+	api, err := run.talos(ctx)
+	if err != nil {
+		return talos.MachineStatus{}, err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, run.ctrl.cfg.ObserveTimeout)
+	defer cancel()
+
+	return api.MachineStatus(ctx, run.id)
+}
+
+// rebootOnce is a step whose call reboots the machine (Reboot, or the legacy Upgrade). The machine is observed
+// before the call: a boot ID other than the one recorded before the step, or a machine already rebooting or
+// upgrading, means the call was made before a restart of the engine, and it is not made again. A call that may
+// have reached the machine (it became unreachable) is decided the same way once the machine answers again.
+func (run *machineRun) rebootOnce(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
+	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
+
+	for {
+		st, err := run.observe(ctx)
+		if err == nil {
+			if st.BootID != run.spec.PreRebootBootID || slices.Contains([]string{"rebooting", "upgrading", "installing", "shutting_down"}, st.Stage) {
+				return "", nil
+			}
+
+			var api talos.API
+			if api, err = run.talos(ctx); err == nil {
+				if err = call(ctx, api); err == nil {
+					return "", nil
+				}
+
+				if ctx.Err() != nil {
+					return "", ctx.Err()
+				}
+
+				if !talos.IsUnreachable(err) {
+					return fmt.Sprintf("%s: %v", what, err), nil
+				}
+			}
+		}
+
+		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
+			return fail, err
+		}
+	}
+}
+
+// waitReady waits for the machine to come back from its reboot: a new boot ID, on the target version, running and
+// ready. Back on another version is a rollback; not back by the reboot timeout is a timeout.
+func (run *machineRun) waitReady(ctx context.Context) (string, error) {
+	deadline := run.deadline(run.ctrl.cfg.RebootTimeout)
+
+	for {
+		st, err := run.observe(ctx)
+		if err == nil && st.BootID != run.spec.PreRebootBootID {
+			if !sameVersion(st.Version, run.spec.ToVersion) {
+				return fmt.Sprintf("%s: the machine came back on %s instead of %s", ReasonRolledBack, st.Version, run.spec.ToVersion), nil
+			}
+
+			if st.Stage == "running" && st.Ready {
+				return "", nil
+			}
+
+			err = fmt.Errorf("back on %s but %s and not ready yet", st.Version, st.Stage)
+		} else if err == nil {
+			err = errors.New("not rebooted yet")
+		}
+
+		if !time.Now().Before(deadline) {
+			return fmt.Sprintf("%s: not back within %s: %v", ReasonTimeout, run.ctrl.cfg.RebootTimeout, err), nil
+		}
+
+		if err := sleep(ctx, min(run.ctrl.cfg.RetryDelay, time.Until(deadline)+time.Millisecond)); err != nil {
+			return "", err
+		}
+	}
+}
+
+// waitEtcdGate waits, without a timeout, until etcd may lose this control plane's member; while it may not, the
+// reason is recorded in Waiting and the cluster shows Blocked.
+func (run *machineRun) waitEtcdGate(ctx context.Context) (string, error) {
+	for {
+		ok, reason := run.etcdGate(ctx)
+		if ok {
+			return "", nil
+		}
+
+		if reason != run.spec.Waiting {
+			waiting := run.spec
+			waiting.Waiting = reason
+
+			if err := run.write(ctx, waiting); err != nil {
+				return "", err
+			}
+		}
+
+		if err := sleep(ctx, run.ctrl.cfg.RetryDelay); err != nil {
+			return "", err
+		}
+	}
+}
+
+func (run *machineRun) etcdGate(ctx context.Context) (bool, string) {
+	cps, err := clusterControlPlanes(ctx, run.r, run.machine.Cluster)
+	if err != nil {
+		return false, err.Error()
+	}
+
+	api, err := run.talos(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, run.ctrl.cfg.ObserveTimeout)
+	defer cancel()
+
+	return etcdGate(observeEtcd(ctx, api, cps), run.id)
+}
+
+func (run *machineRun) kube(ctx context.Context) (kube.Nodes, error) {
+	access, err := readAccess(ctx, run.r, run.machine.Cluster, run.machine.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+
+	return run.ctrl.conn.Kubernetes(ctx, access)
+}
+
+// kubeCall makes an idempotent call on the machine's node, again while it fails, until the step timeout. Without
+// a Kubernetes API (no kubeconfig) or without a node, there is nothing to protect and the step passes.
+func (run *machineRun) kubeCall(ctx context.Context, what string, call func(context.Context, kube.Nodes) error) (string, error) {
+	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
+
+	for {
+		nodes, err := run.kube(ctx)
+		if errors.Is(err, ErrNoKubernetes) {
+			run.logger.Info("no Kubernetes access: step skipped", zap.String("step", what))
+
+			return "", nil
+		}
+
+		if err == nil {
+			if err = call(ctx, nodes); err == nil || apierrors.IsNotFound(err) {
+				return "", nil
+			}
+
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+		}
+
+		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
+			return fail, err
+		}
+	}
+}
+
+// drain evicts the node's pods within the cluster's drain timeout, counted from when the step was entered.
+func (run *machineRun) drain(ctx context.Context) (string, error) {
+	timeout := cluster.DefaultDrainTimeout
+
+	if c, err := safe.ReaderGetByID[*cluster.Cluster](ctx, run.r, run.machine.Cluster); err == nil {
+		if d, err := c.TypedSpec().DrainTimeoutDuration(); err == nil {
+			timeout = d
+		}
+	}
+
+	left := time.Until(run.deadline(timeout))
+	if left <= 0 {
+		return fmt.Sprintf("%s: not finished within %s", ReasonDrain, timeout), nil
+	}
+
+	nodes, err := run.kube(ctx)
+	if errors.Is(err, ErrNoKubernetes) {
+		return "", nil
+	}
+
+	if err == nil {
+		err = nodes.Drain(ctx, run.spec.NodeName, left)
+	}
+
+	switch {
+	case err == nil, apierrors.IsNotFound(err):
+		return "", nil
+	case ctx.Err() != nil:
+		return "", ctx.Err()
+	default:
+		return fmt.Sprintf("%s: %v", ReasonDrain, err), nil
+	}
+}
+
+// clusterControlPlanes lists the control planes of clusterID from every Machine: the etcd check is rare enough
+// (once per control plane and try) not to need an index.
+func clusterControlPlanes(ctx context.Context, r controller.Reader, clusterID string) ([]string, error) {
+	machines, err := safe.ReaderListAll[*cluster.Machine](ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("listing machines: %w", err)
+	}
+
+	var cps []string
+
+	for m := range machines.All() {
+		if m.TypedSpec().Cluster == clusterID && m.TypedSpec().Role == cluster.RoleControlPlane {
+			cps = append(cps, m.Metadata().ID())
+		}
+	}
+
+	return cps, nil
+}

@@ -1,0 +1,120 @@
+package controllers
+
+import (
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/siderolabs/gen/optional"
+
+	"github.com/upshift-io/upshift/internal/versions"
+)
+
+// Defaults of the Talos rollout controllers; UpgradeOptions change them (tests use short ones).
+const (
+	// DefaultPollInterval is how often machines and etcd are observed.
+	DefaultPollInterval = 10 * time.Second
+	// DefaultObserveTimeout bounds one observation of a machine or of etcd.
+	DefaultObserveTimeout = 5 * time.Second
+	// DefaultStepTimeout bounds how long a step waits for an unreachable machine before the upgrade fails.
+	DefaultStepTimeout = 10 * time.Minute
+	// DefaultRebootTimeout bounds how long a machine may take to come back from its reboot.
+	DefaultRebootTimeout = 15 * time.Minute
+	// DefaultRetryDelay is the pause between two tries of a step waiting for a machine (or the etcd gate).
+	DefaultRetryDelay = 2 * time.Second
+	// DefaultConcurrency is how many machines or clusters each controller reconciles at once.
+	DefaultConcurrency = 16
+)
+
+// UpgradeConfig is the configuration of the Talos rollout controllers.
+type UpgradeConfig struct {
+	PollInterval   time.Duration
+	ObserveTimeout time.Duration
+	StepTimeout    time.Duration
+	RebootTimeout  time.Duration
+	RetryDelay     time.Duration
+	Concurrency    uint
+	Catalogue      *versions.Catalogue
+}
+
+// UpgradeOption changes an UpgradeConfig.
+type UpgradeOption func(*UpgradeConfig)
+
+// WithPollInterval sets how often machines and etcd are observed (DefaultPollInterval).
+func WithPollInterval(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.PollInterval = d }
+}
+
+// WithObserveTimeout bounds one observation of a machine or of etcd (DefaultObserveTimeout).
+func WithObserveTimeout(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.ObserveTimeout = d }
+}
+
+// WithStepTimeout bounds how long a step waits for an unreachable machine (DefaultStepTimeout).
+func WithStepTimeout(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.StepTimeout = d }
+}
+
+// WithRebootTimeout bounds how long a machine may take to come back from its reboot (DefaultRebootTimeout).
+func WithRebootTimeout(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.RebootTimeout = d }
+}
+
+// WithRetryDelay sets the pause between two tries of a waiting step (DefaultRetryDelay).
+func WithRetryDelay(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.RetryDelay = d }
+}
+
+// WithConcurrency sets how many machines or clusters each controller reconciles at once (DefaultConcurrency).
+func WithConcurrency(n uint) UpgradeOption {
+	return func(c *UpgradeConfig) { c.Concurrency = max(n, 1) }
+}
+
+// WithCatalogue sets the Talos releases upgrades may go to or through (versions.Shipped by default).
+func WithCatalogue(catalogue *versions.Catalogue) UpgradeOption {
+	return func(c *UpgradeConfig) { c.Catalogue = catalogue }
+}
+
+// NewUpgradeConfig returns the defaults changed by opts.
+func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
+	c := UpgradeConfig{
+		PollInterval:   DefaultPollInterval,
+		ObserveTimeout: DefaultObserveTimeout,
+		StepTimeout:    DefaultStepTimeout,
+		RebootTimeout:  DefaultRebootTimeout,
+		RetryDelay:     DefaultRetryDelay,
+		Concurrency:    DefaultConcurrency,
+	}
+
+	for _, opt := range opts {
+		opt(&c)
+	}
+
+	if c.Catalogue == nil {
+		c.Catalogue = versions.Shipped()
+	}
+
+	return c
+}
+
+func (c UpgradeConfig) concurrency() optional.Optional[uint] { return optional.Some(c.Concurrency) }
+
+// Upgrades registers the controllers of the rolling Talos upgrade: observation of machines and etcd, the
+// per-cluster plan and schedule, and the per-machine state machine. Every one reaches the fleet only through conn.
+func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
+	cfg := NewUpgradeConfig(opts...)
+
+	return func(engine controller.Engine) error {
+		for _, ctrl := range []controller.QController{
+			NewMachineStatusController(conn, cfg),
+			NewEtcdStatusController(conn, cfg),
+			NewTalosUpgradeStatusController(cfg),
+			NewMachineUpgradeStatusController(conn, cfg),
+		} {
+			if err := engine.RegisterQController(ctrl); err != nil {
+				return err
+			}
+		}
+
+		return nil
+	}
+}
