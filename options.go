@@ -23,6 +23,8 @@ type engineOptions struct {
 	dataDir        string
 	listenAddress  string
 	registrars     []controllers.Registrar
+	connector      controllers.Connector
+	upgradeOptions []controllers.UpgradeOption
 	runtimeOptions []options.Option
 	storeOptions   []store.Option
 }
@@ -63,6 +65,22 @@ func WithListenAddress(addr string) Option {
 func WithControllers(registrars ...controllers.Registrar) Option {
 	return func(o *engineOptions) {
 		o.registrars = append(o.registrars, registrars...)
+	}
+}
+
+// WithConnector sets how the Talos rollout controllers reach each cluster's Talos and Kubernetes APIs. Default: a
+// controllers.CredentialsConnector, which builds the clients from each cluster's Credentials resource.
+func WithConnector(conn controllers.Connector) Option {
+	return func(o *engineOptions) {
+		o.connector = conn
+	}
+}
+
+// WithUpgradeOptions tunes the Talos rollout controllers: poll interval, step and reboot timeouts, the release
+// catalogue (see the controllers.With... upgrade options).
+func WithUpgradeOptions(opts ...controllers.UpgradeOption) Option {
+	return func(o *engineOptions) {
+		o.upgradeOptions = append(o.upgradeOptions, opts...)
 	}
 }
 

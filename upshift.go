@@ -35,6 +35,8 @@ type Engine struct {
 	grpc     *grpc.Server
 	listener net.Listener
 	served   bool // the gRPC server took the listener over (and closes it)
+	// connector is the engine's own CredentialsConnector, closed with it; nil when the embedder gave one.
+	connector *controllers.CredentialsConnector
 
 	closeOnce sync.Once
 	closeErr  error
@@ -68,8 +70,15 @@ func New(opts ...Option) (*Engine, error) {
 		return nil, errors.Join(err, e.Close())
 	}
 
+	if o.connector == nil {
+		credentials := controllers.NewCredentialsConnector()
+		o.connector, e.connector = credentials, credentials
+	}
+
+	registrars := []controllers.Registrar{controllers.Builtin, controllers.Upgrades(o.connector, o.upgradeOptions...)}
+
 	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),
-		controllers.WithRegistrars(append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...),
+		controllers.WithRegistrars(append(registrars, o.registrars...)...),
 		controllers.WithRuntimeOptions(o.runtimeOptions...),
 	)
 
@@ -194,6 +203,10 @@ func (e *Engine) Close() error {
 		}
 
 		e.closeErr = errors.Join(e.closeErr, e.store.Close())
+
+		if e.connector != nil {
+			e.closeErr = errors.Join(e.closeErr, e.connector.Close())
+		}
 	})
 
 	return e.closeErr
