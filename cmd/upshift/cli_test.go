@@ -255,23 +255,37 @@ func TestCLIEndToEnd(t *testing.T) {
 	assert.Equal(t, []string{"created", "1", "user:" + me.Username}, fields[2:])
 
 	// Watch, then change the cluster while the watch runs.
-	watch := exec.Command(binary, "get", "clusters", "-w", "--endpoint", srv.endpoint)
-	stdout, err := watch.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, watch.Start())
-
-	t.Cleanup(func() {
-		_ = watch.Process.Kill() //nolint:errcheck
-		_ = watch.Wait()         //nolint:errcheck
-	})
-
-	watched := readLines(stdout)
+	watched := startWatch(t, srv.endpoint, "get", "clusters", "-w")
 	watched.waitFor(t, regexp.MustCompile(`^created\s+upshift\s+Cluster\s+prod\s+1\s+v1\.14\.1`))
 
 	changed := strings.Replace(readFile(t, "../../examples/cluster.yaml"), "talosVersion: v1.14.1", "talosVersion: v1.14.2", 1)
 	assert.Contains(t, mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, changed)), "cluster/prod configured")
 
 	watched.waitFor(t, regexp.MustCompile(`^updated\s+upshift\s+Cluster\s+prod\s+2\s+v1\.14\.2`))
+
+	// Watching one resource that does not exist (yet) prints it once it is created (or, if the watch starts
+	// after the write, as it is: either way the same line).
+	lockWatch := startWatch(t, srv.endpoint, "get", "machinelock", "prod-w-1", "-w")
+
+	mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, "metadata: {type: lock, id: prod-w-1}\nspec: {reason: kernel debugging}\n"))
+	lockWatch.waitFor(t, regexp.MustCompile(`^created\s+upshift\s+MachineLock\s+prod-w-1\s+1\s+kernel debugging$`))
+}
+
+// startWatch runs a watching client command until the test ends and streams its output.
+func startWatch(t *testing.T, endpoint string, args ...string) *lines {
+	t.Helper()
+
+	cmd := exec.Command(binary, append(args, "--endpoint", endpoint)...)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() //nolint:errcheck // it runs until killed
+		_ = cmd.Wait()         //nolint:errcheck // killed on purpose
+	})
+
+	return readLines(stdout)
 }
 
 func readFile(t *testing.T, path string) string {

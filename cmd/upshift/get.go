@@ -127,8 +127,10 @@ func watchAndPrint(ctx context.Context, c *server.Client, p printer, rd *meta.Re
 
 		switch ev.Type {
 		case state.Created, state.Updated, state.Destroyed:
-			if resource.IsTombstone(ev.Resource) {
-				continue // a watched ID that does not exist (yet)
+			// A watched ID that does not exist (yet) starts with a tombstone, which over gRPC arrives as a
+			// resource without a spec and without a version.
+			if resource.IsTombstone(ev.Resource) || ev.Resource.Metadata().Version().Value() == 0 {
+				continue
 			}
 
 			if err = p.print(ev.Resource, eventName(ev.Type)); err != nil {
