@@ -64,9 +64,16 @@ func (s *State) Create(ctx context.Context, r resource.Resource, opts ...state.C
 	return s.CoreState.Create(ctx, r, opts...)
 }
 
-// Update validates r when its spec changed, then updates it. Writes that leave the spec alone (finalizers, labels,
-// phase) are not re-validated, so a resource stays manageable even after a resource it references is gone.
+// Update validates an input r when its spec changed, then updates it. Writes that leave the spec alone
+// (finalizers, labels, phase) are not re-validated, so a resource stays manageable even after a resource it
+// references is gone. Outputs pass straight through, without a read: the state already refuses an update whose
+// owner differs from the creator's, and a read would wait for the type's queued commits and so serialize the
+// controllers' concurrent writes.
 func (s *State) Update(ctx context.Context, r resource.Resource, opts ...state.UpdateOption) error {
+	if r.Metadata().Namespace() != resources.Namespace || !resources.IsInput(r) {
+		return s.CoreState.Update(ctx, r, opts...)
+	}
+
 	options := state.DefaultUpdateOptions()
 
 	for _, opt := range opts {

@@ -216,3 +216,27 @@ func TestStatusRoundTrip(t *testing.T) {
 	_, ok = validate.ToStatus(errors.New("other"))
 	assert.False(t, ok)
 }
+
+// Outputs are updated only by the owner that created them.
+func TestOutputUpdateNeedsItsOwner(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	st := newState(t)
+
+	require.NoError(t, st.Create(ctx, observe.NewClusterSummary("prod"), state.WithCreateOwner("ClusterSummaryController")))
+
+	_, err := st.UpdateWithConflicts(ctx, observe.NewClusterSummary("prod").Metadata(), func(r resource.Resource) error {
+		r.(*observe.ClusterSummary).TypedSpec().Machines = 99 //nolint:forcetypeassert
+
+		return nil
+	})
+	assert.True(t, state.IsOwnerConflictError(err), "%v", err)
+
+	_, err = st.UpdateWithConflicts(ctx, observe.NewClusterSummary("prod").Metadata(), func(r resource.Resource) error {
+		r.(*observe.ClusterSummary).TypedSpec().Machines = 2 //nolint:forcetypeassert
+
+		return nil
+	}, state.WithUpdateOwner("ClusterSummaryController"))
+	require.NoError(t, err)
+}
