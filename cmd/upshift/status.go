@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/spf13/cobra"
+
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+func init() {
+	cmd := &cobra.Command{
+		Use:   "status CLUSTER",
+		Short: "Show a cluster's Talos upgrade as a tree: the cluster, its upgrade phase and progress, each machine",
+		Args:  cobra.ExactArgs(1),
+	}
+
+	endpoint := endpointFlag(cmd)
+
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return withState(*endpoint, func(st state.State) error {
+			view, err := loadCluster(cmd.Context(), st, args[0])
+			if err != nil {
+				return err
+			}
+
+			return view.printTree(cmd.OutOrStdout())
+		})
+	}
+
+	rootCmd.AddCommand(cmd)
+}
+
+// withState runs fn on the state of the server at endpoint, rewording its errors for the terminal.
+func withState(endpoint string, fn func(state.State) error) error {
+	c, err := connect(endpoint)
+	if err != nil {
+		return err
+	}
+
+	defer c.Close() //nolint:errcheck
+
+	return explain(endpoint, fn(c.State()))
+}
+
+// clusterView is everything the engine knows of one cluster, read at once for status and upgrade plans.
+type clusterView struct {
+	cluster  *cluster.Cluster
+	machines []*cluster.Machine // sorted by ID
+	statuses map[string]*observe.MachineStatus
+	upgrades map[string]*upgrade.MachineUpgradeStatus
+	locks    map[string]*cluster.MachineLock
+	etcd     *observe.EtcdStatus         // nil until observed
+	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
+}
+
+// loadCluster reads the cluster named id and its machines with what was observed of them.
+func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, error) {
+	c, err := safe.StateGetByID[*cluster.Cluster](ctx, st, id)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, fmt.Errorf("cluster %q not found", id)
+		}
+
+		return nil, fmt.Errorf("reading cluster %q: %w", id, err)
+	}
+
+	v := &clusterView{cluster: c}
+
+	machines, err := safe.StateListAll[*cluster.Machine](ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("listing machines: %w", err)
+	}
+
+	for m := range machines.All() {
+		if m.TypedSpec().Cluster == id {
+			v.machines = append(v.machines, m)
+		}
+	}
+
+	slices.SortFunc(v.machines, func(a, b *cluster.Machine) int { return strings.Compare(a.Metadata().ID(), b.Metadata().ID()) })
+
+	if v.statuses, err = byID[*observe.MachineStatus](ctx, st); err != nil {
+		return nil, err
+	}
+
+	if v.upgrades, err = byID[*upgrade.MachineUpgradeStatus](ctx, st); err != nil {
+		return nil, err
+	}
+
+	if v.locks, err = byID[*cluster.MachineLock](ctx, st); err != nil {
+		return nil, err
+	}
+
+	if v.etcd, err = optional[*observe.EtcdStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.talos, err = optional[*upgrade.TalosUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	return v, nil
+}
+
+// byID lists every resource of a type, keyed by ID.
+func byID[T meta.ResourceWithRD](ctx context.Context, st state.State) (map[string]T, error) {
+	list, err := safe.StateListAll[T](ctx, st)
+	if err != nil {
+		return nil, fmt.Errorf("listing: %w", err)
+	}
+
+	out := make(map[string]T, list.Len())
+	for r := range list.All() {
+		out[r.Metadata().ID()] = r
+	}
+
+	return out, nil
+}
+
+// optional reads the resource named id, or returns the zero value when there is none yet.
+func optional[T meta.ResourceWithRD](ctx context.Context, st state.State, id string) (T, error) {
+	r, err := safe.StateGetByID[T](ctx, st, id)
+	if err != nil && !state.IsNotFoundError(err) {
+		var zero T
+
+		return zero, fmt.Errorf("reading %q: %w", id, err)
+	}
+
+	return r, nil
+}
+
+// printTree prints the cluster, its upgrade and its machines as a tree that fits 80 columns.
+func (v *clusterView) printTree(w io.Writer) error {
+	spec := v.cluster.TypedSpec()
+
+	var b strings.Builder
+
+	fmt.Fprintf(&b, "cluster %s  talos %s  kubernetes %s", v.cluster.Metadata().ID(), spec.TalosVersion, spec.KubernetesVersion)
+
+	if spec.Paused {
+		b.WriteString("  (paused)")
+	}
+
+	b.WriteString("\n")
+
+	if t := v.talos; t != nil {
+		ts := t.TypedSpec()
+
+		fmt.Fprintf(&b, "├─ talos upgrade: %s %d/%d", ts.Phase, ts.Done, ts.Total)
+
+		if ts.FromVersion != "" || ts.ToVersion != "" {
+			fmt.Fprintf(&b, "  %s -> %s", ts.FromVersion, ts.ToVersion)
+		}
+
+		b.WriteString("\n")
+
+		if len(ts.Plan) > 1 {
+			fmt.Fprintf(&b, "│  plan: %s (now %s)\n", strings.Join(ts.Plan, " -> "), ts.Target)
+		}
+
+		for _, line := range []struct{ label, text string }{
+			{"error", ts.Error},
+			{"waiting", ts.Reason},
+			{"locked", strings.Join(ts.WaitingOnLock, ", ")},
+		} {
+			if line.text != "" {
+				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
+			}
+		}
+	} else {
+		b.WriteString("├─ talos upgrade: not planned yet\n")
+	}
+
+	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
+
+	for i, m := range v.machines {
+		branch, indent := "├─", "│  "
+		if i == len(v.machines)-1 {
+			branch, indent = "└─", "   "
+		}
+
+		fmt.Fprintf(&b, "   %s %s\n", branch, v.machineLine(m))
+
+		for _, detail := range v.machineDetails(m) {
+			fmt.Fprintf(&b, "   %s   %s\n", indent, detail)
+		}
+	}
+
+	_, err := io.WriteString(w, b.String())
+
+	return err
+}
+
+// machineLine is one machine's summary: name, role, version, upgrade phase.
+func (v *clusterView) machineLine(m *cluster.Machine) string {
+	id := m.Metadata().ID()
+	role := "worker"
+
+	if m.TypedSpec().Role == cluster.RoleControlPlane {
+		role = "cp"
+	}
+
+	version := "?"
+	if s, ok := v.statuses[id]; ok {
+		version = s.TypedSpec().TalosVersion
+
+		if !s.TypedSpec().Reachable {
+			version += " (unreachable)"
+		}
+	}
+
+	phase := "-"
+	if u, ok := v.upgrades[id]; ok {
+		us := u.TypedSpec()
+		phase = fmt.Sprintf("%s -> %s", us.Phase, us.ToVersion)
+	}
+
+	return fmt.Sprintf("%-14s %-6s %-22s %s", id, role, version, phase)
+}
+
+// machineDetails are the lines under a machine: its lock, its upgrade's error or what it waits for.
+func (v *clusterView) machineDetails(m *cluster.Machine) []string {
+	id := m.Metadata().ID()
+
+	var out []string
+
+	if l, ok := v.locks[id]; ok {
+		out = append(out, "locked: "+orNone(l.TypedSpec().Reason))
+	}
+
+	if u, ok := v.upgrades[id]; ok {
+		if e := u.TypedSpec().Error; e != "" {
+			out = append(out, fmt.Sprintf("error (attempt %d): %s", u.TypedSpec().Attempt, e))
+		}
+
+		if wt := u.TypedSpec().Waiting; wt != "" {
+			out = append(out, "waiting: "+wt)
+		}
+	}
+
+	return out
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(no reason given)"
+	}
+
+	return s
+}
