@@ -118,3 +118,60 @@ func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
 		return nil
 	}
 }
+
+// Overridable runs registrars, then defaults for every controller the registrars did not register themselves: an
+// embedder that registers its own Upgrades (other adapters, other timeouts) replaces the engine's default one
+// instead of clashing with it.
+func Overridable(defaults Registrar, registrars ...Registrar) Registrar {
+	return func(engine controller.Engine) error {
+		rec := &recordingEngine{Engine: engine, names: map[string]bool{}}
+
+		for _, register := range registrars {
+			if err := register(rec); err != nil {
+				return err
+			}
+		}
+
+		return defaults(&skippingEngine{Engine: engine, skip: rec.names})
+	}
+}
+
+// recordingEngine records the names of the controllers registered through it.
+type recordingEngine struct {
+	controller.Engine
+	names map[string]bool
+}
+
+func (e *recordingEngine) RegisterController(ctrl controller.Controller) error {
+	e.names[ctrl.Name()] = true
+
+	return e.Engine.RegisterController(ctrl)
+}
+
+func (e *recordingEngine) RegisterQController(ctrl controller.QController) error {
+	e.names[ctrl.Name()] = true
+
+	return e.Engine.RegisterQController(ctrl)
+}
+
+// skippingEngine leaves out the controllers named in skip.
+type skippingEngine struct {
+	controller.Engine
+	skip map[string]bool
+}
+
+func (e *skippingEngine) RegisterController(ctrl controller.Controller) error {
+	if e.skip[ctrl.Name()] {
+		return nil
+	}
+
+	return e.Engine.RegisterController(ctrl)
+}
+
+func (e *skippingEngine) RegisterQController(ctrl controller.QController) error {
+	if e.skip[ctrl.Name()] {
+		return nil
+	}
+
+	return e.Engine.RegisterQController(ctrl)
+}
