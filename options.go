@@ -60,7 +60,8 @@ func WithListenAddress(addr string) Option {
 	}
 }
 
-// WithControllers adds controllers to the engine. Each registrar is called on every (re)start of the controller
+// WithControllers adds controllers to the engine; one named like a default controller (e.g. from
+// controllers.Upgrades) replaces it. Each registrar is called on every (re)start of the controller
 // runtime, so controllers that need adapters (a Talos client, a Kubernetes client) capture them in the closure.
 func WithControllers(registrars ...controllers.Registrar) Option {
 	return func(o *engineOptions) {

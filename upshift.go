@@ -75,10 +75,12 @@ func New(opts ...Option) (*Engine, error) {
 		o.connector, e.connector = credentials, credentials
 	}
 
-	registrars := []controllers.Registrar{controllers.Builtin, controllers.Upgrades(o.connector, o.upgradeOptions...)}
+	// Controllers given with WithControllers replace the default ones of the same name (e.g. their own Upgrades).
+	registrars := controllers.Overridable(controllers.Upgrades(o.connector, o.upgradeOptions...),
+		append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...)
 
 	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),
-		controllers.WithRegistrars(append(registrars, o.registrars...)...),
+		controllers.WithRegistrars(registrars),
 		controllers.WithRuntimeOptions(o.runtimeOptions...),
 	)
 
