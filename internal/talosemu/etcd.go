@@ -210,7 +210,8 @@ func (m *realMember) config() (*embed.Config, error) {
 	cfg.Dir = m.dir
 	cfg.InitialClusterToken = m.cluster.name
 	cfg.UnsafeNoFsync = true
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(m.cluster.logger.Named("etcd").Named(m.name).WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel)))
+	// etcd logs errors on every shutdown (closed listeners); its real failures reach callers as errors anyway.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(m.cluster.logger.Named("etcd").Named(m.name).WithOptions(zap.IncreaseLevel(zapcore.DPanicLevel)))
 
 	peer, err := url.Parse(m.peerURL)
 	if err != nil {
