@@ -153,7 +153,7 @@ func TestRolloutLifecycleFlow(t *testing.T) {
 func TestRolloutLegacyFlow(t *testing.T) {
 	t.Parallel()
 
-	f := newFakeFleet("v1.12.0", 1, 1)
+	f := newFakeFleet("v1.12.0", 3, 1)
 	ctx, st := startUpgrades(t, f)
 	createUpgradeFleet(ctx, t, st, f, "v1.12.0", nil)
 
@@ -161,8 +161,15 @@ func TestRolloutLegacyFlow(t *testing.T) {
 	setTarget(ctx, t, st, v13)
 	assertDone(ctx, t, st, v13)
 
-	assert.Equal(t, []string{"EtcdForfeitLeadership", "Cordon", "Drain", "LegacyUpgrade", "Uncordon"}, f.callsOf("cp-1"))
+	for _, cp := range []string{"cp-1", "cp-2", "cp-3"} {
+		assert.Equal(t, []string{"EtcdForfeitLeadership", "Cordon", "Drain", "LegacyUpgrade", "Uncordon"}, f.callsOf(cp), cp)
+	}
+
 	assert.Equal(t, []string{"Cordon", "Drain", "LegacyUpgrade", "Uncordon"}, f.callsOf("w-1"))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	assert.Equal(t, 1, f.maxCPsDown, "control planes down at once")
 }
 
 // While one etcd member is unhealthy no control plane starts, and the cluster says why; it proceeds once healed.
@@ -408,4 +415,16 @@ func TestRolloutSkip(t *testing.T) {
 	assertDone(ctx, t, st, v14)
 	assert.Equal(t, v13, f.get("w-1").version)
 	assert.Equal(t, v14, f.get("w-2").version)
+}
+
+// A single control plane keeps its etcd leadership (there is nobody to hand it to) and still upgrades.
+func TestRolloutSingleControlPlane(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 0)
+	ctx, st := startUpgrades(t, f)
+	createAndUpgrade(ctx, t, st, f, nil)
+	assertDone(ctx, t, st, v14)
+
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("cp-1"))
 }

@@ -51,6 +51,10 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 	case upgrade.MachineCheckingEtcd:
 		return run.waitEtcdGate(ctx)
 	case upgrade.MachineForfeitingLeadership:
+		if cps, err := clusterControlPlanes(ctx, run.r, run.machine.Cluster); err == nil && len(cps) < 2 {
+			return "", nil // a single member keeps its leadership: there is nobody to hand it to
+		}
+
 		return run.talosCall(ctx, "forfeit etcd leadership", func(ctx context.Context, api talos.API) error { return api.EtcdForfeitLeadership(ctx, node) })
 	case upgrade.MachineCordoning:
 		return run.kubeCall(ctx, "cordon", func(ctx context.Context, nodes kube.Nodes) error { return nodes.Cordon(ctx, s.NodeName) })
@@ -142,6 +146,9 @@ func (run *machineRun) observe(ctx context.Context) (talos.MachineStatus, error)
 	return api.MachineStatus(ctx, run.id)
 }
 
+// rebootingStages are the Talos machine stages of a machine that is going down or replacing its Talos.
+var rebootingStages = []string{"rebooting", "upgrading", "installing", "shutting down", "resetting"}
+
 // rebootOnce is a step whose call reboots the machine (Reboot, or the legacy Upgrade). The machine is observed
 // before the call: a boot ID other than the one recorded before the step, or a machine already rebooting or
 // upgrading, means the call was made before a restart of the engine, and it is not made again. A call that may
@@ -152,7 +159,7 @@ func (run *machineRun) rebootOnce(ctx context.Context, what string, call func(co
 	for {
 		st, err := run.observe(ctx)
 		if err == nil {
-			if st.BootID != run.spec.PreRebootBootID || slices.Contains([]string{"rebooting", "upgrading", "installing", "shutting_down"}, st.Stage) {
+			if st.BootID != run.spec.PreRebootBootID || slices.Contains(rebootingStages, st.Stage) {
 				return "", nil
 			}
 
