@@ -30,9 +30,11 @@ const (
 
 // DefaultControllers are the kube-controller-manager controllers a control plane runs unless configured otherwise:
 // what drain, PodDisruptionBudgets, DaemonSets, Deployments and namespace or owner cleanup need to behave as in a
-// real cluster. Node lifecycle, service account and certificate controllers are left out: the emulated kubelets
-// report node health themselves and clients authenticate with certificates.
+// real cluster, and the node lifecycle controller, which lifts the not-ready taint every new Node gets and puts it
+// back while a node is down. Service account and certificate controllers are left out: clients authenticate with
+// certificates and pods need no tokens.
 var DefaultControllers = []string{
+	"node-lifecycle-controller",
 	"disruption-controller",
 	"daemonset-controller",
 	"deployment-controller",

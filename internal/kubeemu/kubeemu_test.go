@@ -77,22 +77,22 @@ func TestCluster(t *testing.T) {
 			return fmt.Sprint(got) == fmt.Sprint(want), fmt.Errorf("ready nodes and versions: %v", got)
 		})
 
+		// The node lifecycle controller lifts the not-ready taint admission put on the new Nodes.
+		eventually(t, waitTimeout, "the not-ready taints to be lifted", func() (bool, error) {
+			cp, w := getNode(t, c, controlPlaneNode.Name), getNode(t, c, worker1.Name)
+
+			return len(cp.Spec.Taints) == 1 && cp.Spec.Taints[0].Key == kubeemu.LabelControlPlane &&
+					cp.Spec.Taints[0].Effect == corev1.TaintEffectNoSchedule && len(w.Spec.Taints) == 0,
+				fmt.Errorf("control plane taints %v, worker taints %v", cp.Spec.Taints, w.Spec.Taints)
+		})
+
 		cp := getNode(t, c, controlPlaneNode.Name)
 		if _, ok := cp.Labels[kubeemu.LabelControlPlane]; !ok {
 			t.Errorf("control plane node labels %v lack %s", cp.Labels, kubeemu.LabelControlPlane)
 		}
 
-		if len(cp.Spec.Taints) != 1 || cp.Spec.Taints[0].Key != kubeemu.LabelControlPlane ||
-			cp.Spec.Taints[0].Effect != corev1.TaintEffectNoSchedule {
-			t.Errorf("control plane taints = %v, want the control-plane NoSchedule taint", cp.Spec.Taints)
-		}
-
 		if cp.Status.NodeInfo.OSImage != "Talos (v1.14.1)" || nodeInternalIP(cp) != "10.5.0.2" {
 			t.Errorf("control plane osImage %q, internal IP %q", cp.Status.NodeInfo.OSImage, nodeInternalIP(cp))
-		}
-
-		if w := getNode(t, c, worker1.Name); len(w.Spec.Taints) != 0 {
-			t.Errorf("worker taints = %v, want none", w.Spec.Taints)
 		}
 
 		eventually(t, waitTimeout, "node leases", func() (bool, error) {
@@ -248,7 +248,11 @@ func TestCluster(t *testing.T) {
 
 		waitReadyPods(t, c, "app=bare", 2)
 
+		evicted := map[string]time.Time{}
+
 		for name := range graces {
+			evicted[name] = time.Now()
+
 			if err := c.client.PolicyV1().Evictions(testNamespace).Evict(ctx, &policyv1.Eviction{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNamespace},
 			}); err != nil {
@@ -256,7 +260,6 @@ func TestCluster(t *testing.T) {
 			}
 		}
 
-		evicted := time.Now()
 		gone := map[string]time.Duration{}
 
 		eventually(t, waitTimeout, "both evicted pods to be gone", func() (bool, error) {
@@ -267,7 +270,7 @@ func TestCluster(t *testing.T) {
 
 				_, err := c.client.CoreV1().Pods(testNamespace).Get(ctx, name, metav1.GetOptions{})
 				if apierrors.IsNotFound(err) {
-					gone[name] = time.Since(evicted)
+					gone[name] = time.Since(evicted[name])
 				}
 			}
 
@@ -299,16 +302,16 @@ func TestCluster(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			var progress []string
+			var progress syncBuffer // the drain reports from one goroutine per pod
 
 			if err := nodedrain.Drain(ctx, c.client, node, nodedrain.DrainOptions{
 				Timeout:  waitTimeout,
-				Progress: func(msg string) { progress = append(progress, msg) },
+				Progress: func(msg string) { fmt.Fprintln(&progress, msg) },
 			}); err != nil {
-				t.Fatalf("draining %s: %v (progress: %v)", node, err, progress)
+				t.Fatalf("draining %s: %v (progress: %s)", node, err, progress.String())
 			}
 
-			t.Logf("drained %s: %v", node, progress)
+			t.Logf("drained %s:\n%s", node, progress.String())
 			assertLeftAlone(t, c, node, testNamespace, "app=node-agent", 1)
 		}
 
