@@ -30,7 +30,7 @@ func (v *View) Screen(width, height int) []string {
 	}
 
 	for i, l := range lines {
-		lines[i] = cut(l, width)
+		lines[i] = Cut(l, width)
 	}
 
 	return lines
@@ -130,8 +130,8 @@ func progressBar(done, total int) string {
 	return strings.Repeat("█", full) + strings.Repeat("░", barWidth-full)
 }
 
-// cut shortens s to width columns (runes; the view prints no wide characters), marking the cut with "…".
-func cut(s string, width int) string {
+// Cut shortens s to width columns (runes; the view prints no wide characters), marking the cut with "…".
+func Cut(s string, width int) string {
 	r := []rune(s)
 	if width < 1 || len(r) <= width {
 		return s
@@ -155,7 +155,7 @@ func wrap(s, indent string, width, maxLines int) []string {
 		rest = append([]rune(indent), rest[width:]...)
 	}
 
-	return append(lines, cut(string(rest), width))
+	return append(lines, Cut(string(rest), width))
 }
 
 // PhaseTime is the time machines spent in one step of their upgrade, over every machine and hop.
@@ -257,8 +257,8 @@ func (v *View) clusterSummary(id string) []string {
 
 		lines = append(lines, head)
 
-		if len(t.Plan) > 0 {
-			lines = append(lines, "  plan  "+planLine(t))
+		if c.plan != "" {
+			lines = append(lines, "  plan  "+c.plan)
 		}
 
 		if hops := c.hopTimes(); hops != "" {
@@ -315,9 +315,13 @@ func roleName(r cluster.Role) string {
 	return string(r)
 }
 
-// round shortens a duration for people: tenths of a second under a minute, whole seconds above.
+// round shortens a duration for people: hundredths of a second under a second, tenths under a minute, whole
+// seconds above.
 func round(d time.Duration) time.Duration {
-	if d < time.Minute {
+	switch {
+	case d < time.Second:
+		return d.Round(10 * time.Millisecond)
+	case d < time.Minute:
 		return d.Round(100 * time.Millisecond)
 	}
 

@@ -37,6 +37,8 @@ type clusterState struct {
 	etcd  *observe.EtcdStatusSpec
 	// hops are the Talos hops in the order the cluster went to them, with when each became the target.
 	hops []hop
+	// plan is the last plan seen (the status drops it once Done): the versions the cluster went from, then its hops.
+	plan string
 	// finished is when the Talos upgrade was first seen Done after it had a plan.
 	finished time.Time
 	lastLine string
@@ -98,6 +100,10 @@ func (v *View) Update(r resource.Resource) []string {
 func (v *View) updateTalos(id string, spec upgrade.TalosUpgradeStatusSpec, at time.Time) []string {
 	c := v.cluster(id)
 	c.talos = &spec
+
+	if len(spec.Plan) > 0 {
+		c.plan = planLine(&spec)
+	}
 
 	if spec.Target != "" && len(spec.Plan) > 0 && (len(c.hops) == 0 || c.hops[len(c.hops)-1].version != spec.Target) {
 		c.hops = append(c.hops, hop{version: spec.Target, started: at})

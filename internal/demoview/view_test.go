@@ -203,7 +203,7 @@ func TestSummaryListsVersionsHopsAndPhaseTimes(t *testing.T) {
 	}
 
 	talos(v, t0.Add(112*time.Second), func(s *upgrade.TalosUpgradeStatusSpec) {
-		s.Phase, s.Target, s.Done = upgrade.PhaseDone, "v1.14.1", 6
+		s.Phase, s.Target, s.Done, s.Plan = upgrade.PhaseDone, "v1.14.1", 6, nil // a done upgrade has no plan left
 	})
 
 	assert.True(t, v.OnVersion("c1", "1.14.1"))

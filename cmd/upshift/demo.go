@@ -1,0 +1,543 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"golang.org/x/term"
+
+	"github.com/upshift-io/upshift"
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/demoview"
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// demoFlags are the `upshift demo` flags.
+type demoFlags struct {
+	dataDir        string
+	listen         string
+	clusters       int
+	workers        int
+	from, to       string
+	faults         []string
+	retryAfter     time.Duration
+	keep           bool
+	plain          bool
+	rebootDowntime time.Duration
+	timeout        time.Duration
+}
+
+func init() {
+	supported := talosemu.SupportedVersions()
+
+	var flags demoFlags
+
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Upgrade an emulated fleet (real etcd, real kube-apiserver) with an engine in this process, live",
+		Long: "Start an engine and an emulated Talos fleet in this process, register clusters of 3 control planes and\n" +
+			"--workers workers, and upgrade Talos from --from to --to while showing every machine's phase live.\n" +
+			"The engine serves its gRPC API while the demo runs, so the CLI works against it from another terminal.\n" +
+			"On a terminal the view redraws in place; otherwise (CI, a pipe, --plain) it prints one line per transition.\n\n" +
+			"--fault NODE=KIND makes a node misbehave (kinds: " + fmt.Sprint(talosemu.Faults()) + "). When the\n" +
+			"upgrade stops on it, the demo shows the failure and its reason, repairs the node (clears the fault) and\n" +
+			"prints the retry command; run it yourself, or after --retry-after the demo runs it for you.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), flags, cmd.Flags().Changed("listen"))
+		},
+	}
+
+	f := cmd.Flags()
+	f.StringVar(&flags.dataDir, "data-dir", "", "directory for the engine's state (DIR/engine/state.db), the fleet and demo.log (default: a new temporary directory)")
+	f.StringVar(&flags.listen, "listen", upshift.DefaultListenAddress, "address of the engine's gRPC API (by default a free port when this one is taken)")
+	f.IntVar(&flags.clusters, "clusters", 1, "number of clusters (c1, c2, ...)")
+	f.IntVar(&flags.workers, "workers", 3, "workers per cluster (each cluster has 3 control planes)")
+	f.StringVar(&flags.from, "from", supported[0], "Talos version the fleet runs at start")
+	f.StringVar(&flags.to, "to", supported[len(supported)-1], "Talos version to upgrade to")
+	f.StringArrayVar(&flags.faults, "fault", nil, "make a node misbehave, NODE=KIND[:DURATION] (repeatable), e.g. c1-w-1=rollback")
+	f.DurationVar(&flags.retryAfter, "retry-after", 20*time.Second, "after a failure, how long the demo leaves you to run the retry command before it runs it itself")
+	f.BoolVar(&flags.keep, "keep", false, "keep the engine and the fleet running after the upgrade, until Ctrl-C")
+	f.BoolVar(&flags.plain, "plain", false, "print one line per transition even on a terminal")
+	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
+	f.DurationVar(&flags.timeout, "timeout", 20*time.Minute, "give up when the upgrade has not finished by then")
+	rootCmd.AddCommand(cmd)
+}
+
+// demoTick is how often the live view redraws and the demo checks whether to act (retry, finish).
+const demoTick = 200 * time.Millisecond
+
+// demo is one run of `upshift demo`.
+type demo struct {
+	flags  demoFlags
+	out    io.Writer
+	screen *screen // nil: plain lines
+	view   *demoview.View
+	bed    *testbed.Bed
+	start  time.Time
+	// faults are the injected faults not cleared yet, by node.
+	faults    map[string][]talosemu.Fault
+	incidents map[string]*incident // by cluster
+	notes     []string
+}
+
+// incident is an upgrade stopped on a failed machine, until it is retried.
+type incident struct {
+	machine string
+	retryAt time.Time
+	command []string
+	retried bool
+}
+
+func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool) (err error) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	d := &demo{
+		flags: flags, out: out, view: demoview.New(time.Now()), start: time.Now(),
+		faults: map[string][]talosemu.Fault{}, incidents: map[string]*incident{},
+	}
+
+	fleetOptions, err := d.fleetOptions()
+	if err != nil {
+		return err
+	}
+
+	tempDir := d.flags.dataDir == ""
+	if tempDir {
+		if d.flags.dataDir, err = os.MkdirTemp("", "upshift-demo-"); err != nil {
+			return fmt.Errorf("creating a data directory: %w", err)
+		}
+	}
+
+	if !listenSet && !free(d.flags.listen) {
+		d.flags.listen = "127.0.0.1:0"
+	}
+
+	logPath := filepath.Join(d.flags.dataDir, "demo.log")
+
+	logger, err := fileLogger(logPath)
+	if err != nil {
+		return err
+	}
+
+	defer logger.Sync() //nolint:errcheck // best effort for a log file
+
+	if f, ok := out.(*os.File); ok && !flags.plain && term.IsTerminal(int(f.Fd())) {
+		d.screen = &screen{w: out, fd: int(f.Fd())}
+	}
+
+	d.printf("upshift demo: starting an emulated fleet of %d cluster(s), 3 control planes and %d workers each, on Talos %s\n"+
+		"(real etcd members and a real kube-apiserver per cluster), and the engine; logs go to %s\n",
+		flags.clusters, flags.workers, flags.from, logPath)
+
+	d.bed, err = testbed.Start(ctx,
+		testbed.WithDir(d.flags.dataDir),
+		testbed.WithLogger(logger),
+		testbed.WithFleetOptions(fleetOptions...),
+		testbed.WithEngineOptions(upshift.WithListenAddress(d.flags.listen)),
+		testbed.WithUpgradeOptions(d.upgradeOptions()...),
+	)
+	if err != nil {
+		return fmt.Errorf("starting the demo: %w", err)
+	}
+
+	defer func() {
+		err = errors.Join(err, d.bed.Close())
+
+		if tempDir {
+			// The emulated nodes' data (etcd WALs) is large and useless once they are gone; the engine's state stays.
+			err = errors.Join(err, os.RemoveAll(filepath.Join(d.flags.dataDir, "fleet")))
+		}
+	}()
+
+	d.printIntro()
+
+	if err = d.run(ctx); err != nil {
+		return err
+	}
+
+	if !flags.keep {
+		return nil
+	}
+
+	d.printf("\nThe engine keeps serving on %s and the fleet keeps running: Ctrl-C stops both.\n", d.bed.Endpoint())
+	<-ctx.Done()
+
+	return nil
+}
+
+func (d *demo) fleetOptions() ([]talosemu.Option, error) {
+	if d.flags.clusters < 1 {
+		return nil, fmt.Errorf("--clusters must be at least 1, got %d", d.flags.clusters)
+	}
+
+	if d.flags.workers < 0 {
+		return nil, fmt.Errorf("--workers must not be negative, got %d", d.flags.workers)
+	}
+
+	if d.flags.retryAfter < 0 {
+		return nil, fmt.Errorf("--retry-after must not be negative, got %s", d.flags.retryAfter)
+	}
+
+	opts := []talosemu.Option{
+		talosemu.WithClusters(d.flags.clusters),
+		talosemu.WithControlPlanes(3),
+		talosemu.WithWorkers(d.flags.workers),
+		talosemu.WithTalosVersion(d.flags.from),
+		talosemu.WithRebootDowntime(d.flags.rebootDowntime),
+	}
+
+	for _, spec := range d.flags.faults {
+		nf, err := talosemu.ParseNodeFault(spec)
+		if err != nil {
+			return nil, fmt.Errorf("--fault: %w", err)
+		}
+
+		opts = append(opts, talosemu.WithNodeFault(nf))
+
+		if nf.For == 0 {
+			d.faults[nf.Node] = append(d.faults[nf.Node], nf.Fault)
+		}
+	}
+
+	return opts, nil
+}
+
+// upgradeOptions make the engine react within a second or so, and give up on a machine within a minute rather
+// than the production quarter of an hour, so a fault shows quickly.
+func (d *demo) upgradeOptions() []controllers.UpgradeOption {
+	return []controllers.UpgradeOption{
+		controllers.WithPollInterval(time.Second),
+		controllers.WithRetryDelay(250 * time.Millisecond),
+		controllers.WithStepTimeout(30 * time.Second),
+		controllers.WithRebootTimeout(30*time.Second + 10*d.flags.rebootDowntime),
+	}
+}
+
+// free reports whether addr can be listened on now.
+func free(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+
+	return l.Close() == nil
+}
+
+func fileLogger(path string) (*zap.Logger, error) {
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
+	cfg.OutputPaths, cfg.ErrorOutputPaths = []string{path}, []string{path}
+
+	logger, err := cfg.Build()
+	if err != nil {
+		return nil, fmt.Errorf("opening the demo log: %w", err)
+	}
+
+	return logger, nil
+}
+
+func (d *demo) printf(format string, args ...any) {
+	fmt.Fprintf(d.out, format, args...)
+}
+
+func (d *demo) endpointFlag() string { return "--endpoint " + d.bed.Endpoint() }
+
+func (d *demo) printIntro() {
+	d.printf("\nengine:  %s  (state and event log in %s)\n", d.bed.Endpoint(), filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
+	d.printf("fleet:   Talos API %s  (talosconfig %s)\n", d.bed.Fleet.Endpoint(), d.bed.Fleet.TalosconfigPath())
+	d.printf("Follow it from another terminal:\n  upshift get machineupgradestatuses -w %s\n\n", d.endpointFlag())
+}
+
+// run requests the upgrade of every cluster and follows it to its end.
+func (d *demo) run(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, d.flags.timeout)
+	defer cancel()
+
+	st := d.bed.State()
+	events := make(chan state.Event, 256)
+
+	for _, t := range []resource.Type{cluster.MachineType, observe.MachineStatusType, observe.EtcdStatusType,
+		upgrade.TalosUpgradeStatusType, upgrade.MachineUpgradeStatusType} {
+		if err := st.WatchKind(ctx, resource.NewMetadata(resources.Namespace, t, "", resource.VersionUndefined), events,
+			state.WithBootstrapContents(true)); err != nil {
+			return fmt.Errorf("watching %s: %w", t, err)
+		}
+	}
+
+	for _, id := range d.bed.Fleet.Clusters() {
+		if _, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster(id).Metadata(), func(c *cluster.Cluster) error {
+			c.TypedSpec().TalosVersion = "v" + strings.TrimPrefix(d.flags.to, "v")
+
+			return nil
+		}); err != nil {
+			return fmt.Errorf("requesting the Talos upgrade of cluster %q: %w", id, err)
+		}
+
+		d.printf("requested: cluster %s to Talos %s (what `upshift upgrade talos %s --to %s` does)\n", id, d.target(), id, d.target())
+	}
+
+	ticker := time.NewTicker(demoTick)
+	defer ticker.Stop()
+
+	d.screen.hideCursor()
+	defer d.screen.showCursor()
+
+	for {
+		select {
+		case <-ctx.Done():
+			d.redraw()
+
+			return d.finish(fmt.Errorf("the upgrade did not finish: %w", context.Cause(ctx)))
+		case ev := <-events:
+			if err := d.handle(ev); err != nil {
+				return err
+			}
+
+			continue
+		case <-ticker.C:
+		}
+
+		if err := d.act(ctx); err != nil {
+			return err
+		}
+
+		d.redraw()
+
+		if d.finished() {
+			return d.finish(nil)
+		}
+	}
+}
+
+func (d *demo) target() string { return "v" + strings.TrimPrefix(d.flags.to, "v") }
+
+func (d *demo) handle(ev state.Event) error {
+	switch ev.Type {
+	case state.Errored:
+		return fmt.Errorf("watching the engine: %w", ev.Error)
+	case state.Created, state.Updated:
+		lines := d.view.Update(ev.Resource)
+		if d.screen == nil {
+			for _, l := range lines {
+				d.printf("%s\n", l)
+			}
+		}
+	case state.Destroyed, state.Bootstrapped, state.Noop:
+	}
+
+	return nil
+}
+
+// finished reports whether every cluster's Talos upgrade is done and every machine was seen on the target.
+func (d *demo) finished() bool {
+	for _, id := range d.bed.Fleet.Clusters() {
+		tus, ok := d.view.TalosUpgrade(id)
+		if !ok || tus.Phase != upgrade.PhaseDone || tus.ToVersion != d.target() || !d.view.OnVersion(id, d.target()) {
+			return false
+		}
+	}
+
+	return true
+}
+
+// act deals with stopped upgrades: a failed machine is shown with its reason, repaired (its injected faults
+// cleared) and retried (by the user, or by the demo after --retry-after).
+func (d *demo) act(ctx context.Context) error {
+	for _, id := range d.bed.Fleet.Clusters() {
+		tus, _ := d.view.TalosUpgrade(id)
+		inc := d.incidents[id]
+
+		switch {
+		case tus.Phase == upgrade.PhaseFailed && (inc == nil || inc.machine != tus.FailedMachine):
+			if err := d.open(ctx, id, tus); err != nil {
+				return err
+			}
+		case inc == nil:
+		case tus.Phase != upgrade.PhaseFailed:
+			d.note(fmt.Sprintf("%s: retried; the upgrade goes on", inc.machine))
+			delete(d.incidents, id)
+		case !inc.retried && !time.Now().Before(inc.retryAt):
+			inc.retried = true
+			d.note("the demo runs: upshift " + strings.Join(inc.command, " "))
+
+			if out, err := exec.CommandContext(ctx, self(), inc.command...).CombinedOutput(); err != nil { //nolint:gosec // our own binary
+				return fmt.Errorf("retrying %s: %w: %s", inc.machine, err, out)
+			}
+		}
+	}
+
+	return nil
+}
+
+// open records the failure of a cluster's upgrade, says why and how to retry, and repairs the machine.
+func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgradeStatusSpec) error {
+	m := tus.FailedMachine
+	inc := &incident{
+		machine: m,
+		retryAt: time.Now().Add(d.flags.retryAfter),
+		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--endpoint", d.bed.Endpoint()},
+	}
+	d.incidents[clusterID] = inc
+
+	d.note(fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
+		"  No new machine of "+clusterID+" starts until you retry, skip or revert it.")
+
+	for _, fault := range d.faults[m] {
+		if err := d.bed.Fleet.ClearFault(ctx, m, fault); err != nil {
+			return fmt.Errorf("clearing fault %s of %s: %w", fault, m, err)
+		}
+
+		d.note(fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", m, fault))
+	}
+
+	delete(d.faults, m)
+	d.note("  Retry it from another terminal:",
+		"    upshift "+strings.Join(inc.command, " "),
+		fmt.Sprintf("  or the demo runs it in %s.", d.flags.retryAfter))
+
+	return nil
+}
+
+// note shows lines below the live view, or prints them at once in plain mode.
+func (d *demo) note(lines ...string) {
+	if d.screen == nil {
+		for _, l := range lines {
+			d.printf("%9s %s\n", "", l)
+		}
+
+		return
+	}
+
+	d.notes = append(d.notes, lines...)
+}
+
+func (d *demo) redraw() {
+	if d.screen == nil {
+		return
+	}
+
+	width, height := d.screen.size()
+	header := fmt.Sprintf("upshift demo  %s  engine %s", time.Since(d.start).Round(time.Second), d.bed.Endpoint())
+	notes := d.notes
+
+	if len(notes) > height/3 {
+		notes = notes[len(notes)-height/3:]
+	}
+
+	frame := append([]string{header}, d.view.Screen(width, height-len(notes)-2)...)
+
+	frame = append(frame, notes...)
+	d.screen.draw(frame, width)
+}
+
+// finish prints the summary, and returns err or, when some machine is not on the target, why not.
+func (d *demo) finish(err error) error {
+	d.printf("\n%s\n", strings.Join(d.view.Summary(), "\n"))
+
+	for _, id := range d.bed.Fleet.Clusters() {
+		versions := d.view.Versions(id)
+
+		for _, m := range slices.Sorted(maps.Keys(versions)) {
+			if v := versions[m]; strings.TrimPrefix(v, "v") != strings.TrimPrefix(d.target(), "v") && err == nil {
+				err = fmt.Errorf("machine %s runs %s, not %s", m, v, d.target())
+			}
+		}
+	}
+
+	clusters := d.bed.Fleet.Clusters()
+	ep := d.endpointFlag()
+
+	d.printf("\nEvent log: %s (every transition above, with its time and writer)\n", filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
+	d.printf("Look deeper%s:\n", map[bool]string{true: " (the engine serves until Ctrl-C)", false: " (run the demo with --keep, or serve the state again with `upshift serve --data-dir " + d.bed.EngineDir() + "`)"}[d.flags.keep])
+	d.printf("  upshift history machineupgradestatus %s-cp-1 %s\n", clusters[0], ep)
+	d.printf("  upshift get machineupgradestatuses %s\n", ep)
+	d.printf("  upshift get talosupgradestatus %s -o yaml %s\n", clusters[0], ep)
+	d.printf("  upshift status %s %s\n", clusters[0], ep)
+
+	if err == nil {
+		d.printf("\nEvery machine runs Talos %s.\n", d.target())
+	}
+
+	return err
+}
+
+// self is this binary, which the demo runs to show a command a user would type.
+func self() string {
+	if path, err := os.Executable(); err == nil {
+		return path
+	}
+
+	return os.Args[0]
+}
+
+// screen redraws a frame of lines in place on a terminal with ANSI cursor movements.
+type screen struct {
+	w     io.Writer
+	fd    int
+	lines int // of the last frame
+}
+
+// size is the terminal's width and height, 80x24 when unknown.
+func (s *screen) size() (width, height int) {
+	width, height, err := term.GetSize(s.fd)
+	if err != nil || width < 1 || height < 1 {
+		return 80, 24
+	}
+
+	return width, height
+}
+
+func (s *screen) draw(frame []string, width int) {
+	var b strings.Builder
+
+	if s.lines > 0 {
+		fmt.Fprintf(&b, "\x1b[%dA", s.lines)
+	}
+
+	for _, l := range frame {
+		b.WriteString("\r\x1b[2K")
+		b.WriteString(demoview.Cut(l, width-1))
+		b.WriteString("\n")
+	}
+
+	b.WriteString("\x1b[J")
+	s.lines = len(frame)
+
+	_, _ = io.WriteString(s.w, b.String()) //nolint:errcheck // a terminal that fails us has no one to tell
+}
+
+func (s *screen) hideCursor() {
+	if s != nil {
+		_, _ = io.WriteString(s.w, "\x1b[?25l") //nolint:errcheck // cosmetic
+	}
+}
+
+func (s *screen) showCursor() {
+	if s != nil {
+		_, _ = io.WriteString(s.w, "\x1b[?25h") //nolint:errcheck // cosmetic
+	}
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// demoTimeout bounds a whole demo run in the tests (the emulated fleet starts a real kube-apiserver).
+const demoTimeout = 6 * time.Minute
+
+var engineLine = regexp.MustCompile(`^engine:\s+(\S+)\s`)
+
+// demoProcess is `upshift demo` running as a child process without a terminal, so it prints plain lines.
+type demoProcess struct {
+	cmd    *exec.Cmd
+	out    *lines
+	seen   []string // the lines of stdout the test has read
+	stderr *bytes.Buffer
+}
+
+func startDemo(t *testing.T, args ...string) *demoProcess {
+	t.Helper()
+
+	cmd := exec.Command(binary, append([]string{"demo", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--reboot-downtime", "200ms", "--timeout", demoTimeout.String()}, args...)...)
+
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+
+	d := &demoProcess{cmd: cmd, out: readLines(stdout), stderr: &bytes.Buffer{}}
+	cmd.Stderr = d.stderr
+
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGKILL) //nolint:errcheck // it may have exited already
+			_ = cmd.Wait()                          //nolint:errcheck // killed on purpose
+		}
+	})
+
+	return d
+}
+
+// until reads the demo's output up to the first line matching re and returns its submatches; with re nil, up to
+// the end. The fleet and the upgrade take longer than a client command, hence a deadline of its own.
+func (d *demoProcess) until(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+
+	deadline := time.After(demoTimeout + time.Minute)
+
+	for {
+		select {
+		case line, ok := <-d.out.ch:
+			if ok {
+				d.seen = append(d.seen, line)
+			}
+
+			switch {
+			case !ok && re != nil:
+				t.Fatalf("the demo ended without a line matching %q; stderr:\n%s\nstdout:\n%s", re, d.stderr, d.output())
+			case !ok:
+				return nil
+			case re == nil:
+			default:
+				if m := re.FindStringSubmatch(line); m != nil {
+					return m
+				}
+			}
+		case <-deadline:
+			t.Fatalf("no line matching %v in time; stdout so far:\n%s", re, d.output())
+		}
+	}
+}
+
+// wait reads the rest of the output and returns it with the exit error.
+func (d *demoProcess) wait(t *testing.T) (string, error) {
+	t.Helper()
+	d.until(t, nil)
+
+	return d.output(), d.cmd.Wait()
+}
+
+func (d *demoProcess) output() string { return strings.Join(d.seen, "\n") + "\n" }
+
+func TestDemoUpgradesEveryMachineToTheNewestVersion(t *testing.T) {
+	t.Parallel()
+
+	d := startDemo(t)
+	endpoint := d.until(t, engineLine)[1]
+
+	// The CLI works against the demo's engine while it runs.
+	d.until(t, regexp.MustCompile(`c1-cp-\d \S+ +v1\.11\.6 → `))
+	assert.Contains(t, mustRun(t, endpoint, "get", "machineupgradestatuses"), "c1-cp-")
+
+	out, err := d.wait(t)
+	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
+
+	summary := out[strings.LastIndex(out, "\ncluster c1\n"):]
+	assert.Contains(t, summary, "  Talos upgrade: Done in ")
+	assert.Contains(t, summary, "  plan  v1.11.6 ⇒ ")
+
+	for _, m := range []string{"c1-cp-1", "c1-cp-2", "c1-cp-3"} {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^  %s +controlplane +v1\.11\.6 +v1\.14\.1 +0$`, m), summary)
+	}
+
+	for _, m := range []string{"c1-w-1", "c1-w-2", "c1-w-3"} {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^  %s +worker +v1\.11\.6 +v1\.14\.1 +0$`, m), summary)
+	}
+
+	assert.Regexp(t, `(?m)^  Rebooting +\d+ `, summary, "time per step")
+	assert.Contains(t, summary, "Event log: ")
+	assert.Contains(t, summary, "upshift history machineupgradestatus c1-cp-1 --endpoint "+endpoint)
+	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+}
+
+func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
+	t.Parallel()
+
+	// The retry is left to the user (this test) for longer than the test takes.
+	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1", "--fault", "c1-w-1=rollback", "--retry-after", "1h")
+	endpoint := d.until(t, engineLine)[1]
+
+	failed := d.until(t, regexp.MustCompile(`✗ c1-w-1 failed: (.*)`))
+	assert.Contains(t, failed[1], "rolled back", "the reason")
+
+	d.until(t, regexp.MustCompile(`repaired c1-w-1 \(cleared the emulated rollback fault\)`))
+
+	retry := d.until(t, regexp.MustCompile(`^\s+upshift (upgrade retry c1 --machine c1-w-1 --endpoint (\S+))$`))
+	assert.Equal(t, endpoint, retry[2])
+
+	// The hint is the exact command: run it as the user would.
+	mustRun(t, endpoint, strings.Fields(retry[1])...)
+
+	out, err := d.wait(t)
+	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
+
+	assert.Contains(t, out, "c1-w-1: retried; the upgrade goes on")
+
+	summary := out[strings.LastIndex(out, "\ncluster c1\n"):]
+	assert.Regexp(t, `(?m)^  c1-w-1 +worker +v1\.13\.4 +v1\.14\.1 +1$`, summary, "on the new version after one failure")
+	assert.Regexp(t, `(?m)^  c1-w-1 failed \(v1\.13\.4 → v1\.14\.1, attempt \d+: rolled back`, summary)
+	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+}
