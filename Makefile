@@ -18,16 +18,10 @@ build:
 kube-bins:
 	$(MAKE) -C integration/kubebins BIN=$(BIN)
 
-# For now: serve on a fresh temporary data dir and say how to use it (the demo replaces this).
-run: build
-	@dir=$$(mktemp -d -t upshift-run-XXXXXX); \
-	echo "upshift: state in $$dir/state.db, API on 127.0.0.1:50651. In another terminal:"; \
-	echo "  $(BIN)/upshift apply -f examples/cluster.yaml"; \
-	echo "  $(BIN)/upshift get clusters"; \
-	echo "  $(BIN)/upshift get machines -w"; \
-	echo "  $(BIN)/upshift history cluster prod"; \
-	echo "Stop with Ctrl-C."; \
-	exec $(BIN)/upshift serve --data-dir $$dir
+# The demo: an engine and an emulated fleet (real etcd, real kube-apiserver) in one process, upgrading Talos live.
+# Flags go through DEMO_FLAGS, e.g. `make run DEMO_FLAGS="--fault c1-w-1=rollback"` (see `upshift demo --help`).
+run: build kube-bins
+	$(BIN)/upshift demo $(DEMO_FLAGS)
 
 test: build kube-bins vet
 	$(GO) test -race -timeout 25m ./...
