@@ -154,6 +154,42 @@ func TestCluster(t *testing.T) {
 		})
 	})
 
+	t.Run("settled pods are not rewritten", func(t *testing.T) {
+		before := listPodsOn(t, c, worker1.Name, "")
+		if len(before) == 0 {
+			t.Fatalf("no pods on %s", worker1.Name)
+		}
+
+		// Two lease renewals are two heartbeats: every kubelet loop has run meanwhile.
+		renewals := 0
+		lastRenew := metav1.MicroTime{}
+
+		eventually(t, waitTimeout, "two lease renewals", func() (bool, error) {
+			lease, err := c.client.CoordinationV1().Leases("kube-node-lease").Get(ctx, worker1.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+
+			if !lease.Spec.RenewTime.Equal(&lastRenew) {
+				renewals++
+				lastRenew = *lease.Spec.RenewTime
+			}
+
+			return renewals > 2, nil
+		})
+
+		for _, pod := range before {
+			after, err := c.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			if after.ResourceVersion != pod.ResourceVersion {
+				t.Errorf("settled pod %s was rewritten: %+v", pod.Name, after.Status)
+			}
+		}
+	})
+
 	// drained is the worker emptied under the PodDisruptionBudget; other is where the web pods end up.
 	var drained, other string
 
