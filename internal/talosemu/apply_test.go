@@ -163,7 +163,11 @@ func TestApplyConfigurationRerenders(t *testing.T) {
 
 	// Bad input is refused with a clear error and changes nothing.
 	for name, req := range map[string]*machine.ApplyConfigurationRequest{
-		"garbage":            {Data: []byte("not: [a machine config"), Mode: machine.ApplyConfigurationRequest_NO_REBOOT},
+		"garbage":         {Data: []byte("not: [a machine config"), Mode: machine.ApplyConfigurationRequest_NO_REBOOT},
+		"no machine type": {Data: []byte("version: v1alpha1\nmachine: {}\ncluster: {}\n"), Mode: machine.ApplyConfigurationRequest_NO_REBOOT},
+		"untagged kubelet": {Data: patchConfig(t, c, worker, func(cfg talosconfig.Container) ([]byte, error) {
+			return stdpatches.WithKubeletImage(stdpatches.GuessVersionContractKubelet(cfg), "ghcr.io/siderolabs/kubelet")
+		}), Mode: machine.ApplyConfigurationRequest_NO_REBOOT},
 		"control plane role": {Data: patchConfig(t, c, cp), Mode: machine.ApplyConfigurationRequest_NO_REBOOT},
 		"try mode":           {Data: patchConfig(t, c, worker), Mode: machine.ApplyConfigurationRequest_TRY},
 	} {

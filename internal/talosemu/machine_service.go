@@ -14,6 +14,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	configmachine "github.com/siderolabs/talos/pkg/machinery/config/machine"
 	"github.com/siderolabs/talos/pkg/machinery/resources/v1alpha1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,6 +24,14 @@ import (
 
 // bootIDPath is the only file the emulated Read serves: clients read it to tell that a node rebooted.
 const bootIDPath = "/proc/sys/kernel/random/boot_id"
+
+// metalMode is the runtime mode emulated nodes validate configurations for: bare metal, already installed (the
+// emulator's generated configs name no install disk).
+type metalMode struct{}
+
+func (metalMode) String() string        { return "metal" }
+func (metalMode) RequiresInstall() bool { return false }
+func (metalMode) InContainer() bool     { return false }
 
 // machineService implements the parts of Talos' MachineService the engine and talosctl-style reads use.
 type machineService struct {
@@ -57,12 +66,21 @@ func (machineService) ApplyConfiguration(ctx context.Context, req *machine.Apply
 		return nil, status.Errorf(codes.InvalidArgument, "failed to parse config: %v", err)
 	}
 
-	if cfg.Machine() == nil || cfg.Machine().Type().IsControlPlane() != n.controlPlane {
-		return nil, status.Errorf(codes.InvalidArgument, "machine type of the configuration does not match node %q", n.name)
+	if cfg.Machine() == nil || cfg.Machine().Type() == configmachine.TypeUnknown {
+		return nil, status.Error(codes.InvalidArgument, "the configuration has no machine type")
+	}
+
+	warnings, err := cfg.Validate(metalMode{})
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "configuration validation failed: %v", err)
+	}
+
+	if cfg.Machine().Type().IsControlPlane() != n.controlPlane {
+		return nil, status.Errorf(codes.InvalidArgument, "machine type %s of the configuration does not match node %q", cfg.Machine().Type(), n.name)
 	}
 
 	reply := func(mode machine.ApplyConfigurationRequest_Mode, details string) *machine.ApplyConfigurationResponse {
-		return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{Mode: mode, ModeDetails: details}}}
+		return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{Mode: mode, ModeDetails: details, Warnings: warnings}}}
 	}
 
 	mode := req.GetMode()

@@ -33,7 +33,11 @@ func render(cfg config.Config, controlPlane bool) (rendered, error) {
 	}
 
 	r := rendered{kubeletImage: kubeletConfig.Image()}
-	r.kubeletVersion = "v" + imageVersion(r.kubeletImage)
+	if v := imageVersion(r.kubeletImage); v != "" {
+		r.kubeletVersion = "v" + v
+	} else {
+		return rendered{}, fmt.Errorf("kubelet image %q has no version tag", r.kubeletImage)
+	}
 
 	if !controlPlane {
 		return r, nil
