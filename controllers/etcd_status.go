@@ -16,7 +16,6 @@ import (
 
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/talos"
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 )
@@ -42,11 +41,7 @@ func (ctrl *EtcdStatusController) Name() string { return "EtcdStatusController" 
 // Settings implements controller.QController.
 func (ctrl *EtcdStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs: []controller.Input{
-			{Namespace: resources.Namespace, Type: cluster.ClusterType, Kind: controller.InputQPrimary},
-			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: cluster.CredentialsType, Kind: controller.InputQMapped},
-		},
+		Inputs:      qInputs(cluster.ClusterType, cluster.MachineType, cluster.CredentialsType),
 		Outputs:     []controller.Output{{Type: observe.EtcdStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}

@@ -37,11 +37,7 @@ func (ctrl *MachineStatusController) Name() string { return "MachineStatusContro
 // Settings implements controller.QController.
 func (ctrl *MachineStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs: []controller.Input{
-			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQPrimary},
-			{Namespace: resources.Namespace, Type: cluster.CredentialsType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: observe.EtcdStatusType, Kind: controller.InputQMapped},
-		},
+		Inputs:      qInputs(cluster.MachineType, cluster.CredentialsType, observe.EtcdStatusType),
 		Outputs:     []controller.Output{{Type: observe.MachineStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -54,15 +53,8 @@ func (ctrl *MachineUpgradeStatusController) Name() string { return "MachineUpgra
 // write wakes the machine's reconcile, which then sees it free for the next decision.
 func (ctrl *MachineUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs: []controller.Input{
-			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQPrimary},
-			{Namespace: resources.Namespace, Type: upgrade.MachineUpgradeStatusType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: upgrade.TalosUpgradeStatusType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: cluster.MachineLockType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: observe.MachineStatusType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: cluster.ClusterType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: cluster.CredentialsType, Kind: controller.InputQMapped},
-		},
+		Inputs: qInputs(cluster.MachineType, upgrade.MachineUpgradeStatusType, upgrade.TalosUpgradeStatusType,
+			cluster.MachineLockType, observe.MachineStatusType, cluster.ClusterType, cluster.CredentialsType),
 		Outputs:     []controller.Output{{Type: upgrade.MachineUpgradeStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 		RunHook: func(ctx context.Context, _ *zap.Logger, _ controller.QRuntime) error {

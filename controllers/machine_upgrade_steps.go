@@ -83,30 +83,44 @@ func (run *machineRun) talos(ctx context.Context) (talos.API, error) {
 	return run.ctrl.conn.Talos(ctx, access)
 }
 
-// talosCall makes an idempotent call, again while the machine is unreachable, until the step timeout.
-func (run *machineRun) talosCall(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
+// retry runs try until it succeeds or fails for good, waiting the retry delay between tries, until the step timeout.
+// try returns the failure of the step for good (fail), or an error worth another try (again).
+func (run *machineRun) retry(ctx context.Context, what string, try func() (fail string, again error)) (string, error) {
 	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
 
 	for {
-		api, err := run.talos(ctx)
-		if err == nil {
-			if err = call(ctx, api); err == nil {
-				return "", nil
-			}
+		fail, again := try()
 
-			if ctx.Err() != nil {
-				return "", ctx.Err()
-			}
-
-			if !talos.IsUnreachable(err) {
-				return fmt.Sprintf("%s: %v", what, err), nil
-			}
+		switch {
+		case ctx.Err() != nil:
+			return "", ctx.Err()
+		case again == nil:
+			return fail, nil
 		}
 
-		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
+		if fail, err := run.waitOrTimeout(ctx, deadline, what, again); fail != "" || err != nil {
 			return fail, err
 		}
 	}
+}
+
+// talosCall makes an idempotent call, again while the machine is unreachable, until the step timeout.
+func (run *machineRun) talosCall(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
+	return run.retry(ctx, what, func() (string, error) { return run.tryTalos(ctx, what, call) })
+}
+
+// tryTalos makes call once: a refusal fails the step, an unreachable machine is worth another try.
+func (run *machineRun) tryTalos(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
+	api, err := run.talos(ctx)
+	if err != nil {
+		return "", err
+	}
+
+	if err = call(ctx, api); err != nil && !talos.IsUnreachable(err) {
+		return fmt.Sprintf("%s: %v", what, err), nil
+	}
+
+	return "", err
 }
 
 // waitOrTimeout waits before the next try of a step, or says it timed out with the last error.
@@ -154,35 +168,18 @@ var rebootingStages = []string{"rebooting", "upgrading", "installing", "shutting
 // upgrading, means the call was made before a restart of the engine, and it is not made again. A call that may
 // have reached the machine (it became unreachable) is decided the same way once the machine answers again.
 func (run *machineRun) rebootOnce(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
-	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
-
-	for {
+	return run.retry(ctx, what, func() (string, error) {
 		st, err := run.observe(ctx)
-		if err == nil {
-			if st.BootID != run.spec.PreRebootBootID || slices.Contains(rebootingStages, st.Stage) {
-				return "", nil
-			}
-
-			var api talos.API
-			if api, err = run.talos(ctx); err == nil {
-				if err = call(ctx, api); err == nil {
-					return "", nil
-				}
-
-				if ctx.Err() != nil {
-					return "", ctx.Err()
-				}
-
-				if !talos.IsUnreachable(err) {
-					return fmt.Sprintf("%s: %v", what, err), nil
-				}
-			}
+		if err != nil {
+			return "", err
 		}
 
-		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
-			return fail, err
+		if st.BootID != run.spec.PreRebootBootID || slices.Contains(rebootingStages, st.Stage) {
+			return "", nil
 		}
-	}
+
+		return run.tryTalos(ctx, what, call)
+	})
 }
 
 // waitReady waits for the machine to come back from its reboot: a new boot ID, on the target version, running and
@@ -269,9 +266,7 @@ func (run *machineRun) kube(ctx context.Context) (kube.Nodes, error) {
 // kubeCall makes an idempotent call on the machine's node, again while it fails, until the step timeout. Without
 // a Kubernetes API (no kubeconfig) or without a node, there is nothing to protect and the step passes.
 func (run *machineRun) kubeCall(ctx context.Context, what string, call func(context.Context, kube.Nodes) error) (string, error) {
-	deadline := run.deadline(run.ctrl.cfg.StepTimeout)
-
-	for {
+	return run.retry(ctx, what, func() (string, error) {
 		nodes, err := run.kube(ctx)
 		if errors.Is(err, ErrNoKubernetes) {
 			run.logger.Info("no Kubernetes access: step skipped", zap.String("step", what))
@@ -280,19 +275,15 @@ func (run *machineRun) kubeCall(ctx context.Context, what string, call func(cont
 		}
 
 		if err == nil {
-			if err = call(ctx, nodes); err == nil || apierrors.IsNotFound(err) {
-				return "", nil
-			}
-
-			if ctx.Err() != nil {
-				return "", ctx.Err()
-			}
+			err = call(ctx, nodes)
 		}
 
-		if fail, err := run.waitOrTimeout(ctx, deadline, what, err); fail != "" || err != nil {
-			return fail, err
+		if apierrors.IsNotFound(err) {
+			return "", nil
 		}
-	}
+
+		return "", err
+	})
 }
 
 // drain evicts the node's pods within the cluster's drain timeout, counted from when the step was entered.

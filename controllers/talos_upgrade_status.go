@@ -14,7 +14,6 @@ import (
 
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -50,14 +49,8 @@ func (ctrl *TalosUpgradeStatusController) Name() string { return "TalosUpgradeSt
 // Settings implements controller.QController.
 func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs: []controller.Input{
-			{Namespace: resources.Namespace, Type: cluster.ClusterType, Kind: controller.InputQPrimary},
-			{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: cluster.MachineLockType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: observe.MachineStatusType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: observe.EtcdStatusType, Kind: controller.InputQMapped},
-			{Namespace: resources.Namespace, Type: upgrade.MachineUpgradeStatusType, Kind: controller.InputQMapped},
-		},
+		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
+			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType),
 		Outputs:     []controller.Output{{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}

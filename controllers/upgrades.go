@@ -4,9 +4,11 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/siderolabs/gen/optional"
 
 	"github.com/upshift-io/upshift/internal/versions"
+	"github.com/upshift-io/upshift/resources"
 )
 
 // Defaults of the Talos rollout controllers; UpgradeOptions change them (tests use short ones).
@@ -97,6 +99,17 @@ func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 }
 
 func (c UpgradeConfig) concurrency() optional.Optional[uint] { return optional.Some(c.Concurrency) }
+
+// qInputs declares the inputs of a QController: primary, and the types mapped to it, all in resources.Namespace.
+func qInputs(primary resource.Type, mapped ...resource.Type) []controller.Input {
+	inputs := []controller.Input{{Namespace: resources.Namespace, Type: primary, Kind: controller.InputQPrimary}}
+
+	for _, t := range mapped {
+		inputs = append(inputs, controller.Input{Namespace: resources.Namespace, Type: t, Kind: controller.InputQMapped})
+	}
+
+	return inputs
+}
 
 // Upgrades registers the controllers of the rolling Talos upgrade: observation of machines and etcd, the
 // per-cluster plan and schedule, and the per-machine state machine. Every one reaches the fleet only through conn.
