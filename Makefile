@@ -26,7 +26,7 @@ run: build kube-bins
 test: build kube-bins vet
 	$(GO) test -race -timeout 25m ./...
 
-bench: build
+bench: build kube-bins
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 fmt:
