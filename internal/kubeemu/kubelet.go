@@ -370,6 +370,12 @@ func (k *Kubelet) syncNode(ctx context.Context, cfg NodeConfig, ready bool) erro
 		k.logger.Info("node registered", zap.String("kubelet_version", cfg.KubeletVersion))
 	}
 
+	// A kubelet going down reports NotReady once; after that the node lifecycle controller owns the conditions
+	// (it turns them Unknown when the Lease runs out), and a down kubelet must not answer it.
+	if !ready && readyCondition(current.Status) != corev1.ConditionTrue {
+		return nil
+	}
+
 	if ready && addLabels(current, nodeLabels(cfg)) {
 		if current, err = nodes.Update(ctx, current, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("labelling node %q: %w", k.name, err)

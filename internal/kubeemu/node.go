@@ -150,6 +150,17 @@ func setNodeCondition(status *corev1.NodeStatus, condition corev1.NodeCondition,
 	status.Conditions = append(status.Conditions, condition)
 }
 
+// readyCondition returns the status of the Node's Ready condition, "" when it has none.
+func readyCondition(status corev1.NodeStatus) corev1.ConditionStatus {
+	for _, condition := range status.Conditions {
+		if condition.Type == corev1.NodeReady {
+			return condition.Status
+		}
+	}
+
+	return ""
+}
+
 // nodeStatusChanged reports whether want differs from current in anything but heartbeat times.
 func nodeStatusChanged(current, want corev1.NodeStatus) bool {
 	strip := func(status corev1.NodeStatus) corev1.NodeStatus {
