@@ -29,7 +29,7 @@ import (
 // and give up soon, so a whole rollout takes seconds.
 func upgradeOptions() []controllers.UpgradeOption {
 	return []controllers.UpgradeOption{
-		controllers.WithPollInterval(200 * time.Millisecond),
+		controllers.WithPollInterval(time.Second),
 		controllers.WithObserveTimeout(2 * time.Second),
 		controllers.WithRetryDelay(100 * time.Millisecond),
 		controllers.WithStepTimeout(30 * time.Second),
