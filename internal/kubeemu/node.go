@@ -98,7 +98,9 @@ func nodeStatus(current corev1.NodeStatus, cfg NodeConfig, ready bool, now time.
 	}
 
 	for _, condition := range conditions {
-		setNodeCondition(&status, condition, stamp)
+		condition.LastHeartbeatTime = stamp
+		condition.LastTransitionTime = stamp
+		status.Conditions = setCondition(status.Conditions, condition, nodeConditionFields)
 	}
 
 	if !ready {
@@ -126,28 +128,6 @@ func nodeStatus(current corev1.NodeStatus, cfg NodeConfig, ready bool, now time.
 	}
 
 	return status
-}
-
-// setNodeCondition stores condition with a fresh heartbeat, keeping the transition time if the status is unchanged.
-func setNodeCondition(status *corev1.NodeStatus, condition corev1.NodeCondition, now metav1.Time) {
-	condition.LastHeartbeatTime = now
-	condition.LastTransitionTime = now
-
-	for i := range status.Conditions {
-		if status.Conditions[i].Type != condition.Type {
-			continue
-		}
-
-		if status.Conditions[i].Status == condition.Status {
-			condition.LastTransitionTime = status.Conditions[i].LastTransitionTime
-		}
-
-		status.Conditions[i] = condition
-
-		return
-	}
-
-	status.Conditions = append(status.Conditions, condition)
 }
 
 // readyCondition returns the status of the Node's Ready condition, "" when it has none.

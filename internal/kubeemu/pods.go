@@ -148,7 +148,8 @@ func runningPodStatus(pod *corev1.Pod, hostIP string, ready bool, now time.Time)
 		{Type: corev1.ContainersReady, Status: readyStatus},
 		{Type: corev1.PodReady, Status: readyStatus},
 	} {
-		setPodCondition(&status, condition, stamp)
+		condition.LastTransitionTime = stamp
+		status.Conditions = setCondition(status.Conditions, condition, podConditionFields)
 	}
 
 	previous := map[string]corev1.ContainerStatus{}
@@ -177,25 +178,4 @@ func runningPodStatus(pod *corev1.Pod, hostIP string, ready bool, now time.Time)
 	}
 
 	return status
-}
-
-// setPodCondition stores condition, keeping the transition time if the status is unchanged.
-func setPodCondition(status *corev1.PodStatus, condition corev1.PodCondition, now metav1.Time) {
-	condition.LastTransitionTime = now
-
-	for i := range status.Conditions {
-		if status.Conditions[i].Type != condition.Type {
-			continue
-		}
-
-		if status.Conditions[i].Status == condition.Status {
-			condition.LastTransitionTime = status.Conditions[i].LastTransitionTime
-		}
-
-		status.Conditions[i] = condition
-
-		return
-	}
-
-	status.Conditions = append(status.Conditions, condition)
 }
