@@ -59,7 +59,8 @@ const (
 
 // ControlPlaneConfig says where a control plane keeps its files and which etcd it stores into.
 type ControlPlaneConfig struct {
-	// Dir receives the PKI, the kubeconfig and one log file per component. It is created if missing.
+	// Dir receives the PKI, the kubeconfig ("kubeconfig") and one log file per component ("kube-apiserver.log",
+	// ...). It is created if missing.
 	Dir string
 	// EtcdEndpoints are the etcd client URLs (http://127.0.0.1:port) kube-apiserver stores into.
 	EtcdEndpoints []string
