@@ -62,7 +62,7 @@ type ControlPlaneConfig struct {
 	// Dir receives the PKI, the kubeconfig ("kubeconfig") and one log file per component ("kube-apiserver.log",
 	// ...). It is created if missing.
 	Dir string
-	// EtcdEndpoints are the etcd client URLs (http://127.0.0.1:port) kube-apiserver stores into.
+	// EtcdEndpoints are the plain-http etcd client URLs (http://127.0.0.1:port) kube-apiserver stores into.
 	EtcdEndpoints []string
 	// EtcdPrefix is the key prefix of this cluster in etcd, so several clusters can share members.
 	// Empty means kube-apiserver's default, "/registry".
@@ -149,8 +149,9 @@ func (cfg *ControlPlaneConfig) validate() error {
 
 	for _, endpoint := range cfg.EtcdEndpoints {
 		u, err := url.Parse(endpoint)
-		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return fmt.Errorf("etcd endpoint %q is not an http(s) URL", endpoint)
+		// No etcd TLS flags are passed, so only plain-http members (the emulator's embedded ones) can work.
+		if err != nil || u.Host == "" || u.Scheme != "http" {
+			return fmt.Errorf("etcd endpoint %q is not an http:// URL", endpoint)
 		}
 	}
 

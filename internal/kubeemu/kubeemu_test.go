@@ -388,6 +388,7 @@ func TestStartControlPlaneRejectsBadConfig(t *testing.T) {
 		"no dir":       {EtcdEndpoints: []string{"http://127.0.0.1:2379"}},
 		"no etcd":      {Dir: t.TempDir()},
 		"bad endpoint": {Dir: t.TempDir(), EtcdEndpoints: []string{"127.0.0.1:2379"}},
+		"tls endpoint": {Dir: t.TempDir(), EtcdEndpoints: []string{"https://127.0.0.1:2379"}},
 		"bad prefix":   {Dir: t.TempDir(), EtcdEndpoints: []string{"http://127.0.0.1:2379"}, EtcdPrefix: "c1"},
 	} {
 		t.Run(name, func(t *testing.T) {
