@@ -105,7 +105,10 @@ func testRollback(t *testing.T, bed *testbed.Bed, target string) {
 
 	// The engine keeps observing the other worker (three more observations of it) without starting it.
 	failedAt := len(bed.Fleet.Journal().Entries())
-	waitJournal(t, bed, failedAt, 3, func(e talosemu.Entry) bool { return e.Node == "c1-w-2" && e.Method != "" })
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	require.NoError(t, waitJournal(waitCtx, bed, failedAt, 3, func(e talosemu.Entry) bool { return e.Node == "c1-w-2" && e.Method != "" }))
 
 	installsOf := func(node string) int {
 		return readRollout(bed.Fleet).count(func(e talosemu.Entry) bool {
@@ -129,12 +132,7 @@ func testRollback(t *testing.T, bed *testbed.Bed, target string) {
 }
 
 // waitJournal waits until n entries matching match were recorded after the first from entries.
-func waitJournal(t *testing.T, bed *testbed.Bed, from, n int, match func(talosemu.Entry) bool) {
-	t.Helper()
-
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-
+func waitJournal(ctx context.Context, bed *testbed.Bed, from, n int, match func(talosemu.Entry) bool) error {
 	// Wait hands every entry to the matcher once, in order, starting with the oldest.
 	index, seen := 0, 0
 	_, err := bed.Fleet.Journal().Wait(ctx, func(e talosemu.Entry) bool {
@@ -145,7 +143,8 @@ func waitJournal(t *testing.T, bed *testbed.Bed, from, n int, match func(talosem
 
 		return seen >= n
 	})
-	require.NoError(t, err)
+
+	return err
 }
 
 // waitStatus polls `upshift status` until its output mentions want, and returns it.

@@ -201,29 +201,48 @@ func (r rollout) forfeitBeforeReboots() error {
 	return nil
 }
 
-// duplicates lists the install or reboot calls sent twice for one step: a second install of the same image before
-// the node rebooted, or a second reboot call before the node went down.
-func (r rollout) duplicates() []string {
+// duplicate is an install or reboot call sent again for a step: a second install of the same image before the
+// node rebooted, or a second reboot call before the node went down.
+type duplicate struct {
+	node, method string
+	first, again time.Time
+}
+
+func (d duplicate) String() string {
+	return fmt.Sprintf("%s: %s again at %s (first at %s)", d.node, d.method, d.again.Format(time.StampMicro), d.first.Format(time.StampMicro))
+}
+
+// duplicates lists the install and reboot calls sent again for one step.
+func (r rollout) duplicates() []duplicate {
+	type sent struct {
+		image string
+		at    time.Time
+	}
+
 	var (
-		out       []string
-		installed = map[string]string{} // node -> image installed, until it rebooted
-		rebooting = map[string]bool{}   // node -> a reboot was asked, until it went down
+		out       []duplicate
+		installed = map[string]sent{}      // node -> install sent, until the node rebooted
+		rebooting = map[string]time.Time{} // node -> reboot asked, until the node went down
 	)
 
 	for _, e := range r.entries {
 		switch {
 		case isInstall(e):
-			if installed[e.Node] == e.Image {
-				out = append(out, fmt.Sprintf("%s: second %s of %s at %s", e.Node, e.Method, e.Image, e.Time.Format(time.StampMicro)))
+			if prev, ok := installed[e.Node]; ok && prev.image == e.Image {
+				out = append(out, duplicate{node: e.Node, method: e.Method, first: prev.at, again: e.Time})
+
+				continue
 			}
 
-			installed[e.Node] = e.Image
+			installed[e.Node] = sent{e.Image, e.Time}
 		case e.Method == methodReboot:
-			if rebooting[e.Node] {
-				out = append(out, fmt.Sprintf("%s: second reboot at %s", e.Node, e.Time.Format(time.StampMicro)))
+			if prev, ok := rebooting[e.Node]; ok {
+				out = append(out, duplicate{node: e.Node, method: e.Method, first: prev, again: e.Time})
+
+				continue
 			}
 
-			rebooting[e.Node] = true
+			rebooting[e.Node] = e.Time
 		case e.Event == talosemu.EventRebootDown:
 			delete(installed, e.Node)
 			delete(rebooting, e.Node)

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/require"
 
@@ -176,10 +175,6 @@ func sameVersion(a, b string) bool {
 func setCluster(t *testing.T, st state.State, id string, set func(*cluster.ClusterSpec)) {
 	t.Helper()
 
-	_, err := safe.StateUpdateWithConflicts(t.Context(), st, cluster.NewCluster(id).Metadata(), func(c *cluster.Cluster) error {
-		set(c.TypedSpec())
-
-		return nil
-	})
+	_, err := safeUpdateCluster(t.Context(), st, id, set)
 	require.NoError(t, err)
 }

@@ -1,0 +1,129 @@
+package integration
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// minKills is how many times the crash test kills the engine during one rollout.
+const minKills = 10
+
+// isRolloutStep matches the journal entries that are the rollout's side effects and their consequences, so kills
+// land between them rather than between observations.
+func isRolloutStep(e talosemu.Entry) bool {
+	switch {
+	case e.Error != "":
+		return false
+	case isInstall(e), e.Method == methodReboot, e.Method == methodForfeit:
+		return true
+	default:
+		return e.Event == talosemu.EventRebootDown || e.Event == talosemu.EventRebootUp || e.Event == talosemu.EventInstalled
+	}
+}
+
+// TestCrashDuringRollout runs the engine as a child process and kills it with SIGKILL at random moments of a
+// rollout (after a random number of its side effects), at least minKills times; the rollout still converges, and
+// the journal shows no install or reboot sent twice for a step, never two control planes down, and no node is left
+// cordoned.
+func TestCrashDuringRollout(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	oldest, newest := supported[0], supported[len(supported)-1]
+
+	bed := startBed(t, testbed.WithEngineProcess(testbed.SelfCommand()), testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(oldest),
+		talosemu.WithRebootDowntime(rebootDowntime),
+	))
+	st := bed.State()
+
+	waitObserved(t, bed, oldest)
+	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
+		s.Parallelism = "2"
+		s.TalosVersion = "v" + newest
+	})
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
+	var kills []time.Time
+
+	for len(kills) < minKills {
+		// Kill after one to three more side effects, or half-way through a step's wait (right after one).
+		from := len(bed.Fleet.Journal().Entries())
+		if !waitSteps(t, bed, from, 1+rng.IntN(3)) {
+			break // the rollout finished: nothing more happens
+		}
+
+		require.NoError(t, bed.StopEngine())
+
+		kills = append(kills, time.Now())
+
+		require.NoError(t, bed.StartEngine(t.Context()))
+	}
+
+	t.Logf("killed the engine %d times during the rollout", len(kills))
+	assert.GreaterOrEqual(t, len(kills), minKills, "the rollout was long enough for %d kills", minKills)
+
+	waitTalos(t, st, "c1", 5*time.Minute, "the rollout to converge", phaseIs(upgrade.PhaseDone, newest))
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, newest, n.Version(), n.Name())
+	}
+
+	r := readRollout(bed.Fleet)
+	for _, d := range r.duplicates() {
+		// A LifecycleService install interrupted by a crash before the engine recorded its end is sent again: it
+		// only stages the same image for the next boot again (the controller's documented choice). Anything that
+		// reboots (a legacy upgrade, a reboot) is never sent twice, and nothing is sent twice without a crash.
+		killedBetween := slices.ContainsFunc(kills, func(k time.Time) bool { return k.After(d.first) && k.Before(d.again) })
+		if d.method != methodLifecycleUpgrade || !killedBetween {
+			assert.Fail(t, "sent twice for one step", "%s", d)
+		} else {
+			t.Logf("re-staged after a crash: %s", d)
+		}
+	}
+
+	if t.Failed() {
+		logJournal(t, bed.Fleet)
+	}
+	assert.LessOrEqual(t, r.controlPlanesDownAtOnce(), 1, "never two control planes down")
+
+	nodes, err := kubeClient(t, bed, "c1").CoreV1().Nodes().List(t.Context(), metav1.ListOptions{})
+	require.NoError(t, err)
+
+	for _, n := range nodes.Items {
+		assert.False(t, n.Spec.Unschedulable, "%s left cordoned", n.Name)
+	}
+}
+
+// waitSteps waits until n rollout steps were recorded after the first from journal entries; false when the rollout
+// is done before that.
+func waitSteps(t *testing.T, bed *testbed.Bed, from, n int) bool {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	return waitJournal(ctx, bed, from, n, isRolloutStep) == nil
+}
+
+// logJournal logs the fleet's journal, without the observations, to explain a failure.
+func logJournal(t *testing.T, fleet *talosemu.Fleet) {
+	t.Helper()
+
+	for _, e := range fleet.Journal().Entries() {
+		if e.Event != "" || isInstall(e) || e.Method == methodReboot || e.Method == methodForfeit || strings.Contains(e.Method, "Pull") {
+			t.Logf("%s %-8s %s%s image=%s error=%s", e.Time.Format(time.StampMicro), e.Node, e.Method, e.Event, e.Image, e.Error)
+		}
+	}
+}
