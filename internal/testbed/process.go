@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -159,4 +162,62 @@ func (p *process) stop() error {
 	<-p.exited
 
 	return nil
+}
+
+// Usage is what a child engine consumed so far.
+type Usage struct {
+	// CPU is the user and system CPU time the engine used.
+	CPU time.Duration
+	// PeakRSS is the most resident memory the engine held at once, in bytes.
+	PeakRSS uint64
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of CPU times in /proc (100 on every Linux platform Go supports).
+const clockTicks = 100
+
+// usage reads the child's CPU time and peak resident memory from /proc.
+func (p *process) usage() (Usage, error) {
+	pid := p.cmd.Process.Pid
+
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return Usage{}, fmt.Errorf("reading the engine's CPU time: %w", err)
+	}
+
+	// The command name (field 2) may hold spaces; the fields after its closing parenthesis are fixed.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(fields) < 13 {
+		return Usage{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+
+	var ticks uint64
+
+	for _, f := range fields[11:13] { // utime and stime, fields 14 and 15 of the file
+		n, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return Usage{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+
+		ticks += n
+	}
+
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Usage{}, fmt.Errorf("reading the engine's memory: %w", err)
+	}
+
+	u := Usage{CPU: time.Duration(ticks) * time.Second / clockTicks}
+
+	for line := range strings.Lines(string(status)) {
+		if kb, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(kb), " kB"), 10, 64)
+			if err != nil {
+				return Usage{}, fmt.Errorf("/proc/%d/status: VmHWM: %w", pid, err)
+			}
+
+			u.PeakRSS = n * 1024
+		}
+	}
+
+	return u, nil
 }

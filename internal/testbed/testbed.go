@@ -198,6 +198,16 @@ func (b *Bed) StopEngine() error {
 	return err
 }
 
+// EngineUsage reports the CPU time and peak memory of a child engine (see WithEngineProcess) since it started.
+func (b *Bed) EngineUsage() (Usage, error) {
+	p, ok := b.engine.(*process)
+	if !ok {
+		return Usage{}, errors.New("testbed: the engine is not a running child process")
+	}
+
+	return p.usage()
+}
+
 // Close stops the engine and the fleet.
 func (b *Bed) Close() error {
 	err := b.StopEngine()
