@@ -325,47 +325,86 @@ func TestRolloutRevert(t *testing.T) {
 	assert.Empty(t, f.callsOf("w-2"))
 }
 
-// An engine restart in the middle of a reboot resumes the step from what it observes: the reboot is not sent
-// again, and the machine finishes.
+// An engine restart in the middle of the step that reboots resumes it from what it observes: the reboot (or the
+// legacy upgrade, which reboots) is not sent again, and the machine finishes.
 func TestRolloutRestartMidReboot(t *testing.T) {
 	t.Parallel()
 
-	f := newFakeFleet(v13, 0, 1)
-	f.rebootDelay = 200 * time.Millisecond
+	for _, tc := range []struct {
+		from, to, method string
+		step             upgrade.MachinePhase
+		calls            []string
+	}{
+		{from: v13, to: v14, method: "Reboot", step: upgrade.MachineRebooting, calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}},
+		{from: "v1.12.0", to: v13, method: "LegacyUpgrade", step: upgrade.MachineInstalling, calls: []string{"Cordon", "Drain", "LegacyUpgrade", "Uncordon"}},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			t.Parallel()
 
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
+			f := newFakeFleet(tc.from, 0, 1)
+			f.rebootDelay = 200 * time.Millisecond
 
-	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
-	run := func(ctx context.Context) <-chan error { return runUpgrades(ctx, t, st, f) }
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
 
-	firstCtx, stopFirst := context.WithCancel(ctx)
-	rebooted := make(chan struct{})
-	f.hook(func(c fakeCall) {
-		if c.Method == "Reboot" {
-			stopFirst() // the engine dies as the reboot goes out, before it records the step's end
-			close(rebooted)
-		}
+			st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
+			firstCtx, stopFirst := context.WithCancel(ctx)
+			rebooted := make(chan struct{})
+
+			f.hook(func(c fakeCall) {
+				if c.Method == tc.method {
+					stopFirst() // the engine dies as the call goes out, before it records the step's end
+					close(rebooted)
+				}
+			})
+
+			first := runUpgrades(firstCtx, t, st, f)
+			createUpgradeFleet(ctx, t, st, f, tc.from, nil)
+			assertDone(ctx, t, st, tc.from)
+			setTarget(ctx, t, st, tc.to)
+
+			select {
+			case <-rebooted:
+			case <-ctx.Done():
+				t.Fatalf("no %s call", tc.method)
+			}
+
+			require.NoError(t, <-first)
+			f.hook(nil)
+
+			require.Equal(t, tc.step, machineUpgrade(ctx, t, st, "w-1").Phase, "the first engine stopped inside the step")
+
+			second := runUpgrades(ctx, t, st, f)
+
+			assertDone(ctx, t, st, tc.to)
+			cancel()
+			require.NoError(t, <-second)
+
+			assert.Equal(t, 1, f.count("w-1", tc.method))
+			assert.Equal(t, tc.calls, f.callsOf("w-1"))
+		})
+	}
+}
+
+// A machine that does not come back from its reboot within the reboot timeout fails with "timeout", and its node
+// is uncordoned.
+func TestRolloutRebootTimeout(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 2)
+	f.set("w-1", func(n *fakeNode) { n.noReturn = true })
+
+	ctx, st := startUpgrades(t, f, controllers.WithRebootTimeout(100*time.Millisecond))
+	createAndUpgrade(ctx, t, st, f, nil)
+
+	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+		a.Equal(upgrade.PhaseFailed, s.Phase)
+		a.Contains(s.Error, "w-1: timeout: not back within 100ms")
 	})
 
-	first := run(firstCtx)
-	createUpgradeFleet(ctx, t, st, f, v14, nil)
-
-	<-rebooted
-	require.NoError(t, <-first)
-
-	f.hook(nil)
-
-	require.Equal(t, upgrade.MachineRebooting, machineUpgrade(ctx, t, st, "w-1").Phase, "the first engine stopped inside the reboot step")
-
-	second := run(ctx)
-
-	assertDone(ctx, t, st, v14)
-	cancel()
-	require.NoError(t, <-second)
-
-	assert.Equal(t, 1, f.count("w-1", "Reboot"))
 	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
+	assert.False(t, f.get("w-1").cordoned)
+	assert.Empty(t, f.callsOf("w-2"))
 }
 
 // A paused cluster starts nothing; resuming it finishes the rollout.
