@@ -136,7 +136,7 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 		queued := *current
 		queued.Phase, queued.Error, queued.Waiting, queued.PhaseChangedAt = upgrade.MachineQueued, "", "", time.Now()
 
-		return run.write(ctx, queued)
+		return run.record(ctx, queued)
 	}
 
 	hop, admitted, err := admission(ctx, r, machine)
@@ -325,15 +325,8 @@ func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeSta
 			return ctx.Err() // a stopped runtime records nothing more: its successor resumes from the last record
 		}
 
-		err := safe.WriterModify(ctx, run.r, upgrade.NewMachineUpgradeStatus(run.id), func(s *upgrade.MachineUpgradeStatus) error {
-			s.Metadata().Labels().Set(ClusterLabel, spec.Cluster)
-			*s.TypedSpec() = spec
-
-			return nil
-		})
+		err := run.record(ctx, spec)
 		if err == nil {
-			run.spec = spec
-
 			return nil
 		}
 
@@ -347,6 +340,22 @@ func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeSta
 			return ctx.Err()
 		}
 	}
+}
+
+// record writes spec once.
+func (run *machineRun) record(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) error {
+	if err := safe.WriterModify(ctx, run.r, upgrade.NewMachineUpgradeStatus(run.id), func(s *upgrade.MachineUpgradeStatus) error {
+		s.Metadata().Labels().Set(ClusterLabel, spec.Cluster)
+		*s.TypedSpec() = spec
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("recording step %s of machine %q: %w", spec.Phase, run.id, err)
+	}
+
+	run.spec = spec
+
+	return nil
 }
 
 // advance computes the transition that follows the recorded step, given how it ended (fail is empty on success).
