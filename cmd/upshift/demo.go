@@ -26,6 +26,7 @@ import (
 	"github.com/upshift-io/upshift"
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/demoview"
+	"github.com/upshift-io/upshift/internal/kubeemu"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources"
@@ -100,7 +101,8 @@ type demo struct {
 	// faults are the injected faults not cleared yet, by node.
 	faults    map[string][]talosemu.Fault
 	incidents map[string]*incident // by cluster
-	notes     []string
+	// notes are what happened besides the view (a failure dealt with), shown below it.
+	notes []string
 }
 
 // incident is an upgrade stopped on a failed machine, until it is retried.
@@ -109,6 +111,9 @@ type incident struct {
 	retryAt time.Time
 	command []string
 	retried bool
+	reason  string
+	// notes explain the incident below the view until it is over.
+	notes []string
 }
 
 func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool) (err error) {
@@ -149,9 +154,13 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 		d.screen = &screen{w: out, fd: int(f.Fd())}
 	}
 
-	d.printf("upshift demo: starting an emulated fleet of %d cluster(s), 3 control planes and %d workers each, on Talos %s\n"+
-		"(real etcd members and a real kube-apiserver per cluster), and the engine; logs go to %s\n",
-		flags.clusters, flags.workers, flags.from, logPath)
+	d.printf("upshift demo: starting the engine and an emulated fleet\n"+
+		"  clusters: %d, each 3 control planes and %d workers on Talos %s\n"+
+		"            (real etcd members, a real kube-apiserver per cluster)\n"+
+		"  log:      %s\n",
+		flags.clusters, flags.workers, strings.TrimPrefix(flags.from, "v"), logPath)
+
+	findKubeBinaries()
 
 	d.bed, err = testbed.Start(ctx,
 		testbed.WithDir(d.flags.dataDir),
@@ -237,6 +246,19 @@ func (d *demo) upgradeOptions() []controllers.UpgradeOption {
 	}
 }
 
+// findKubeBinaries points the fleet at the Kubernetes binaries next to this one (where `make` puts both) unless
+// $UPSHIFT_KUBE_BIN_DIR says where they are, so `_out/bin/upshift demo` works without it.
+func findKubeBinaries() {
+	if os.Getenv(kubeemu.BinDirEnv) != "" {
+		return
+	}
+
+	dir := filepath.Dir(self())
+	if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err == nil {
+		_ = os.Setenv(kubeemu.BinDirEnv, dir) //nolint:errcheck // a valid name and value cannot fail
+	}
+}
+
 // free reports whether addr can be listened on now.
 func free(addr string) bool {
 	l, err := net.Listen("tcp", addr)
@@ -267,8 +289,8 @@ func (d *demo) printf(format string, args ...any) {
 func (d *demo) endpointFlag() string { return "--endpoint " + d.bed.Endpoint() }
 
 func (d *demo) printIntro() {
-	d.printf("\nengine:  %s  (state and event log in %s)\n", d.bed.Endpoint(), filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
-	d.printf("fleet:   Talos API %s  (talosconfig %s)\n", d.bed.Fleet.Endpoint(), d.bed.Fleet.TalosconfigPath())
+	d.printf("\nengine:  %s\n  state and event log: %s\n", d.bed.Endpoint(), filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
+	d.printf("fleet:   Talos API %s\n  talosconfig: %s\n", d.bed.Fleet.Endpoint(), d.bed.Fleet.TalosconfigPath())
 	d.printf("Follow it from another terminal:\n  upshift get machineupgradestatuses -w %s\n\n", d.endpointFlag())
 }
 
@@ -297,7 +319,7 @@ func (d *demo) run(ctx context.Context) error {
 			return fmt.Errorf("requesting the Talos upgrade of cluster %q: %w", id, err)
 		}
 
-		d.printf("requested: cluster %s to Talos %s (what `upshift upgrade talos %s --to %s` does)\n", id, d.target(), id, d.target())
+		d.printf("requested: %s to Talos %s, as `upshift upgrade talos %s --to %s` does\n", id, d.target(), id, d.target())
 	}
 
 	ticker := time.NewTicker(demoTick)
@@ -378,11 +400,11 @@ func (d *demo) act(ctx context.Context) error {
 			}
 		case inc == nil:
 		case tus.Phase != upgrade.PhaseFailed:
-			d.note(fmt.Sprintf("%s: retried; the upgrade goes on", inc.machine))
+			d.note(nil, fmt.Sprintf("✓ %s failed (%s) and was retried: the upgrade goes on", inc.machine, inc.reason))
 			delete(d.incidents, id)
 		case !inc.retried && !time.Now().Before(inc.retryAt):
 			inc.retried = true
-			d.note("the demo runs: upshift " + strings.Join(inc.command, " "))
+			d.note(inc, "  The demo runs: upshift "+strings.Join(inc.command, " "))
 
 			if out, err := exec.CommandContext(ctx, self(), inc.command...).CombinedOutput(); err != nil { //nolint:gosec // our own binary
 				return fmt.Errorf("retrying %s: %w: %s", inc.machine, err, out)
@@ -401,9 +423,10 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 		retryAt: time.Now().Add(d.flags.retryAfter),
 		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--endpoint", d.bed.Endpoint()},
 	}
+	inc.reason = strings.TrimPrefix(tus.Error, m+": ")
 	d.incidents[clusterID] = inc
 
-	d.note(fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
+	d.note(inc, fmt.Sprintf("✗ %s failed: %s", m, inc.reason),
 		"  No new machine of "+clusterID+" starts until you retry, skip or revert it.")
 
 	for _, fault := range d.faults[m] {
@@ -411,28 +434,30 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 			return fmt.Errorf("clearing fault %s of %s: %w", fault, m, err)
 		}
 
-		d.note(fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", m, fault))
+		d.note(inc, fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", m, fault))
 	}
 
 	delete(d.faults, m)
-	d.note("  Retry it from another terminal:",
+	d.note(inc, "  Retry it from another terminal:",
 		"    upshift "+strings.Join(inc.command, " "),
 		fmt.Sprintf("  or the demo runs it in %s.", d.flags.retryAfter))
 
 	return nil
 }
 
-// note shows lines below the live view, or prints them at once in plain mode.
-func (d *demo) note(lines ...string) {
-	if d.screen == nil {
+// note shows lines below the live view, as part of an open incident or (inc nil) for good; in plain mode it
+// prints them at once.
+func (d *demo) note(inc *incident, lines ...string) {
+	switch {
+	case d.screen == nil:
 		for _, l := range lines {
 			d.printf("%9s %s\n", "", l)
 		}
-
-		return
+	case inc != nil:
+		inc.notes = append(inc.notes, lines...)
+	default:
+		d.notes = append(d.notes, lines...)
 	}
-
-	d.notes = append(d.notes, lines...)
 }
 
 func (d *demo) redraw() {
@@ -442,7 +467,13 @@ func (d *demo) redraw() {
 
 	width, height := d.screen.size()
 	header := fmt.Sprintf("upshift demo  %s  engine %s", time.Since(d.start).Round(time.Second), d.bed.Endpoint())
-	notes := d.notes
+	notes := slices.Clone(d.notes)
+
+	for _, id := range d.bed.Fleet.Clusters() {
+		if inc := d.incidents[id]; inc != nil {
+			notes = append(notes, inc.notes...)
+		}
+	}
 
 	if len(notes) > height/3 {
 		notes = notes[len(notes)-height/3:]
@@ -456,7 +487,12 @@ func (d *demo) redraw() {
 
 // finish prints the summary, and returns err or, when some machine is not on the target, why not.
 func (d *demo) finish(err error) error {
-	d.printf("\n%s\n", strings.Join(d.view.Summary(), "\n"))
+	width := 80
+	if d.screen != nil {
+		width, _ = d.screen.size()
+	}
+
+	d.printf("\n%s\n", strings.Join(d.view.Summary(width), "\n"))
 
 	for _, id := range d.bed.Fleet.Clusters() {
 		versions := d.view.Versions(id)
@@ -468,15 +504,32 @@ func (d *demo) finish(err error) error {
 		}
 	}
 
-	clusters := d.bed.Fleet.Clusters()
-	ep := d.endpointFlag()
+	clusters, ep := d.bed.Fleet.Clusters(), d.endpointFlag()
 
-	d.printf("\nEvent log: %s (every transition above, with its time and writer)\n", filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
-	d.printf("Look deeper%s:\n", map[bool]string{true: " (the engine serves until Ctrl-C)", false: " (run the demo with --keep, or serve the state again with `upshift serve --data-dir " + d.bed.EngineDir() + "`)"}[d.flags.keep])
-	d.printf("  upshift history machineupgradestatus %s-cp-1 %s\n", clusters[0], ep)
-	d.printf("  upshift get machineupgradestatuses %s\n", ep)
-	d.printf("  upshift get talosupgradestatus %s -o yaml %s\n", clusters[0], ep)
-	d.printf("  upshift status %s %s\n", clusters[0], ep)
+	// The history of a machine that failed tells the most; else the first control plane's.
+	machine := clusters[0] + "-cp-1"
+	if failed := d.view.Failed(clusters[0]); len(failed) > 0 {
+		machine = failed[0]
+	}
+
+	d.printf("\nEvent log (every transition above, with its time and writer):\n  %s\n", filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
+
+	if d.flags.keep {
+		d.printf("Look deeper, from another terminal, while the engine serves (until Ctrl-C):\n")
+	} else {
+		d.printf("Look deeper: the engine stopped with the demo (--keep keeps it up); serve its state\n"+
+			"  upshift serve --data-dir %s\nand, from another terminal:\n", d.bed.EngineDir())
+		ep = "" // the default address of `upshift serve`
+	}
+
+	for _, command := range []string{
+		"history machineupgradestatus " + machine,
+		"get machineupgradestatuses",
+		"get talosupgradestatus " + clusters[0] + " -o yaml",
+		"status " + clusters[0],
+	} {
+		d.printf("  %s\n", strings.TrimSpace("upshift "+command+" "+ep))
+	}
 
 	if err == nil {
 		d.printf("\nEvery machine runs Talos %s.\n", d.target())

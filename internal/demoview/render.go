@@ -51,7 +51,7 @@ func (v *View) clusterScreen(id string, width int) []string {
 		case t.Error != "":
 			lines = append(lines, wrap("  ✗ "+t.Error, "    ", width, 3)...)
 		case t.Reason != "" && t.Phase != upgrade.PhaseDone:
-			lines = append(lines, "  waiting: "+t.Reason)
+			lines = append(lines, "  "+t.Reason)
 		}
 	}
 
@@ -80,8 +80,10 @@ func (v *View) clusterScreen(id string, width int) []string {
 			phase, bar, steps = string(u.Phase), progressBar(done, total), fmt.Sprintf("%d/%d", done, total)
 
 			switch {
-			case u.Phase == upgrade.MachineFailed:
+			case u.Phase == upgrade.MachineFailed && m.failedAt != "":
 				note = "at " + string(m.failedAt) + ": " + u.Error
+			case u.Phase == upgrade.MachineFailed:
+				note = u.Error
 			case u.Waiting != "":
 				note = u.Waiting
 			case u.Phase != upgrade.MachineDone:
@@ -226,11 +228,12 @@ func phaseOrder(p upgrade.MachinePhase) int {
 
 // Summary renders what the demo did: per cluster the Talos upgrade (outcome, plan, time per hop), every machine
 // from the version first seen to the one it runs now, the failures met on the way; then the time per step.
-func (v *View) Summary() []string {
+// Failure reasons are wrapped at width columns (no limit below 1).
+func (v *View) Summary(width int) []string {
 	var lines []string
 
 	for _, id := range v.clusterIDs() {
-		lines = append(lines, v.clusterSummary(id)...)
+		lines = append(lines, v.clusterSummary(id, width)...)
 	}
 
 	if times := v.PhaseTimes(); len(times) > 0 {
@@ -245,7 +248,7 @@ func (v *View) Summary() []string {
 	return lines
 }
 
-func (v *View) clusterSummary(id string) []string {
+func (v *View) clusterSummary(id string, width int) []string {
 	c := v.clusters[id]
 	lines := []string{"cluster " + id}
 
@@ -278,7 +281,13 @@ func (v *View) clusterSummary(id string) []string {
 
 	for _, m := range v.machinesOf(id) {
 		for _, f := range m.failures {
-			lines = append(lines, fmt.Sprintf("  %s failed (%s)", m.id, f))
+			head := fmt.Sprintf("  %s failed", m.id)
+			if f.step != "" {
+				head += " at " + string(f.step)
+			}
+
+			lines = append(lines, fmt.Sprintf("%s (attempt %d, %s → %s):", head, f.attempt, orUnknown(f.from), f.to))
+			lines = append(lines, wrap("    "+f.reason, "    ", width, 3)...)
 		}
 	}
 
@@ -336,6 +345,19 @@ func (v *View) TalosUpgrade(clusterID string) (upgrade.TalosUpgradeStatusSpec, b
 	}
 
 	return c.talos.DeepCopy(), true
+}
+
+// Failed returns the machines of the cluster that failed an upgrade at least once, in name order.
+func (v *View) Failed(clusterID string) []string {
+	var out []string
+
+	for _, m := range v.machinesOf(clusterID) {
+		if len(m.failures) > 0 {
+			out = append(out, m.id)
+		}
+	}
+
+	return out
 }
 
 // OnVersion reports whether the cluster has machines and every one was last seen running Talos version.

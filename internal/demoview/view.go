@@ -56,8 +56,9 @@ type machineState struct {
 	status      *observe.MachineStatusSpec
 	firstSeen   string // the first Talos version observed
 	upgrade     *upgrade.MachineUpgradeStatusSpec
+	lastClean   upgrade.MachinePhase // the last step of the current run seen without an error
 	failedAt    upgrade.MachinePhase // the step a failed upgrade was in
-	failures    []string
+	failures    []failure
 	phases      map[upgrade.MachinePhase]*PhaseTime
 }
 
@@ -134,16 +135,19 @@ func (v *View) updateMachineUpgrade(id string, spec upgrade.MachineUpgradeStatus
 		m.phaseTime(prev.Phase).add(spec.PhaseChangedAt.Sub(prev.PhaseChangedAt))
 	}
 
-	switch {
-	case spec.Phase != upgrade.MachineFailed:
-	case sameRun:
-		m.failedAt = prev.Phase
-	default:
-		m.failedAt = ""
+	// A step that fails may lead through another one (Uncordoning) before Failed: the failed step is the last one
+	// seen without the error.
+	if !sameRun {
+		m.lastClean = ""
+	}
+
+	if spec.Error == "" {
+		m.lastClean = spec.Phase
 	}
 
 	if spec.Phase == upgrade.MachineFailed {
-		m.failures = append(m.failures, fmt.Sprintf("%s → %s, attempt %d: %s", orUnknown(spec.FromVersion), spec.ToVersion, spec.Attempt, spec.Error))
+		m.failedAt = m.lastClean
+		m.failures = append(m.failures, failure{from: spec.FromVersion, to: spec.ToVersion, attempt: spec.Attempt, step: m.failedAt, reason: spec.Error})
 	}
 
 	done, total := m.progress()
@@ -157,6 +161,14 @@ func (v *View) updateMachineUpgrade(id string, spec upgrade.MachineUpgradeStatus
 	}
 
 	return []string{stamp(v.since(spec.PhaseChangedAt), line)}
+}
+
+// failure is one failed upgrade of a machine.
+type failure struct {
+	from, to string
+	attempt  int
+	step     upgrade.MachinePhase
+	reason   string
 }
 
 // changed returns the line stamped with its time when it differs from the last one remembered in last.

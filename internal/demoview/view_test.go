@@ -158,6 +158,10 @@ func TestFailureShowsStepReasonAndSummary(t *testing.T) {
 	talos(v, t0, func(*upgrade.TalosUpgradeStatusSpec) {})
 	machine(v, "c1-w-1", upgrade.MachineInstalling, t0.Add(time.Second))
 	machine(v, "c1-w-1", upgrade.MachineWaitingReady, t0.Add(3*time.Second))
+	// The rollback is found in WaitingReady; the machine is uncordoned on the way to Failed.
+	machine(v, "c1-w-1", upgrade.MachineUncordoning, t0.Add(4*time.Second), func(s *upgrade.MachineUpgradeStatusSpec) {
+		s.Error = "rolled back: the machine came back on v1.11.6"
+	})
 
 	lines := machine(v, "c1-w-1", upgrade.MachineFailed, t0.Add(5*time.Second), func(s *upgrade.MachineUpgradeStatusSpec) {
 		s.Error = "rolled back: the machine came back on v1.11.6"
@@ -173,10 +177,11 @@ func TestFailureShowsStepReasonAndSummary(t *testing.T) {
 	assert.Contains(t, screen, "  ✗ c1-w-1: rolled back: the machine came back on v1.11.6")
 	assert.Contains(t, screen, "Failed               ██████░░░░   4/6  at WaitingReady: roll…")
 
-	summary := strings.Join(v.Summary(), "\n")
-	assert.Contains(t, summary, "c1-w-1 failed (v1.11.6 → v1.12.6, attempt 1: rolled back: the machine came back on v1.11.6)")
+	summary := strings.Join(v.Summary(80), "\n")
+	assert.Contains(t, summary, "  c1-w-1 failed at WaitingReady (attempt 1, v1.11.6 → v1.12.6):\n    rolled back: the machine came back on v1.11.6\n")
+	assert.Equal(t, []string{"c1-w-1"}, v.Failed("c1"))
 	assert.Contains(t, summary, "  Installing               1        2s        2s")
-	assert.Contains(t, summary, "  WaitingReady             1        2s        2s")
+	assert.Contains(t, summary, "  WaitingReady             1        1s        1s")
 
 	spec, ok := v.TalosUpgrade("c1")
 	require.True(t, ok)
@@ -209,7 +214,7 @@ func TestSummaryListsVersionsHopsAndPhaseTimes(t *testing.T) {
 	assert.True(t, v.OnVersion("c1", "1.14.1"))
 	assert.False(t, v.OnVersion("c2", "v1.14.1"), "a cluster without machines is on no version")
 
-	summary := v.Summary()
+	summary := v.Summary(80)
 	assert.Equal(t, []string{
 		"cluster c1",
 		"  Talos upgrade: Done in 1m52s",
