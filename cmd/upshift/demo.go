@@ -111,7 +111,6 @@ type incident struct {
 	retryAt time.Time
 	command []string
 	retried bool
-	reason  string
 	// notes explain the incident below the view until it is over.
 	notes []string
 }
@@ -400,7 +399,7 @@ func (d *demo) act(ctx context.Context) error {
 			}
 		case inc == nil:
 		case tus.Phase != upgrade.PhaseFailed:
-			d.note(nil, fmt.Sprintf("✓ %s failed (%s) and was retried: the upgrade goes on", inc.machine, inc.reason))
+			d.note(nil, fmt.Sprintf("✓ %s: retried after its failure; the upgrade goes on", inc.machine))
 			delete(d.incidents, id)
 		case !inc.retried && !time.Now().Before(inc.retryAt):
 			inc.retried = true
@@ -423,10 +422,9 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 		retryAt: time.Now().Add(d.flags.retryAfter),
 		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--endpoint", d.bed.Endpoint()},
 	}
-	inc.reason = strings.TrimPrefix(tus.Error, m+": ")
 	d.incidents[clusterID] = inc
 
-	d.note(inc, fmt.Sprintf("✗ %s failed: %s", m, inc.reason),
+	d.note(inc, fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
 		"  No new machine of "+clusterID+" starts until you retry, skip or revert it.")
 
 	for _, fault := range d.faults[m] {
@@ -517,8 +515,8 @@ func (d *demo) finish(err error) error {
 	if d.flags.keep {
 		d.printf("Look deeper, from another terminal, while the engine serves (until Ctrl-C):\n")
 	} else {
-		d.printf("Look deeper: the engine stopped with the demo (--keep keeps it up); serve its state\n"+
-			"  upshift serve --data-dir %s\nand, from another terminal:\n", d.bed.EngineDir())
+		d.printf("Look deeper: the engine stopped with the demo (--keep keeps it up).\n"+
+			"Serve its state again:\n  upshift serve --data-dir %s\nand, from another terminal:\n", d.bed.EngineDir())
 		ep = "" // the default address of `upshift serve`
 	}
 

@@ -144,7 +144,7 @@ func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
 	out, err := d.wait(t)
 	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
 
-	assert.Regexp(t, `✓ c1-w-1 failed \(rolled back: .*\) and was retried: the upgrade goes on`, out)
+	assert.Contains(t, out, "✓ c1-w-1: retried after its failure; the upgrade goes on")
 
 	summary := out[strings.LastIndex(out, "\ncluster c1\n"):]
 	assert.Regexp(t, `(?m)^  c1-w-1 +worker +v1\.13\.4 +v1\.14\.1 +1$`, summary, "on the new version after one failure")

@@ -75,7 +75,7 @@ func (v *View) clusterScreen(id string, width int) []string {
 	for _, m := range machines {
 		phase, bar, steps, note := "-", strings.Repeat("·", barWidth), "", ""
 
-		if u := m.upgrade; u != nil {
+		if u := m.upgrade; u != nil && !m.doneBefore(c.talos) {
 			done, total := m.progress()
 			phase, bar, steps = string(u.Phase), progressBar(done, total), fmt.Sprintf("%d/%d", done, total)
 
@@ -99,6 +99,12 @@ func (v *View) clusterScreen(id string, width int) []string {
 	}
 
 	return lines
+}
+
+// doneBefore reports whether the machine's last upgrade finished a hop before the one the cluster is on now: it waits
+// for its turn in this one.
+func (m *machineState) doneBefore(t *upgrade.TalosUpgradeStatusSpec) bool {
+	return t != nil && t.Target != "" && m.upgrade.Phase == upgrade.MachineDone && m.upgrade.ToVersion != t.Target
 }
 
 // talosHeadline is a cluster's Talos upgrade phase, hop and count, without the reason or error.

@@ -125,6 +125,10 @@ func TestScreenHasOneRowPerMachineAndFitsEightyColumns(t *testing.T) {
 	assert.Contains(t, rows[3], "2/6  pod default/web-0")
 	assert.True(t, strings.HasSuffix(rows[3], "…"), "a long reason is cut at 80 columns: %q", rows[3])
 	assert.Contains(t, rows[4], "-                    ··········")
+
+	// A machine done with the previous hop waits for its turn in this one.
+	machine(v, "c1-w-2", upgrade.MachineDone, t0, func(s *upgrade.MachineUpgradeStatusSpec) { s.FromVersion, s.ToVersion = "v1.12.6", "v1.13.4" })
+	assert.Contains(t, v.Screen(80, 0)[8], "c1-w-2  v1.11.6  -                    ··········")
 }
 
 func TestScreenKeepsToTheTerminalHeight(t *testing.T) {
