@@ -14,7 +14,6 @@ import (
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -24,9 +23,10 @@ const benchClustersEnv = "UPSHIFT_BENCH_CLUSTERS"
 
 // BenchmarkRollout upgrades every cluster of a lite fleet (3 control planes + 7 workers each, every worker at once,
 // no reboot downtime) with the engine as a child process, and reports wall time and engine CPU per machine and the
-// engine's peak memory. Sizes double from 10 clusters up to $UPSHIFT_BENCH_CLUSTERS (default 40).
+// engine's peak memory. Sizes grow tenfold from 10 clusters up to $UPSHIFT_BENCH_CLUSTERS (default 100; the
+// issue's 1,000 clusters x 10 machines takes about N minutes here).
 func BenchmarkRollout(b *testing.B) {
-	largest := 40
+	largest := 100
 
 	if s := os.Getenv(benchClustersEnv); s != "" {
 		n, err := strconv.Atoi(s)
@@ -35,19 +35,15 @@ func BenchmarkRollout(b *testing.B) {
 		largest = n
 	}
 
-	for clusters := 10; clusters <= largest; clusters *= 2 {
+	for clusters := 10; clusters <= largest; clusters *= 10 {
 		b.Run(fmt.Sprintf("clusters=%d", clusters), func(b *testing.B) { benchRollout(b, clusters) })
-
-		if clusters < largest && clusters*2 > largest {
-			b.Run(fmt.Sprintf("clusters=%d", largest), func(b *testing.B) { benchRollout(b, largest) })
-		}
 	}
 }
 
 func benchRollout(b *testing.B, clusters int) {
 	const machinesPerCluster = 10
 
-	for b.Loop() {
+	for range b.N {
 		b.StopTimer()
 
 		bed, err := testbed.Start(b.Context(), testbed.WithDir(b.TempDir()), testbed.WithLite(),
@@ -108,49 +104,20 @@ func safeUpdateCluster(ctx context.Context, st state.State, id string, set func(
 	return r.(*cluster.Cluster), nil //nolint:forcetypeassert // as above
 }
 
-// waitPhase waits, on one watch of every TalosUpgradeStatus, until the status of every cluster in ids matches.
+// waitPhase waits, on a watch of each cluster's TalosUpgradeStatus in turn, until every one of them matches.
 func waitPhase(ctx context.Context, st state.State, ids []string, match func(*upgrade.TalosUpgradeStatusSpec) bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 	defer cancel()
 
-	events := make(chan state.Event)
-
-	if err := st.WatchKind(ctx, resource.NewMetadata(resources.Namespace, upgrade.TalosUpgradeStatusType, "", resource.VersionUndefined),
-		events, state.WithBootstrapContents(true)); err != nil {
-		return err
-	}
-
-	pending := map[string]bool{}
 	for _, id := range ids {
-		pending[id] = true
-	}
+		if _, err := st.WatchFor(ctx, upgrade.NewTalosUpgradeStatus(id).Metadata(), state.WithCondition(func(r resource.Resource) (bool, error) {
+			s, ok := r.(*upgrade.TalosUpgradeStatus)
 
-	for len(pending) > 0 {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d cluster(s) never matched, e.g. %v: %w", len(pending), firstKey(pending), ctx.Err())
-		case ev := <-events:
-			if ev.Type == state.Errored {
-				return ev.Error
-			}
-
-			if s, ok := ev.Resource.(*upgrade.TalosUpgradeStatus); ok {
-				if match(s.TypedSpec()) {
-					delete(pending, s.Metadata().ID())
-				} else if ev.Type != state.Destroyed {
-					pending[s.Metadata().ID()] = true
-				}
-			}
+			return ok && match(s.TypedSpec()), nil
+		})); err != nil {
+			return fmt.Errorf("waiting for cluster %q: %w", id, err)
 		}
 	}
 
 	return nil
-}
-
-func firstKey(m map[string]bool) string {
-	for k := range m {
-		return k
-	}
-
-	return ""
 }
