@@ -64,7 +64,8 @@ func init() {
 			"On a terminal the view redraws in place; otherwise (CI, a pipe, --plain) it prints one line per transition.\n\n" +
 			"--fault NODE=KIND makes a node misbehave (kinds: " + fmt.Sprint(talosemu.Faults()) + "). When the\n" +
 			"upgrade stops on it, the demo shows the failure and its reason, repairs the node (clears the fault) and\n" +
-			"prints the retry command; run it yourself, or after --retry-after the demo runs it for you.",
+			"prints the retry command; run it yourself, or after --retry-after the demo runs it for you. A fault that\n" +
+			"blocks the rollout instead (etcd-unhealthy) is shown, then repaired after --retry-after.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), flags, cmd.Flags().Changed("listen"))
@@ -101,6 +102,8 @@ type demo struct {
 	// faults are the injected faults not cleared yet, by node.
 	faults    map[string][]talosemu.Fault
 	incidents map[string]*incident // by cluster
+	// blocked says since when each blocked cluster has been blocked while one of its nodes has an injected fault.
+	blocked map[string]time.Time
 	// notes are what happened besides the view (a failure dealt with), shown below it.
 	notes []string
 }
@@ -121,7 +124,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 
 	d := &demo{
 		flags: flags, out: out, view: demoview.New(time.Now()), start: time.Now(),
-		faults: map[string][]talosemu.Fault{}, incidents: map[string]*incident{},
+		faults: map[string][]talosemu.Fault{}, incidents: map[string]*incident{}, blocked: map[string]time.Time{},
 	}
 
 	fleetOptions, err := d.fleetOptions()
@@ -208,6 +211,10 @@ func (d *demo) fleetOptions() ([]talosemu.Option, error) {
 
 	if d.flags.retryAfter < 0 {
 		return nil, fmt.Errorf("--retry-after must not be negative, got %s", d.flags.retryAfter)
+	}
+
+	if !slices.Contains(talosemu.SupportedVersions(), strings.TrimPrefix(d.flags.to, "v")) {
+		return nil, fmt.Errorf("--to %s: the emulator runs only %s", d.flags.to, strings.Join(talosemu.SupportedVersions(), ", "))
 	}
 
 	opts := []talosemu.Option{
@@ -392,6 +399,10 @@ func (d *demo) act(ctx context.Context) error {
 		tus, _ := d.view.TalosUpgrade(id)
 		inc := d.incidents[id]
 
+		if err := d.unblock(ctx, id, tus); err != nil {
+			return err
+		}
+
 		switch {
 		case tus.Phase == upgrade.PhaseFailed && (inc == nil || inc.machine != tus.FailedMachine):
 			if err := d.open(ctx, id, tus); err != nil {
@@ -414,6 +425,54 @@ func (d *demo) act(ctx context.Context) error {
 	return nil
 }
 
+// unblock repairs the faulted nodes of a cluster whose upgrade has been blocked for --retry-after (a fault such as
+// etcd-unhealthy blocks the rollout rather than failing a machine), after saying why it is blocked.
+func (d *demo) unblock(ctx context.Context, clusterID string, tus upgrade.TalosUpgradeStatusSpec) error {
+	var faulted []string
+
+	for node := range d.faults {
+		if n, err := d.bed.Fleet.Node(node); err == nil && n.Cluster() == clusterID {
+			faulted = append(faulted, node)
+		}
+	}
+
+	since, wasBlocked := d.blocked[clusterID]
+
+	switch {
+	case tus.Phase != upgrade.PhaseBlocked || len(faulted) == 0:
+		delete(d.blocked, clusterID)
+	case !wasBlocked:
+		d.blocked[clusterID] = time.Now()
+		d.note(nil, fmt.Sprintf("! %s is blocked: %s", clusterID, tus.Error),
+			fmt.Sprintf("  The demo repairs %s in %s.", strings.Join(faulted, ", "), d.flags.retryAfter))
+	case time.Since(since) >= d.flags.retryAfter:
+		delete(d.blocked, clusterID)
+
+		for _, node := range faulted {
+			if err := d.repair(ctx, nil, node); err != nil {
+				return err
+			}
+		}
+	}
+
+	return nil
+}
+
+// repair clears the faults injected into node, saying so (as part of inc, when it is an incident's).
+func (d *demo) repair(ctx context.Context, inc *incident, node string) error {
+	for _, fault := range d.faults[node] {
+		if err := d.bed.Fleet.ClearFault(ctx, node, fault); err != nil {
+			return fmt.Errorf("clearing fault %s of %s: %w", fault, node, err)
+		}
+
+		d.note(inc, fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", node, fault))
+	}
+
+	delete(d.faults, node)
+
+	return nil
+}
+
 // open records the failure of a cluster's upgrade, says why and how to retry, and repairs the machine.
 func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgradeStatusSpec) error {
 	m := tus.FailedMachine
@@ -427,15 +486,10 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 	d.note(inc, fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
 		"  No new machine of "+clusterID+" starts until you retry, skip or revert it.")
 
-	for _, fault := range d.faults[m] {
-		if err := d.bed.Fleet.ClearFault(ctx, m, fault); err != nil {
-			return fmt.Errorf("clearing fault %s of %s: %w", fault, m, err)
-		}
-
-		d.note(inc, fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", m, fault))
+	if err := d.repair(ctx, inc, m); err != nil {
+		return err
 	}
 
-	delete(d.faults, m)
 	d.note(inc, "  Retry it from another terminal:",
 		"    upshift "+strings.Join(inc.command, " "),
 		fmt.Sprintf("  or the demo runs it in %s.", d.flags.retryAfter))
