@@ -254,50 +254,53 @@ func upgradePauseCmd(verb string, paused bool) *cobra.Command {
 	return cmd
 }
 
+// machineAction is a user action on machine upgrades (retry, skip), carried by an annotation on the Machine.
+type machineAction struct {
+	use, short, machineHelp, verb string
+	machineRequired               bool
+	annotation                    func(*upgrade.MachineUpgradeStatusSpec) (key, value string)
+}
+
 func upgradeRetryCmd() *cobra.Command {
-	var machine string
-
-	cmd := &cobra.Command{
-		Use:   "retry CLUSTER [--machine M]",
-		Short: "Retry the failed machine upgrades of a cluster (or one of them), from the beginning",
-		Args:  cobra.ExactArgs(1),
-	}
-
-	endpoint := endpointFlag(cmd)
-	cmd.Flags().StringVar(&machine, "machine", "", "retry only this machine")
-
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*endpoint, func(st state.State) error {
-			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, "retrying", func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
-				return upgrade.RetryAnnotation, strconv.Itoa(u.Attempt)
-			})
-		})
-	}
-
-	return cmd
+	return machineActionCmd(machineAction{
+		use:         "retry CLUSTER [--machine M]",
+		short:       "Retry the failed machine upgrades of a cluster (or one of them), from the beginning",
+		machineHelp: "retry only this machine",
+		verb:        "retrying",
+		annotation: func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
+			return upgrade.RetryAnnotation, strconv.Itoa(u.Attempt)
+		},
+	})
 }
 
 func upgradeSkipCmd() *cobra.Command {
+	return machineActionCmd(machineAction{
+		use:             "skip CLUSTER --machine M",
+		short:           "Leave a machine out of the cluster's current Talos rollout, so a failure of it no longer halts the others",
+		machineHelp:     "the machine to skip (required)",
+		verb:            "skipping",
+		machineRequired: true,
+		annotation: func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
+			return upgrade.SkipAnnotation, u.ToVersion
+		},
+	})
+}
+
+func machineActionCmd(action machineAction) *cobra.Command {
 	var machine string
 
-	cmd := &cobra.Command{
-		Use:   "skip CLUSTER --machine M",
-		Short: "Leave a machine out of the cluster's current Talos rollout, so a failure of it no longer halts the others",
-		Args:  cobra.ExactArgs(1),
-	}
+	cmd := &cobra.Command{Use: action.use, Short: action.short, Args: cobra.ExactArgs(1)}
 
 	endpoint := endpointFlag(cmd)
-	cmd.Flags().StringVar(&machine, "machine", "", "the machine to skip (required)")
+	cmd.Flags().StringVar(&machine, "machine", "", action.machineHelp)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if machine == "" {
-			return errors.New("--machine M is required: name the machine to skip")
+		if action.machineRequired && machine == "" {
+			return fmt.Errorf("--machine M is required: name the machine (%s)", action.verb)
 		}
 
 		return withState(*endpoint, func(st state.State) error {
-			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, "skipping", func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
-				return upgrade.SkipAnnotation, u.ToVersion
-			})
+			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, action.verb, action.annotation)
 		})
 	}
 
