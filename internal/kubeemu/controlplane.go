@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/upshift-io/upshift/internal/loopback"
 )
 
 // Component binary names, as `make kube-bins` writes them.
@@ -232,7 +234,7 @@ func (cp *ControlPlane) startComponent(ctx context.Context, probe *http.Client, 
 	args func(port int) []string,
 ) (int, error) {
 	for attempt := 1; ; attempt++ {
-		port, err := freePort()
+		port, err := loopback.Port()
 		if err != nil {
 			return 0, err
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,19 +49,6 @@ func findBinary(binDir, name string) (string, error) {
 	}
 
 	return path, nil
-}
-
-// freePort asks the kernel for a free loopback TCP port. Another process can take it before the component binds it;
-// callers retry a component whose log says the address is in use.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-
-	port := l.Addr().(*net.TCPAddr).Port
-
-	return port, l.Close()
 }
 
 // process is one control-plane component running as a child process that logs to a file.
@@ -129,7 +115,7 @@ func (p *process) logTail() []byte {
 	return data
 }
 
-// portInUse reports whether the component exited because its port was taken between freePort and bind.
+// portInUse reports whether the component exited because its port was taken between choosing it and binding it.
 func (p *process) portInUse() bool {
 	return bytes.Contains(p.logTail(), []byte("address already in use"))
 }

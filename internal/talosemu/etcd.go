@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/upshift-io/upshift/internal/loopback"
 )
 
 // etcdMember is one control-plane node's etcd member as its Talos API sees it. Two implementations exist: a real
@@ -58,12 +59,12 @@ func newEtcdCluster(name string, logger *zap.Logger) *etcdCluster {
 
 // addMember registers a node's member with fresh loopback ports; the member starts with the whole cluster.
 func (c *etcdCluster) addMember(node, dir string) (*realMember, error) {
-	peer, err := freePort()
+	peer, err := loopback.Addr()
 	if err != nil {
 		return nil, err
 	}
 
-	client, err := freePort()
+	client, err := loopback.Addr()
 	if err != nil {
 		return nil, err
 	}
@@ -149,17 +150,6 @@ func (c *etcdCluster) forgetMember(id uint64) {
 	for _, m := range c.members {
 		m.forgetIf(id)
 	}
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("finding a free port: %w", err)
-	}
-
-	addr := l.Addr().String()
-
-	return addr, l.Close()
 }
 
 // realMember is an embedded etcd member on loopback ports with a data dir per node.
