@@ -81,4 +81,30 @@ func TestUpgradeCLI(t *testing.T) {
 		line = strings.TrimSuffix(line, "\n")
 		assert.LessOrEqual(t, len([]rune(line)), 80, "status fits 80 columns: %q", line)
 	}
+
+	mustCLI(t, bed, "lock", "c1-w-1", "--reason", "payroll run")
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), "locked: payroll run")
+
+	_, errOut, err = cli(t, bed, "lock", "c1-w-1")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "already locked")
+
+	_, _, err = cli(t, bed, "lock", "c1-cp-1")
+	require.Error(t, err, "a control plane cannot be locked")
+
+	mustCLI(t, bed, "unlock", "c1-w-1")
+	assert.NotContains(t, mustCLI(t, bed, "status", "c1"), "locked:")
+
+	mustCLI(t, bed, "upgrade", "pause", "c1")
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), "(paused)")
+	mustCLI(t, bed, "upgrade", "resume", "c1")
+	assert.NotContains(t, mustCLI(t, bed, "status", "c1"), "(paused)")
+
+	_, errOut, err = cli(t, bed, "upgrade", "skip", "c1")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "--machine M is required")
+
+	_, errOut, err = cli(t, bed, "upgrade", "retry", "c1")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "no failed machine upgrade")
 }
