@@ -10,8 +10,10 @@ import (
 	"github.com/upshift-io/upshift/internal/talosemu"
 )
 
-// testTimeout bounds every wait of a test: the fleet's own operations take seconds at most.
-const testTimeout = 60 * time.Second
+// testTimeout bounds every wait of a test. The fleet's operations take seconds, but an etcd membership change is
+// refused for up to 5 s after peers reconnect (strict reconfig check) and is retried for up to 30 s, and under -race
+// with other test packages running a wipe-and-rejoin after a reboot has taken over a minute.
+const testTimeout = 3 * time.Minute
 
 func testContext(t *testing.T) context.Context {
 	t.Helper()
