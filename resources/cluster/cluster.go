@@ -13,6 +13,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
+	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/resources"
 )
 
@@ -134,14 +135,13 @@ func ParseParallelism(s string) (Parallelism, error) {
 	return Parallelism{count: n}, nil
 }
 
-// Of returns how many of workers may upgrade at once: never less than one, never more than workers (when any).
+// Of returns how many of workers may upgrade at once, with the rollout rules' rounding (one definition of it).
 func (p Parallelism) Of(workers int) int {
-	n := p.count
 	if p.percent > 0 {
-		n = workers * p.percent / 100
+		return rollout.Percent(p.percent).Of(workers)
 	}
 
-	return max(1, min(n, max(workers, 1)))
+	return rollout.Count(p.count).Of(workers)
 }
 
 // ClusterExtension gives Cluster its resource definition.
