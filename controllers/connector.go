@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -60,13 +59,36 @@ type CredentialsConnector struct {
 	kubeOptions []kube.Option
 
 	mu    sync.Mutex
-	talos map[string]cachedClient[*talos.Client]
-	kube  map[string]cachedClient[*kube.Client]
+	talos map[string]*talosClients
+	kube  map[string]kubeClient
 }
 
-type cachedClient[T any] struct {
-	key    [sha256.Size]byte
-	client T
+// kubeClient is the Kubernetes client of one cluster and the kubeconfig it was made from.
+type kubeClient struct {
+	kubeconfig string
+	client     *kube.Client
+}
+
+// talosClients are the Talos clients of one cluster's talosconfig, parsed once: reading a talosconfig is YAML
+// parsing, which cost more than the calls themselves when it was done on every call.
+type talosClients struct {
+	// talosconfig is compared as is: a hash or a copy on every call showed in profiles, and equal strings copied from
+	// one resource share their bytes.
+	talosconfig string
+	// ownEndpoints is set when the talosconfig names endpoints: one client serves every machine. Otherwise each
+	// machine's endpoint gets a client of its own.
+	ownEndpoints bool
+	byEndpoint   map[string]*talos.Client // "" when ownEndpoints
+}
+
+func (tc *talosClients) close() error {
+	var errs []error
+
+	for _, client := range tc.byEndpoint {
+		errs = append(errs, client.Close())
+	}
+
+	return errors.Join(errs...)
 }
 
 var _ Connector = (*CredentialsConnector)(nil)
@@ -75,8 +97,8 @@ var _ Connector = (*CredentialsConnector)(nil)
 func NewCredentialsConnector(kubeOptions ...kube.Option) *CredentialsConnector {
 	return &CredentialsConnector{
 		kubeOptions: kubeOptions,
-		talos:       map[string]cachedClient[*talos.Client]{},
-		kube:        map[string]cachedClient[*kube.Client]{},
+		talos:       map[string]*talosClients{},
+		kube:        map[string]kubeClient{},
 	}
 }
 
@@ -88,30 +110,37 @@ func (c *CredentialsConnector) Talos(ctx context.Context, access ClusterAccess) 
 		return nil, fmt.Errorf("cluster %q: no talosconfig in its credentials", access.Cluster)
 	}
 
-	cfg, err := clientconfig.FromString(talosconfig)
-	if err != nil {
-		return nil, fmt.Errorf("cluster %q: reading talosconfig: %w", access.Cluster, err)
-	}
-
-	opts := []talos.Option{talos.WithTalosconfig([]byte(talosconfig))}
-
-	endpoint := ""
-	if tc, ok := cfg.Contexts[cfg.Context]; !ok || len(tc.Endpoints) == 0 {
-		endpoint = access.Endpoint
-		opts = append(opts, talos.WithEndpoint(endpoint))
-	}
-
-	key := sha256.Sum256([]byte(talosconfig + "\x00" + endpoint))
-
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	if cached, ok := c.talos[access.Cluster]; ok {
-		if cached.key == key {
-			return cached.client, nil
+	tc, ok := c.talos[access.Cluster]
+	if !ok || tc.talosconfig != talosconfig {
+		cfg, err := clientconfig.FromString(talosconfig)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: reading talosconfig: %w", access.Cluster, err)
 		}
 
-		cached.client.Close() //nolint:errcheck // replaced by a client with the new credentials
+		if ok {
+			tc.close() //nolint:errcheck // replaced by clients with the new credentials
+		}
+
+		named, found := cfg.Contexts[cfg.Context]
+		tc = &talosClients{talosconfig: talosconfig, ownEndpoints: found && len(named.Endpoints) > 0, byEndpoint: map[string]*talos.Client{}}
+		c.talos[access.Cluster] = tc
+	}
+
+	endpoint := ""
+	if !tc.ownEndpoints {
+		endpoint = access.Endpoint
+	}
+
+	if client, ok := tc.byEndpoint[endpoint]; ok {
+		return client, nil
+	}
+
+	opts := []talos.Option{talos.WithTalosconfig([]byte(talosconfig))}
+	if endpoint != "" {
+		opts = append(opts, talos.WithEndpoint(endpoint))
 	}
 
 	client, err := talos.New(ctx, opts...)
@@ -119,7 +148,7 @@ func (c *CredentialsConnector) Talos(ctx context.Context, access ClusterAccess) 
 		return nil, fmt.Errorf("cluster %q: %w", access.Cluster, err)
 	}
 
-	c.talos[access.Cluster] = cachedClient[*talos.Client]{key: key, client: client}
+	tc.byEndpoint[endpoint] = client
 
 	return client, nil
 }
@@ -131,12 +160,10 @@ func (c *CredentialsConnector) Kubernetes(_ context.Context, access ClusterAcces
 		return nil, fmt.Errorf("cluster %q: %w", access.Cluster, ErrNoKubernetes)
 	}
 
-	key := sha256.Sum256([]byte(kubeconfig))
-
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
-	if cached, ok := c.kube[access.Cluster]; ok && cached.key == key {
+	if cached, ok := c.kube[access.Cluster]; ok && cached.kubeconfig == kubeconfig {
 		return cached.client, nil
 	}
 
@@ -145,7 +172,7 @@ func (c *CredentialsConnector) Kubernetes(_ context.Context, access ClusterAcces
 		return nil, fmt.Errorf("cluster %q: %w", access.Cluster, err)
 	}
 
-	c.kube[access.Cluster] = cachedClient[*kube.Client]{key: key, client: client}
+	c.kube[access.Cluster] = kubeClient{kubeconfig: kubeconfig, client: client}
 
 	return client, nil
 }
@@ -157,8 +184,8 @@ func (c *CredentialsConnector) Close() error {
 
 	var errs []error
 
-	for id, cached := range c.talos {
-		errs = append(errs, cached.client.Close())
+	for id, tc := range c.talos {
+		errs = append(errs, tc.close())
 		delete(c.talos, id)
 	}
 

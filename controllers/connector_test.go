@@ -4,10 +4,13 @@ import (
 	"strings"
 	"testing"
 
+	sideroX509 "github.com/siderolabs/crypto/x509"
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/talos"
 	"github.com/upshift-io/upshift/resources/cluster"
 )
 
@@ -39,4 +42,47 @@ func TestCredentialsConnector(t *testing.T) {
 
 	_, err = conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c2", Credentials: cluster.CredentialsSpec{Talosconfig: "{{"}})
 	require.ErrorContains(t, err, "reading talosconfig")
+}
+
+// TestCredentialsConnectorTalos: one Talos client per cluster when its talosconfig names endpoints, one per
+// machine endpoint when it names none, and new clients when the talosconfig changes.
+func TestCredentialsConnectorTalos(t *testing.T) {
+	t.Parallel()
+
+	conn := controllers.NewCredentialsConnector()
+	t.Cleanup(func() { require.NoError(t, conn.Close()) })
+
+	get := func(talosconfig, endpoint string) talos.API {
+		t.Helper()
+
+		c, err := conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c1", Credentials: cluster.CredentialsSpec{Talosconfig: talosconfig}, Endpoint: endpoint})
+		require.NoError(t, err)
+
+		return c
+	}
+
+	withEndpoints := testTalosconfig(t, "127.0.0.1:50000")
+	first := get(withEndpoints, "10.0.0.1:50000")
+	assert.Same(t, first, get(withEndpoints, "10.0.0.2:50000"), "the talosconfig's endpoint serves every machine")
+
+	withoutEndpoints := testTalosconfig(t)
+	one := get(withoutEndpoints, "10.0.0.1:50000")
+	assert.NotSame(t, first, one, "new credentials, new client")
+	assert.Same(t, one, get(withoutEndpoints, "10.0.0.1:50000"), "one client per machine endpoint")
+	assert.NotSame(t, one, get(withoutEndpoints, "10.0.0.2:50000"), "each machine endpoint has its own client")
+}
+
+func testTalosconfig(t *testing.T, endpoints ...string) string {
+	t.Helper()
+
+	ca, err := sideroX509.NewSelfSignedCertificateAuthority(sideroX509.ECDSA(true))
+	require.NoError(t, err)
+
+	// The CA's own pair stands in for the client's: a client is built without connecting.
+	cfg := clientconfig.NewConfig("test", endpoints, ca.CrtPEM, &sideroX509.PEMEncodedCertificateAndKey{Crt: ca.CrtPEM, Key: ca.KeyPEM})
+
+	b, err := cfg.Bytes()
+	require.NoError(t, err)
+
+	return string(b)
 }
