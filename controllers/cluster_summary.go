@@ -3,90 +3,77 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 )
 
 // ClusterSummaryController keeps one ClusterSummary per Cluster: its desired versions and its machines counted by
-// role, with the locked ones listed. Summaries of deleted clusters are removed.
-type ClusterSummaryController struct{}
-
-// Name implements controller.Controller.
-func (ctrl *ClusterSummaryController) Name() string {
-	return "ClusterSummaryController"
+// role, with the locked ones listed. Summaries of deleted clusters are removed. A Machine or MachineLock event
+// recomputes only its cluster's summary (through a machine index), so the cost of an event does not grow with the
+// fleet.
+type ClusterSummaryController struct {
+	index *machineIndex
 }
 
-// Inputs implements controller.Controller.
-func (ctrl *ClusterSummaryController) Inputs() []controller.Input {
-	return []controller.Input{
-		{Namespace: resources.Namespace, Type: cluster.ClusterType, Kind: controller.InputWeak},
-		{Namespace: resources.Namespace, Type: cluster.MachineType, Kind: controller.InputWeak},
-		{Namespace: resources.Namespace, Type: cluster.MachineLockType, Kind: controller.InputWeak},
+// NewClusterSummaryController returns the controller with an empty machine index.
+func NewClusterSummaryController() *ClusterSummaryController {
+	return &ClusterSummaryController{index: newMachineIndex()}
+}
+
+// Name implements controller.QController.
+func (ctrl *ClusterSummaryController) Name() string { return "ClusterSummaryController" }
+
+// Settings implements controller.QController.
+func (ctrl *ClusterSummaryController) Settings() controller.QSettings {
+	return controller.QSettings{
+		Inputs:  qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType),
+		Outputs: []controller.Output{{Type: observe.ClusterSummaryType, Kind: controller.OutputExclusive}},
 	}
 }
 
-// Outputs implements controller.Controller.
-func (ctrl *ClusterSummaryController) Outputs() []controller.Output {
-	return []controller.Output{{Type: observe.ClusterSummaryType, Kind: controller.OutputExclusive}}
+// MapInput implements controller.QController: a Machine or its lock maps to the machine's cluster (both clusters
+// when a machine moves).
+func (ctrl *ClusterSummaryController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
+	return ctrl.index.clusters(ctx, r, ptr)
 }
 
-// Run implements controller.Controller: every change of an input recomputes every summary.
-func (ctrl *ClusterSummaryController) Run(ctx context.Context, r controller.Runtime, _ *zap.Logger) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.EventCh():
+// Reconcile implements controller.QController.
+func (ctrl *ClusterSummaryController) Reconcile(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
+	id := ptr.ID()
+
+	c, err := safe.ReaderGetByID[*cluster.Cluster](ctx, r, id)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return destroyIfExists(ctx, r, observe.NewClusterSummary(id).Metadata())
 		}
 
-		if err := ctrl.reconcile(ctx, r); err != nil {
-			return err
-		}
+		return fmt.Errorf("reading cluster %q: %w", id, err)
 	}
-}
 
-func (ctrl *ClusterSummaryController) reconcile(ctx context.Context, r controller.Runtime) error {
-	clusters, err := safe.ReaderListAll[*cluster.Cluster](ctx, r)
+	summary := observe.ClusterSummarySpec{TalosVersion: c.TypedSpec().TalosVersion, KubernetesVersion: c.TypedSpec().KubernetesVersion}
+
+	ids, err := ctrl.index.machines(ctx, r, id)
 	if err != nil {
-		return fmt.Errorf("listing clusters: %w", err)
+		return err
 	}
 
-	machines, err := safe.ReaderListAll[*cluster.Machine](ctx, r)
-	if err != nil {
-		return fmt.Errorf("listing machines: %w", err)
-	}
-
-	locks, err := safe.ReaderListAll[*cluster.MachineLock](ctx, r)
-	if err != nil {
-		return fmt.Errorf("listing machine locks: %w", err)
-	}
-
-	locked := map[resource.ID]bool{}
-	for lock := range locks.All() {
-		locked[lock.Metadata().ID()] = true
-	}
-
-	tally := map[resource.ID]*observe.ClusterSummarySpec{}
-
-	for c := range clusters.All() {
-		tally[c.Metadata().ID()] = &observe.ClusterSummarySpec{
-			TalosVersion:      c.TypedSpec().TalosVersion,
-			KubernetesVersion: c.TypedSpec().KubernetesVersion,
-		}
-	}
-
-	for m := range machines.All() {
-		summary, ok := tally[m.TypedSpec().Cluster]
-		if !ok {
+	for _, mid := range ids { // sorted, so Locked is too
+		m, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, mid)
+		if state.IsNotFoundError(err) {
 			continue
+		} else if err != nil {
+			return fmt.Errorf("reading machine %q: %w", mid, err)
+		}
+
+		if m.TypedSpec().Cluster != id {
+			continue // moved; its own event updates the index
 		}
 
 		summary.Machines++
@@ -98,27 +85,19 @@ func (ctrl *ClusterSummaryController) reconcile(ctx context.Context, r controlle
 			summary.Workers++
 		}
 
-		if locked[m.Metadata().ID()] {
-			summary.Locked = append(summary.Locked, m.Metadata().ID())
+		if _, err = safe.ReaderGetByID[*cluster.MachineLock](ctx, r, mid); err == nil {
+			summary.Locked = append(summary.Locked, mid)
+		} else if !state.IsNotFoundError(err) {
+			return fmt.Errorf("reading lock of machine %q: %w", mid, err)
 		}
 	}
 
-	r.StartTrackingOutputs()
+	if err = safe.WriterModify(ctx, r, observe.NewClusterSummary(id), func(s *observe.ClusterSummary) error {
+		*s.TypedSpec() = summary
 
-	for id, want := range tally {
-		slices.Sort(want.Locked)
-
-		if err = safe.WriterModify(ctx, r, observe.NewClusterSummary(id), func(s *observe.ClusterSummary) error {
-			*s.TypedSpec() = *want
-
-			return nil
-		}); err != nil {
-			return fmt.Errorf("writing summary of cluster %q: %w", id, err)
-		}
-	}
-
-	if err = r.CleanupOutputs(ctx, observe.NewClusterSummary("").Metadata()); err != nil {
-		return fmt.Errorf("removing summaries of deleted clusters: %w", err)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("writing summary of cluster %q: %w", id, err)
 	}
 
 	return nil

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
@@ -73,6 +74,30 @@ func TestClusterSummary(t *testing.T) {
 
 	rtestutils.AssertResource(ctx, t, st, "prod", func(s *observe.ClusterSummary, a *assert.Assertions) {
 		a.Empty(s.TypedSpec().Locked)
+	}, rtestutils.WithNamespace(resources.Namespace))
+
+	// A machine moved to another cluster counts there only; a deleted one nowhere.
+	dev := cluster.NewCluster("dev")
+	*dev.TypedSpec() = cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.37.2"}
+	require.NoError(t, st.Create(ctx, dev))
+
+	_, err := st.UpdateWithConflicts(ctx, cluster.NewMachine("w-1").Metadata(), func(r resource.Resource) error {
+		r.(*cluster.Machine).TypedSpec().Cluster = "dev" //nolint:forcetypeassert // the state holds Machines
+
+		return nil
+	})
+	require.NoError(t, err)
+
+	rtestutils.AssertResource(ctx, t, st, "prod", func(s *observe.ClusterSummary, a *assert.Assertions) {
+		a.Equal(1, s.TypedSpec().Workers)
+	}, rtestutils.WithNamespace(resources.Namespace))
+	rtestutils.AssertResource(ctx, t, st, "dev", func(s *observe.ClusterSummary, a *assert.Assertions) {
+		a.Equal(1, s.TypedSpec().Workers)
+	}, rtestutils.WithNamespace(resources.Namespace))
+
+	require.NoError(t, st.Destroy(ctx, cluster.NewMachine("w-1").Metadata()))
+	rtestutils.AssertResource(ctx, t, st, "dev", func(s *observe.ClusterSummary, a *assert.Assertions) {
+		a.Zero(s.TypedSpec().Machines)
 	}, rtestutils.WithNamespace(resources.Namespace))
 
 	require.NoError(t, st.Destroy(ctx, cluster.NewCluster("prod").Metadata()))

@@ -67,6 +67,41 @@ func (x *machineIndex) set(id, clusterID string) {
 	x.byCluster[clusterID] = slices.Insert(ids, i, id)
 }
 
+// observe records that machine id is in clusterID ("" when it is gone). It is for controllers whose primary input
+// is Machine: their reconciles see every Machine event, which MapInput never does, so they keep the index current.
+func (x *machineIndex) observe(id, clusterID string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+
+	if x.ready { // otherwise the first full list will have it
+		x.set(id, clusterID)
+	}
+}
+
+// machineCluster is the cluster of m, "" for a machine that is gone (nil).
+func machineCluster(m *cluster.Machine) string {
+	if m == nil {
+		return ""
+	}
+
+	return m.TypedSpec().Cluster
+}
+
+// pointers returns the Machines of clusterID.
+func (x *machineIndex) pointers(ctx context.Context, r controller.Reader, clusterID string) ([]resource.Pointer, error) {
+	ids, err := x.machines(ctx, r, clusterID)
+	if err != nil {
+		return nil, err
+	}
+
+	out := make([]resource.Pointer, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, cluster.NewMachine(id).Metadata())
+	}
+
+	return out, nil
+}
+
 // machines returns the IDs of the machines of clusterID, sorted.
 func (x *machineIndex) machines(ctx context.Context, r controller.Reader, clusterID string) ([]string, error) {
 	x.mu.Lock()

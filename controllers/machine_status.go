@@ -22,13 +22,14 @@ import (
 // observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
 // holds one worker for that long at most.
 type MachineStatusController struct {
-	conn Connector
-	cfg  UpgradeConfig
+	conn  Connector
+	cfg   UpgradeConfig
+	index *machineIndex
 }
 
 // NewMachineStatusController returns the controller; conn reaches the machines.
 func NewMachineStatusController(conn Connector, cfg UpgradeConfig) *MachineStatusController {
-	return &MachineStatusController{conn: conn, cfg: cfg}
+	return &MachineStatusController{conn: conn, cfg: cfg, index: newMachineIndex()}
 }
 
 // Name implements controller.QController.
@@ -50,18 +51,20 @@ func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger
 		return nil, nil
 	}
 
-	return machinePointers(ctx, r, ptr.ID())
+	return ctrl.index.pointers(ctx, r, ptr.ID())
 }
 
 // Reconcile implements controller.QController.
 func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
 	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, ptr.ID())
-	if err != nil {
-		if state.IsNotFoundError(err) {
-			return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
-		}
-
+	if err != nil && !state.IsNotFoundError(err) {
 		return fmt.Errorf("reading machine %q: %w", ptr.ID(), err)
+	}
+
+	ctrl.index.observe(ptr.ID(), machineCluster(machine))
+
+	if machine == nil {
+		return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
 	}
 
 	if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(ptr.ID()), func(s *observe.MachineStatus) error {
@@ -154,24 +157,6 @@ func nodeName(id, observed string) string {
 	}
 
 	return id
-}
-
-// machinePointers lists the Machines of clusterID.
-func machinePointers(ctx context.Context, r controller.Reader, clusterID string) ([]resource.Pointer, error) {
-	machines, err := safe.ReaderListAll[*cluster.Machine](ctx, r)
-	if err != nil {
-		return nil, fmt.Errorf("listing machines: %w", err)
-	}
-
-	var out []resource.Pointer
-
-	for m := range machines.All() {
-		if m.TypedSpec().Cluster == clusterID {
-			out = append(out, m.Metadata())
-		}
-	}
-
-	return out, nil
 }
 
 // destroyIfExists destroys the output ptr names, if there is one.

@@ -35,6 +35,8 @@ type MachineUpgradeStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
 
+	index *machineIndex // for the etcd gate, which needs the cluster's control planes
+
 	mu       sync.Mutex
 	runs     map[string]*machineRun
 	stopping bool
@@ -43,7 +45,7 @@ type MachineUpgradeStatusController struct {
 
 // NewMachineUpgradeStatusController returns the controller; conn reaches the machines and their nodes.
 func NewMachineUpgradeStatusController(conn Connector, cfg UpgradeConfig) *MachineUpgradeStatusController {
-	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, runs: map[string]*machineRun{}}
+	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, index: newMachineIndex(), runs: map[string]*machineRun{}}
 }
 
 // Name implements controller.QController.
@@ -103,17 +105,19 @@ func (ctrl *MachineUpgradeStatusController) MapInput(ctx context.Context, _ *zap
 func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logger *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
 	id := ptr.ID()
 
+	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
+	if err != nil && !state.IsNotFoundError(err) {
+		return fmt.Errorf("reading machine %q: %w", id, err)
+	}
+
+	ctrl.index.observe(id, machineCluster(machine))
+
 	if ctrl.running(id) {
 		return nil
 	}
 
-	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
-	if err != nil {
-		if state.IsNotFoundError(err) {
-			return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
-		}
-
-		return fmt.Errorf("reading machine %q: %w", id, err)
+	if machine == nil {
+		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
 	}
 
 	var current *upgrade.MachineUpgradeStatusSpec

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"go.uber.org/zap"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -51,7 +50,7 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 	case upgrade.MachineCheckingEtcd:
 		return run.waitEtcdGate(ctx)
 	case upgrade.MachineForfeitingLeadership:
-		if cps, err := clusterControlPlanes(ctx, run.r, run.machine.Cluster); err == nil && len(cps) < 2 {
+		if cps, _, err := controlPlanes(ctx, run.r, run.ctrl.index, run.machine.Cluster); err == nil && len(cps) < 2 {
 			return "", nil // a single member keeps its leadership: there is nobody to hand it to
 		}
 
@@ -238,7 +237,7 @@ func (run *machineRun) waitEtcdGate(ctx context.Context) (string, error) {
 }
 
 func (run *machineRun) etcdGate(ctx context.Context) (bool, string) {
-	cps, err := clusterControlPlanes(ctx, run.r, run.machine.Cluster)
+	cps, _, err := controlPlanes(ctx, run.r, run.ctrl.index, run.machine.Cluster)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -318,23 +317,4 @@ func (run *machineRun) drain(ctx context.Context) (string, error) {
 	default:
 		return fmt.Sprintf("%s: %v", ReasonDrain, err), nil
 	}
-}
-
-// clusterControlPlanes lists the control planes of clusterID from every Machine: the etcd check is rare enough
-// (once per control plane and try) not to need an index.
-func clusterControlPlanes(ctx context.Context, r controller.Reader, clusterID string) ([]string, error) {
-	machines, err := safe.ReaderListAll[*cluster.Machine](ctx, r)
-	if err != nil {
-		return nil, fmt.Errorf("listing machines: %w", err)
-	}
-
-	var cps []string
-
-	for m := range machines.All() {
-		if m.TypedSpec().Cluster == clusterID && m.TypedSpec().Role == cluster.RoleControlPlane {
-			cps = append(cps, m.Metadata().ID())
-		}
-	}
-
-	return cps, nil
 }
