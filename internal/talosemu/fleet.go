@@ -400,6 +400,23 @@ func (f *Fleet) Talosconfig() *clientconfig.Config {
 	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), names)
 }
 
+// ClusterTalosconfig is a client configuration for one cluster, as a real cluster's talosconfig is: the fleet's
+// endpoint and credentials, with only that cluster's nodes. A fleet-wide one lists every node of the fleet, which
+// makes each cluster's credentials grow with the fleet.
+func (f *Fleet) ClusterTalosconfig(name string) (*clientconfig.Config, error) {
+	c, err := f.cluster(name)
+	if err != nil {
+		return nil, err
+	}
+
+	names := make([]string, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		names = append(names, n.name)
+	}
+
+	return f.pki.talosconfig("upshift-emulator-"+name, f.Endpoint(), names), nil
+}
+
 // ClientTLSConfig is the TLS configuration a machinery client needs (client.WithTLSConfig) to reach the fleet.
 func (f *Fleet) ClientTLSConfig() (*tls.Config, error) { return f.pki.clientTLS() }
 

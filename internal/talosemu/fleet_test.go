@@ -11,6 +11,8 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -148,4 +150,30 @@ func TestStockClientReadsACluster(t *testing.T) {
 			t.Errorf("journal has no Version call to %s", node)
 		}
 	}
+}
+
+// TestClusterTalosconfig: a cluster's talosconfig names only its own nodes, and it reaches them.
+func TestClusterTalosconfig(t *testing.T) {
+	t.Parallel()
+
+	fleet := startFleet(t, talosemu.WithLite(), talosemu.WithClusters(2), talosemu.WithControlPlanes(1), talosemu.WithWorkers(1))
+
+	cfg, err := fleet.ClusterTalosconfig("c2")
+	require.NoError(t, err)
+
+	tc := cfg.Contexts[cfg.Context]
+	require.NotNil(t, tc)
+	assert.Equal(t, []string{"c2-cp-1", "c2-w-1"}, tc.Nodes)
+
+	c, err := client.New(t.Context(), client.WithConfig(cfg))
+	require.NoError(t, err)
+
+	t.Cleanup(func() { c.Close() }) //nolint:errcheck
+
+	v, err := c.Version(client.WithNode(t.Context(), "c2-w-1"))
+	require.NoError(t, err)
+	assert.Equal(t, "v"+fleet.TalosVersion(), v.GetMessages()[0].GetVersion().GetTag())
+
+	_, err = fleet.ClusterTalosconfig("c9")
+	require.ErrorContains(t, err, "c9")
 }

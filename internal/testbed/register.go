@@ -17,16 +17,11 @@ import (
 )
 
 // Register creates (or updates) the fleet's Cluster, Credentials and Machine resources in st: each cluster wants
-// the version its nodes run now (so nothing starts until a user asks), with the fleet's talosconfig and the
-// cluster's kubeconfig (none for a lite fleet); each machine points at the fleet's endpoint.
+// the version its nodes run now (so nothing starts until a user asks), with its own talosconfig and kubeconfig
+// (none for a lite fleet); each machine points at the fleet's endpoint.
 func Register(ctx context.Context, st state.State, fleet *talosemu.Fleet) error {
-	talosconfig, err := fleet.Talosconfig().Bytes()
-	if err != nil {
-		return fmt.Errorf("encoding talosconfig: %w", err)
-	}
-
 	for _, name := range fleet.Clusters() {
-		if err = registerCluster(ctx, st, fleet, name, string(talosconfig)); err != nil {
+		if err := registerCluster(ctx, st, fleet, name); err != nil {
 			return err
 		}
 	}
@@ -34,8 +29,18 @@ func Register(ctx context.Context, st state.State, fleet *talosemu.Fleet) error 
 	return nil
 }
 
-func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet, name, talosconfig string) error {
-	if err := register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
+func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet, name string) error {
+	cfg, err := fleet.ClusterTalosconfig(name)
+	if err != nil {
+		return err
+	}
+
+	talosconfig, err := cfg.Bytes()
+	if err != nil {
+		return fmt.Errorf("encoding the talosconfig of cluster %q: %w", name, err)
+	}
+
+	if err = register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
 		r.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
 		r.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
 	}); err != nil {
@@ -48,7 +53,7 @@ func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet,
 	}
 
 	if err = register(ctx, st, cluster.NewCredentials(name), func(r *cluster.Credentials) {
-		r.TypedSpec().Talosconfig = talosconfig
+		r.TypedSpec().Talosconfig = string(talosconfig)
 		r.TypedSpec().Kubeconfig = string(kubeconfig)
 	}); err != nil {
 		return err
