@@ -17,7 +17,7 @@ import (
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
-// minKills is how many times the crash test kills the engine during one rollout.
+// minKills is how many times, at least, the crash test kills the engine during one rollout.
 const minKills = 10
 
 // isRolloutStep matches the journal entries that are the rollout's side effects and their consequences, so kills
@@ -63,11 +63,13 @@ func TestCrashDuringRollout(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
 	kills := 0
 
-	for kills < minKills {
-		// Kill after one to three more side effects, or half-way through a step's wait (right after one).
+	for {
+		// Kill after one to three more side effects, or half-way through a step's wait (right after one), until
+		// every node runs the target, so that kills land in every hop of the plan, the last one's lifecycle-flow
+		// installs included.
 		from := len(bed.Fleet.Journal().Entries())
-		if !waitSteps(t, bed, from, 1+rng.IntN(3)) {
-			break // the rollout finished: nothing more happens
+		if allOn(bed.Fleet, newest) || !waitSteps(t, bed, from, 1+rng.IntN(3), newest) {
+			break // the rollout's side effects are over
 		}
 
 		require.NoError(t, bed.StopEngine())
@@ -98,15 +100,32 @@ func TestCrashDuringRollout(t *testing.T) {
 	}
 }
 
-// waitSteps waits until n rollout steps were recorded after the first from journal entries; false when the rollout
-// is done before that.
-func waitSteps(t *testing.T, bed *testbed.Bed, from, n int) bool {
+// waitSteps waits until n rollout steps were recorded after the first from journal entries; false when every node
+// came back on version before that, or nothing happened for a while.
+func waitSteps(t *testing.T, bed *testbed.Bed, from, n int, version string) bool {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
-	return waitJournal(ctx, bed, from, n, isRolloutStep) == nil
+	return waitJournal(ctx, bed, from, n, func(e talosemu.Entry) bool {
+		if allOn(bed.Fleet, version) {
+			cancel() // no step comes after the last node's reboot-up on the target
+		}
+
+		return isRolloutStep(e)
+	}) == nil
+}
+
+// allOn reports whether every node of fleet runs version.
+func allOn(fleet *talosemu.Fleet, version string) bool {
+	for _, n := range fleet.Nodes() {
+		if !sameVersion(n.Version(), version) {
+			return false
+		}
+	}
+
+	return true
 }
 
 // logJournal logs the fleet's journal, without the observations, to explain a failure.
