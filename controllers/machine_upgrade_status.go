@@ -29,9 +29,10 @@ import (
 // pull, drain or reboot delays nobody else. Each step first looks at the machine (boot ID, stage, version) to see
 // whether its side effect already happened, so a restart in the middle of a step never repeats a Reboot or a
 // legacy Upgrade; a LifecycleService.Upgrade, which shows nothing until the reboot, is never sent by a resumed step
-// (see installUnconfirmed). Failures are final until a user retries (upgrade.RetryAnnotation): "rolled back" when the machine
-// comes back on its old version, "timeout" when it does not come back, "drain" when its drain does not finish (the
-// node is uncordoned first); there is no automatic retry that could brick a node.
+// (see installUnconfirmed). Failures are final until a user retries (upgrade.RetryAnnotation): "rolled back" when
+// the machine comes back on its old version, "timeout" when it does not come back, "drain" when its drain does not
+// finish (the node is uncordoned first); there is no automatic retry that could brick a node (the one second
+// install, after an unconfirmed one, comes only once a reboot brought the machine back on its old version).
 type MachineUpgradeStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
