@@ -375,7 +375,9 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 	switch {
 	case fail != "" && s.Phase == upgrade.MachineUncordoning:
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, joinFailures(s.Error, fail), now
-	case fail != "" && mayBeCordoned(flow, role, s.Phase):
+	case fail != "" && (mayBeCordoned(flow, role, s.Phase) || s.PreRebootBootID != ""):
+		// A boot ID recorded means the machine got to its reboot step, cordoned; a second install round after an
+		// unconfirmed install is a step before Cordoning with the node still cordoned.
 		s.Phase, s.Error = upgrade.MachineUncordoning, fail // uncordon the node before failing
 	case fail != "":
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now

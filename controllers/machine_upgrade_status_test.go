@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -399,7 +400,7 @@ func stopEngineOn(ctx context.Context, t *testing.T, f *fakeFleet, method, from,
 // An engine restart inside the lifecycle flow's Installing never sends the install again: whether it reached the
 // machine shows only after the reboot. Back on the target, the machine is done with one install. Back on its old
 // version, the install never happened: the machine installs once more, staying cordoned, and is done, or, if that
-// round rolls back too, fails "rolled back". If the target was reverted to the old version meanwhile, the machine
+// round rolls back too, fails "rolled back" (uncordoned, as when the second install fails). If the target was reverted to the old version meanwhile, the machine
 // is done there without another install.
 func TestRolloutRestartMidInstall(t *testing.T) {
 	t.Parallel()
@@ -411,6 +412,7 @@ func TestRolloutRestartMidInstall(t *testing.T) {
 		change   func(*fakeNode) // on w-1 after the first engine stopped
 		revert   bool            // set the target back to v13 as the second engine reboots w-1
 		phase    upgrade.MachinePhase
+		err      string // what the Error of a failed upgrade starts with
 		to       string // the ToVersion w-1's upgrade ends with
 		version  string // w-1's version at the end
 		installs int
@@ -425,8 +427,12 @@ func TestRolloutRestartMidInstall(t *testing.T) {
 			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
 		},
 		{
-			name: lost + ", then a rollback", change: func(n *fakeNode) { n.staged, n.rollback = "", true }, phase: upgrade.MachineFailed, to: v14, version: v13, installs: 2,
+			name: lost + ", then a rollback", change: func(n *fakeNode) { n.staged, n.rollback = "", true }, phase: upgrade.MachineFailed, err: controllers.ReasonRolledBack, to: v14, version: v13, installs: 2,
 			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
+		},
+		{
+			name: lost + ", then an install failure", change: func(n *fakeNode) { n.staged, n.installFails = "", true }, phase: upgrade.MachineFailed, err: "install", to: v14, version: v13, installs: 2,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Uncordon"},
 		},
 		{
 			name: lost + ", target reverted", change: func(n *fakeNode) { n.staged = "" }, revert: true, phase: upgrade.MachineDone, to: v13, version: v13, installs: 1,
@@ -473,8 +479,8 @@ func TestRolloutRestartMidInstall(t *testing.T) {
 			assert.Equal(t, tc.installs, f.count("w-1", "Install"))
 			assert.Equal(t, tc.calls, f.callsOf("w-1"))
 
-			if tc.phase == upgrade.MachineFailed {
-				assert.Contains(t, mus.Error, controllers.ReasonRolledBack)
+			if tc.err != "" {
+				assert.True(t, strings.HasPrefix(mus.Error, tc.err), "error %q", mus.Error)
 			}
 		})
 	}
