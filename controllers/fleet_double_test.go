@@ -45,6 +45,7 @@ type fakeNode struct {
 	name, version, staged, bootID, stage string
 	cp, down, cordoned                   bool
 	rollback, noReturn, etcdUnhealthy    bool
+	installFails                         bool
 	memberID                             uint64
 }
 
@@ -265,6 +266,10 @@ func (t fakeTalos) PullImage(_ context.Context, node, image string) (string, err
 
 func (t fakeTalos) Install(_ context.Context, node, image string) error {
 	return t.f.do(node, "Install", image, func(n *fakeNode) error {
+		if n.installFails {
+			return &talos.Error{Node: node, Op: "Install", Kind: talos.KindFailed, Err: errors.New("installer exited with code 1")}
+		}
+
 		n.staged = versionOf(image)
 
 		return nil

@@ -28,9 +28,11 @@ import (
 // machine in flight, which runs the steps one after the other and reports back by writing the resource. So a slow
 // pull, drain or reboot delays nobody else. Each step first looks at the machine (boot ID, stage, version) to see
 // whether its side effect already happened, so a restart in the middle of a step never repeats a Reboot or a
-// legacy Upgrade. Failures are final until a user retries (upgrade.RetryAnnotation): "rolled back" when the machine
-// comes back on its old version, "timeout" when it does not come back, "drain" when its drain does not finish (the
-// node is uncordoned first); there is no automatic retry that could brick a node.
+// legacy Upgrade; a LifecycleService.Upgrade, which shows nothing until the reboot, is never sent by a resumed step
+// (see installUnconfirmed). Failures are final until a user retries (upgrade.RetryAnnotation): "rolled back" when
+// the machine comes back on its old version, "timeout" when it does not come back, "drain" when its drain does not
+// finish (the node is uncordoned first); there is no automatic retry that could brick a node (the one second
+// install, after an unconfirmed one, comes only once a reboot brought the machine back on its old version).
 type MachineUpgradeStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
@@ -132,7 +134,7 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 
 	switch {
 	case current != nil && rollout.Phase(current.Phase).InFlight():
-		run.spec = *current
+		run.spec, run.resumed = *current, true
 		ctrl.start(ctx, run, run.resume)
 
 		return nil
@@ -243,6 +245,9 @@ type machineRun struct {
 	id      string
 	machine cluster.MachineSpec
 	spec    upgrade.MachineUpgradeStatusSpec // as last written
+	// resumed says that the recorded step was entered by an earlier run (before a restart of the engine or of the
+	// runtime), so its side effect may have happened already; it holds for that first step only.
+	resumed bool
 
 	mu       sync.Mutex
 	finished bool
@@ -293,6 +298,8 @@ func (run *machineRun) resume(ctx context.Context) {
 		if err != nil || ctx.Err() != nil {
 			return // the runtime stops; the next one resumes this step from what it observes
 		}
+
+		run.resumed = false
 
 		next, err := run.advance(ctx, fail)
 		if err != nil {
@@ -372,7 +379,9 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 	switch {
 	case fail != "" && s.Phase == upgrade.MachineUncordoning:
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, joinFailures(s.Error, fail), now
-	case fail != "" && mayBeCordoned(flow, role, s.Phase):
+	case fail != "" && (mayBeCordoned(flow, role, s.Phase) || s.PreRebootBootID != ""):
+		// A boot ID recorded means the machine got to its reboot step, cordoned; a second install round after an
+		// unconfirmed install is a step before Cordoning with the node still cordoned.
 		s.Phase, s.Error = upgrade.MachineUncordoning, fail // uncordon the node before failing
 	case fail != "":
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now
@@ -421,7 +430,13 @@ func (run *machineRun) nextPhase(ctx context.Context, s *upgrade.MachineUpgradeS
 		return "", fmt.Errorf("reading Talos upgrade status: %w", err)
 	}
 
-	if sameVersion(hop, s.ToVersion) {
+	retargeted := !sameVersion(hop, s.ToVersion)
+
+	if s.Phase == upgrade.MachineWaitingReady && s.InstallUnconfirmed { // back on FromVersion: see waitReady
+		return run.afterUnconfirmedInstall(s, hop, retargeted), nil
+	}
+
+	if !retargeted {
 		next, err := rollout.Next(flow, role, rollout.Phase(s.Phase))
 
 		return upgrade.MachinePhase(next), err
@@ -433,16 +448,41 @@ func (run *machineRun) nextPhase(ctx context.Context, s *upgrade.MachineUpgradeS
 	}
 
 	if !keepOld {
-		run.logger.Info("machine upgrade retargeted", zap.String("from", s.ToVersion), zap.String("to", hop), zap.String("next", string(next)))
-
-		s.ToVersion, s.Image = hop, run.image(hop)
-
-		if steps := rollout.Steps(run.flow(*s), role); next != rollout.PhaseDone && !slices.Contains(steps, next) {
-			next = steps[1] // the new target changes the flow: start its steps over
-		}
+		next = run.retarget(s, hop, next)
 	}
 
 	return upgrade.MachinePhase(next), nil
+}
+
+// afterUnconfirmedInstall is the step after the reboot of a machine whose install was not confirmed and that came
+// back on its old version (rollout.AfterUnconfirmedInstall): it installs again, in a fresh round that sends the
+// install once and says so in Waiting, unless the target moved meanwhile.
+func (run *machineRun) afterUnconfirmedInstall(s *upgrade.MachineUpgradeStatusSpec, hop string, retargeted bool) upgrade.MachinePhase {
+	next, keepOld := rollout.AfterUnconfirmedInstall(retargeted, sameVersion(s.FromVersion, hop))
+	s.InstallUnconfirmed = false
+
+	if !keepOld {
+		return upgrade.MachinePhase(run.retarget(s, hop, next))
+	}
+
+	s.Waiting = fmt.Sprintf("install not confirmed before the engine restarted; the machine came back on %s: installing again", s.FromVersion)
+	run.logger.Warn(s.Waiting, zap.String("to", s.ToVersion))
+
+	return upgrade.MachinePhase(next)
+}
+
+// retarget takes s to the cluster's new target hop, where rollout decided next; a machine whose install was not
+// confirmed drops that doubt with the old target, whose steps it leaves.
+func (run *machineRun) retarget(s *upgrade.MachineUpgradeStatusSpec, hop string, next rollout.Phase) rollout.Phase {
+	run.logger.Info("machine upgrade retargeted", zap.String("from", s.ToVersion), zap.String("to", hop), zap.String("next", string(next)))
+
+	s.ToVersion, s.Image, s.InstallUnconfirmed = hop, run.image(hop), false
+
+	if steps := rollout.Steps(run.flow(*s), run.role()); next != rollout.PhaseDone && !slices.Contains(steps, next) {
+		next = steps[1] // the new target changes the flow: start its steps over
+	}
+
+	return next
 }
 
 // mayBeCordoned reports whether the node may be cordoned when phase fails, so it must be uncordoned first.

@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,6 +217,7 @@ func TestRolloutRolledBack(t *testing.T) {
 	mus := machineUpgrade(ctx, t, st, "w-1")
 	assert.Equal(t, upgrade.MachineFailed, mus.Phase)
 	assert.Contains(t, mus.Error, controllers.ReasonRolledBack)
+	assert.False(t, mus.InstallUnconfirmed)
 	assert.False(t, f.get("w-1").cordoned)
 	assert.Equal(t, 1, f.count("w-1", "Install"))
 	assert.Empty(t, f.callsOf("w-2"))
@@ -347,31 +349,7 @@ func TestRolloutRestartMidReboot(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 
-			st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
-			firstCtx, stopFirst := context.WithCancel(ctx)
-			rebooted := make(chan struct{})
-
-			f.hook(func(c fakeCall) {
-				if c.Method == tc.method {
-					stopFirst() // the engine dies as the call goes out, before it records the step's end
-					close(rebooted)
-				}
-			})
-
-			first := runUpgrades(firstCtx, t, st, f)
-			createUpgradeFleet(ctx, t, st, f, tc.from, nil)
-			assertDone(ctx, t, st, tc.from)
-			setTarget(ctx, t, st, tc.to)
-
-			select {
-			case <-rebooted:
-			case <-ctx.Done():
-				t.Fatalf("no %s call", tc.method)
-			}
-
-			require.NoError(t, <-first)
-			f.hook(nil)
-
+			st := stopEngineOn(ctx, t, f, tc.method, tc.from, tc.to)
 			require.Equal(t, tc.step, machineUpgrade(ctx, t, st, "w-1").Phase, "the first engine stopped inside the step")
 
 			second := runUpgrades(ctx, t, st, f)
@@ -382,6 +360,128 @@ func TestRolloutRestartMidReboot(t *testing.T) {
 
 			assert.Equal(t, 1, f.count("w-1", tc.method))
 			assert.Equal(t, tc.calls, f.callsOf("w-1"))
+		})
+	}
+}
+
+// stopEngineOn runs an engine that upgrades f (created on from) to to, and stops it as the first call of method
+// goes out, before it can record the end of the step; it returns the state the next engine resumes from.
+func stopEngineOn(ctx context.Context, t *testing.T, f *fakeFleet, method, from, to string) state.State {
+	t.Helper()
+
+	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
+	firstCtx, stopFirst := context.WithCancel(ctx)
+	called := make(chan struct{})
+
+	f.hook(func(c fakeCall) {
+		if c.Method == method {
+			stopFirst() // the engine dies as the call goes out, before it records the step's end
+			close(called)
+		}
+	})
+
+	first := runUpgrades(firstCtx, t, st, f)
+	createUpgradeFleet(ctx, t, st, f, from, nil)
+	assertDone(ctx, t, st, from)
+	setTarget(ctx, t, st, to)
+
+	select {
+	case <-called:
+	case <-ctx.Done():
+		t.Fatalf("no %s call", method)
+	}
+
+	require.NoError(t, <-first)
+	f.hook(nil)
+
+	return st
+}
+
+// An engine restart inside the lifecycle flow's Installing never sends the install again: whether it reached the
+// machine shows only after the reboot. Back on the target, the machine is done with one install. Back on its old
+// version, the install never happened: the machine installs once more, staying cordoned, and is done, or, if that
+// round rolls back too, fails "rolled back" (uncordoned, as when the second install fails). If the target was reverted to the old version meanwhile, the machine
+// is done there without another install.
+func TestRolloutRestartMidInstall(t *testing.T) {
+	t.Parallel()
+
+	const lost = "the install did not reach the machine"
+
+	for _, tc := range []struct {
+		name     string
+		change   func(*fakeNode) // on w-1 after the first engine stopped
+		revert   bool            // set the target back to v13 as the second engine reboots w-1
+		phase    upgrade.MachinePhase
+		err      string // what the Error of a failed upgrade starts with
+		to       string // the ToVersion w-1's upgrade ends with
+		version  string // w-1's version at the end
+		installs int
+		calls    []string
+	}{
+		{
+			name: "install reached the machine", phase: upgrade.MachineDone, to: v14, version: v14, installs: 1,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
+		},
+		{
+			name: lost, change: func(n *fakeNode) { n.staged = "" }, phase: upgrade.MachineDone, to: v14, version: v14, installs: 2,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
+		},
+		{
+			name: lost + ", then a rollback", change: func(n *fakeNode) { n.staged, n.rollback = "", true }, phase: upgrade.MachineFailed, err: controllers.ReasonRolledBack, to: v14, version: v13, installs: 2,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
+		},
+		{
+			name: lost + ", then an install failure", change: func(n *fakeNode) { n.staged, n.installFails = "", true }, phase: upgrade.MachineFailed, err: "install", to: v14, version: v13, installs: 2,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Install", "Uncordon"},
+		},
+		{
+			name: lost + ", target reverted", change: func(n *fakeNode) { n.staged = "" }, revert: true, phase: upgrade.MachineDone, to: v13, version: v13, installs: 1,
+			calls: []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			f := newFakeFleet(v13, 0, 1)
+
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+
+			st := stopEngineOn(ctx, t, f, "Install", v13, v14)
+			require.Equal(t, upgrade.MachineInstalling, machineUpgrade(ctx, t, st, "w-1").Phase, "the first engine stopped inside the step")
+
+			if tc.change != nil {
+				f.set("w-1", tc.change)
+			}
+
+			if tc.revert {
+				f.hook(func(c fakeCall) {
+					if c.Method == "Reboot" {
+						setTarget(ctx, t, st, v13)
+					}
+				})
+			}
+
+			second := runUpgrades(ctx, t, st, f)
+
+			rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
+				a.Equal(tc.phase, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
+			}, rtestutils.WithNamespace(resources.Namespace))
+
+			cancel()
+			require.NoError(t, <-second)
+
+			mus := machineUpgrade(t.Context(), t, st, "w-1")
+			assert.Equal(t, tc.to, mus.ToVersion)
+			assert.False(t, mus.InstallUnconfirmed)
+			assert.Equal(t, tc.version, f.get("w-1").version)
+			assert.False(t, f.get("w-1").cordoned)
+			assert.Equal(t, tc.installs, f.count("w-1", "Install"))
+			assert.Equal(t, tc.calls, f.callsOf("w-1"))
+
+			if tc.err != "" {
+				assert.True(t, strings.HasPrefix(mus.Error, tc.err), "error %q", mus.Error)
+			}
 		})
 	}
 }

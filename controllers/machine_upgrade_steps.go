@@ -45,7 +45,10 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 			return run.rebootOnce(ctx, "upgrade", func(ctx context.Context, api talos.API) error { return api.LegacyUpgrade(ctx, node, s.Image) })
 		}
 
-		// Installing again after an interrupted install only stages the same image for the next boot again.
+		if run.resumed {
+			return run.installUnconfirmed(ctx)
+		}
+
 		return run.talosCall(ctx, "install", func(ctx context.Context, api talos.API) error { return api.Install(ctx, node, s.Image) })
 	case upgrade.MachineCheckingEtcd:
 		return run.waitEtcdGate(ctx)
@@ -181,20 +184,45 @@ func (run *machineRun) rebootOnce(ctx context.Context, what string, call func(co
 	})
 }
 
+// installUnconfirmed is the Installing step of the lifecycle flow when this run did not enter it: an earlier run
+// may or may not have sent LifecycleService.Upgrade before the engine stopped, and Talos shows nothing of a staged
+// install until the reboot (the installer writes it straight to disk; the running system does not reload it).
+// The install is not sent again: in upgrade mode the installer writes the inactive A/B slot and keeps the running
+// one as the fallback, so a second install before the reboot could overwrite that fallback too and leave no way
+// back. The step records the doubt instead (InstallUnconfirmed) and passes; the machine's version after the reboot
+// settles it (waitReady).
+func (run *machineRun) installUnconfirmed(ctx context.Context) (string, error) {
+	run.logger.Warn("install step resumed after a restart: not sent again; the version after the reboot shows whether it happened",
+		zap.String("image", run.spec.Image))
+
+	if run.spec.InstallUnconfirmed {
+		return "", nil
+	}
+
+	s := run.spec
+	s.InstallUnconfirmed = true
+
+	return "", run.write(ctx, s)
+}
+
 // waitReady waits for the machine to come back from its reboot: a new boot ID, on the target version, running and
-// ready. Back on another version is a rollback; not back by the reboot timeout is a timeout.
+// ready. Back on another version is a rollback, except back on the old version after an unconfirmed install: the
+// install may never have reached the machine, and the step passes with InstallUnconfirmed still set, for the next
+// step to install again (nextPhase). Back on the target confirms the install. Not back by the reboot timeout is a
+// timeout.
 func (run *machineRun) waitReady(ctx context.Context) (string, error) {
 	deadline := run.deadline(run.ctrl.cfg.RebootTimeout)
 
 	for {
 		st, err := run.observe(ctx)
 		if err == nil && st.BootID != run.spec.PreRebootBootID {
-			if !sameVersion(st.Version, run.spec.ToVersion) {
+			onTarget := sameVersion(st.Version, run.spec.ToVersion)
+			if !onTarget && !(run.spec.InstallUnconfirmed && sameVersion(st.Version, run.spec.FromVersion)) {
 				return fmt.Sprintf("%s: the machine came back on %s instead of %s", ReasonRolledBack, st.Version, run.spec.ToVersion), nil
 			}
 
 			if st.Stage == "running" && st.Ready {
-				return "", nil
+				return "", run.confirmInstall(ctx, onTarget)
 			}
 
 			err = fmt.Errorf("back on %s but %s and not ready yet", st.Version, st.Stage)
@@ -210,6 +238,18 @@ func (run *machineRun) waitReady(ctx context.Context) (string, error) {
 			return "", err
 		}
 	}
+}
+
+// confirmInstall clears InstallUnconfirmed once the machine came back on the target: the install did happen.
+func (run *machineRun) confirmInstall(ctx context.Context, onTarget bool) error {
+	if !onTarget || !run.spec.InstallUnconfirmed {
+		return nil
+	}
+
+	s := run.spec
+	s.InstallUnconfirmed = false
+
+	return run.write(ctx, s)
 }
 
 // waitEtcdGate waits, without a timeout, until etcd may lose this control plane's member; while it may not, the

@@ -191,3 +191,22 @@ func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next 
 		return next, false, err
 	}
 }
+
+// AfterUnconfirmedInstall decides the step after WaitingReady for a machine of the lifecycle flow whose install was
+// not confirmed (the engine restarted inside Installing and did not send it again) and that came back from its
+// reboot on the version it ran before. The install may never have reached the machine, so the reboot changed
+// nothing: this is no rollback. With the target unchanged the machine installs again, in a round of its own that
+// sends the install once, and stays cordoned through it. When the target changed meanwhile the machine follows it
+// as if it had not rebooted yet: done (after its uncordon) when it already runs the new target, which installs
+// nothing needlessly; otherwise it starts over toward the new target. keepOldTarget tells the caller which target
+// next belongs to.
+func AfterUnconfirmedInstall(targetChanged, newTargetRunning bool) (next Phase, keepOldTarget bool) {
+	switch {
+	case !targetChanged:
+		return PhaseInstalling, true
+	case newTargetRunning:
+		return PhaseUncordoning, false
+	default:
+		return PhasePullingImage, false
+	}
+}

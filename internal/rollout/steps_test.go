@@ -119,6 +119,36 @@ func TestRetarget(t *testing.T) {
 	}
 }
 
+func TestAfterUnconfirmedInstall(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		targetChanged, running bool
+		next                   rollout.Phase
+		keepOld                bool
+	}{
+		// The install may not have reached the machine: install again, once, toward the same target.
+		{"same target", false, false, rollout.PhaseInstalling, true},
+		// Reverted to the version the machine runs: it is done there, without an install.
+		{"reverted", true, true, rollout.PhaseUncordoning, false},
+		// Another target: start over toward it.
+		{"new target", true, false, rollout.PhasePullingImage, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next, keepOld := rollout.AfterUnconfirmedInstall(tc.targetChanged, tc.running)
+			if next != tc.next || keepOld != tc.keepOld {
+				t.Errorf("AfterUnconfirmedInstall = %s, keepOld=%v; want %s, %v", next, keepOld, tc.next, tc.keepOld)
+			}
+
+			// The next step is one the machine can take in the lifecycle flow, whatever its role.
+			for _, role := range []rollout.Role{rollout.Worker, rollout.ControlPlane} {
+				if !slices.Contains(rollout.Steps(rollout.FlowLifecycle, role), next) {
+					t.Errorf("%s is not a step of a %s", next, role)
+				}
+			}
+		})
+	}
+}
+
 func TestEtcdGate(t *testing.T) {
 	healthy := func(id string) rollout.EtcdMember {
 		return rollout.EtcdMember{ID: id, Name: "cp-" + id, Started: true, Healthy: true}

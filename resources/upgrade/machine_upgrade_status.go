@@ -64,6 +64,11 @@ type MachineUpgradeStatusSpec struct {
 	Image string `yaml:"image,omitempty" protobuf:"12"`
 	// Waiting says what the current step waits for (e.g. the etcd gate refusing), when it waits.
 	Waiting string `yaml:"waiting,omitempty" protobuf:"13"`
+	// InstallUnconfirmed says that the install of the lifecycle flow (LifecycleService.Upgrade) may or may not have
+	// reached the machine: the engine restarted inside Installing and did not send it again, since a second install
+	// before the reboot could overwrite the fallback boot entry. The machine's version after the reboot tells: on
+	// the target it is cleared; back on FromVersion the machine installs again, once.
+	InstallUnconfirmed bool `yaml:"installUnconfirmed,omitempty" protobuf:"14"`
 }
 
 // User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),
