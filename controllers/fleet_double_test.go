@@ -367,7 +367,12 @@ func (k fakeKube) Drain(ctx context.Context, name string, timeout time.Duration)
 	k.f.mu.Lock()
 	k.f.calls = append(k.f.calls, fakeCall{name, "Drain", ""})
 	blocks := k.f.drainBlocks[name]
+	hook := k.f.onCall
 	k.f.mu.Unlock()
+
+	if hook != nil {
+		hook(fakeCall{name, "Drain", ""})
+	}
 
 	if !blocks {
 		return nil

@@ -375,13 +375,12 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 	flow, role := run.flow(s), run.role()
 	now := time.Now()
 	s.Waiting, s.PhaseChangedAt = "", now
+	uncordoned := fail == "" && s.Phase == upgrade.MachineUncordoning
 
 	switch {
 	case fail != "" && s.Phase == upgrade.MachineUncordoning:
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, joinFailures(s.Error, fail), now
-	case fail != "" && (mayBeCordoned(flow, role, s.Phase) || s.PreRebootBootID != ""):
-		// A boot ID recorded means the machine got to its reboot step, cordoned; a second install round after an
-		// unconfirmed install is a step before Cordoning with the node still cordoned.
+	case fail != "" && (s.Cordoned || mayBeCordoned(flow, role, s.Phase)):
 		s.Phase, s.Error = upgrade.MachineUncordoning, fail // uncordon the node before failing
 	case fail != "":
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now
@@ -397,6 +396,13 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 		if next == upgrade.MachineDone {
 			s.FinishedAt = now
 		}
+	}
+
+	switch {
+	case uncordoned:
+		s.Cordoned = false
+	case s.Phase == upgrade.MachineCordoning:
+		s.Cordoned = true // recorded before the cordon, like every step
 	}
 
 	if s.Phase == upgrade.MachinePhase(rollout.RebootStep(run.flow(s))) {

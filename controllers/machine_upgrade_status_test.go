@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
@@ -325,6 +326,46 @@ func TestRolloutRevert(t *testing.T) {
 
 	assert.Equal(t, 2, f.count("cp-1", "Reboot"), "cp-1 went to %s and back", v14)
 	assert.Empty(t, f.callsOf("w-2"))
+}
+
+// A machine retargeted while its node is cordoned starts its steps over from the pull; a failure there still
+// uncordons the node before the machine fails.
+func TestRolloutRetargetedCordonedFailure(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 1)
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v13, nil)
+	assertDone(ctx, t, st, v13)
+
+	const other = "v1.13.4"
+
+	f.hook(func(c fakeCall) {
+		if c.Method == "Drain" {
+			f.hook(nil)
+			setTarget(ctx, t, st, other)
+			f.set("w-1", func(n *fakeNode) { n.installFails = true })
+
+			// The drain ends once the cluster's target moved, so the machine sees the new one after it.
+			_, err := st.WatchFor(ctx, upgrade.NewTalosUpgradeStatus("c1").Metadata(), state.WithCondition(func(r resource.Resource) (bool, error) {
+				tus, ok := r.(*upgrade.TalosUpgradeStatus)
+
+				return ok && strings.TrimPrefix(tus.TypedSpec().Target, "v") == strings.TrimPrefix(other, "v"), nil
+			}))
+			assert.NoError(t, err)
+		}
+	})
+
+	setTarget(ctx, t, st, v14)
+
+	rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
+		a.Equal(upgrade.MachineFailed, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
+		a.Equal(other, mus.TypedSpec().ToVersion)
+		a.False(mus.TypedSpec().Cordoned)
+	}, rtestutils.WithNamespace(resources.Namespace))
+
+	assert.False(t, f.get("w-1").cordoned, "the node is uncordoned before the machine fails")
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "PullImage", "Install", "Uncordon"}, f.callsOf("w-1"))
 }
 
 // An engine restart in the middle of the step that reboots resumes it from what it observes: the reboot (or the

@@ -69,6 +69,10 @@ type MachineUpgradeStatusSpec struct {
 	// before the reboot could overwrite the fallback boot entry. The machine's version after the reboot tells: on
 	// the target it is cleared; back on FromVersion the machine installs again, once.
 	InstallUnconfirmed bool `yaml:"installUnconfirmed,omitempty" protobuf:"14"`
+	// Cordoned is set when the upgrade enters Cordoning and cleared once Uncordoning succeeded: a failure while it is
+	// set uncordons the node first, whatever step the failure comes from (a retarget or a second install round can
+	// put a cordoned machine back in a step before Cordoning).
+	Cordoned bool `yaml:"cordoned,omitempty" protobuf:"15"`
 }
 
 // User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),
