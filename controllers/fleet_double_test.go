@@ -45,7 +45,7 @@ type fakeNode struct {
 	name, version, staged, bootID, stage string
 	cp, down, cordoned                   bool
 	rollback, noReturn, etcdUnhealthy    bool
-	installFails                         bool
+	installFails, installBreaks          bool
 	memberID                             uint64
 }
 
@@ -271,6 +271,10 @@ func (t fakeTalos) Install(_ context.Context, node, image string) error {
 		}
 
 		n.staged = versionOf(image)
+
+		if n.installBreaks { // the install happened, but its answer did not arrive
+			return &talos.Error{Node: node, Op: "Install", Kind: talos.KindUnreachable, Err: errors.New("stream broke off")}
+		}
 
 		return nil
 	})

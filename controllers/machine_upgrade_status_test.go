@@ -328,6 +328,23 @@ func TestRolloutRevert(t *testing.T) {
 	assert.Empty(t, f.callsOf("w-2"))
 }
 
+// An install whose answer broke off after it reached the machine is not sent again: the reboot shows it happened.
+func TestRolloutInstallAnswerLost(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 1)
+	f.set("w-1", func(n *fakeNode) { n.installBreaks = true })
+
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, v13, nil)
+	assertDone(ctx, t, st, v13)
+	setTarget(ctx, t, st, v14)
+	assertDone(ctx, t, st, v14)
+
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
+	assert.False(t, machineUpgrade(ctx, t, st, "w-1").InstallUnconfirmed)
+}
+
 // A machine retargeted while its node is cordoned starts its steps over from the pull; a failure there still
 // uncordons the node before the machine fails.
 func TestRolloutRetargetedCordonedFailure(t *testing.T) {

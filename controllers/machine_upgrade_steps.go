@@ -46,10 +46,10 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 		}
 
 		if run.resumed {
-			return run.installUnconfirmed(ctx)
+			return run.installUnconfirmed(ctx, "install step resumed after a restart")
 		}
 
-		return run.talosCall(ctx, "install", func(ctx context.Context, api talos.API) error { return api.Install(ctx, node, s.Image) })
+		return run.installOnce(ctx)
 	case upgrade.MachineCheckingEtcd:
 		return run.waitEtcdGate(ctx)
 	case upgrade.MachineForfeitingLeadership:
@@ -191,8 +191,8 @@ func (run *machineRun) rebootOnce(ctx context.Context, what string, call func(co
 // one as the fallback, so a second install before the reboot could overwrite that fallback too and leave no way
 // back. The step records the doubt instead (InstallUnconfirmed) and passes; the machine's version after the reboot
 // settles it (waitReady).
-func (run *machineRun) installUnconfirmed(ctx context.Context) (string, error) {
-	run.logger.Warn("install step resumed after a restart: not sent again; the version after the reboot shows whether it happened",
+func (run *machineRun) installUnconfirmed(ctx context.Context, why string) (string, error) {
+	run.logger.Warn(why+": the install is not sent again; the version after the reboot shows whether it happened",
 		zap.String("image", run.spec.Image))
 
 	if run.spec.InstallUnconfirmed {
@@ -203,6 +203,24 @@ func (run *machineRun) installUnconfirmed(ctx context.Context) (string, error) {
 	s.InstallUnconfirmed = true
 
 	return "", run.write(ctx, s)
+}
+
+// installOnce sends the lifecycle flow's install, at most once. It first observes the machine, so an unreachable
+// machine is waited for without sending anything; an install whose answer broke off (unreachable) may have reached
+// the machine, so it is not sent again either: the step passes with the doubt recorded, as a resumed one does.
+func (run *machineRun) installOnce(ctx context.Context) (string, error) {
+	return run.retry(ctx, "install", func() (string, error) {
+		if _, err := run.observe(ctx); err != nil {
+			return "", err // not sent: try again
+		}
+
+		fail, err := run.tryTalos(ctx, "install", func(ctx context.Context, api talos.API) error { return api.Install(ctx, run.id, run.spec.Image) })
+		if talos.IsUnreachable(err) && ctx.Err() == nil {
+			return run.installUnconfirmed(ctx, fmt.Sprintf("the install's answer broke off (%v)", err))
+		}
+
+		return fail, err
+	})
 }
 
 // waitReady waits for the machine to come back from its reboot: a new boot ID, on the target version, running and
