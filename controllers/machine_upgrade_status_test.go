@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -345,44 +346,41 @@ func TestRolloutInstallAnswerLost(t *testing.T) {
 	assert.False(t, machineUpgrade(ctx, t, st, "w-1").InstallUnconfirmed)
 }
 
-// A machine retargeted while its node is cordoned starts its steps over from the pull; a failure there still
-// uncordons the node before the machine fails.
-func TestRolloutRetargetedCordonedFailure(t *testing.T) {
+// A machine whose install is staged when the cluster's target moves carries on to its reboot on the staged
+// version, then takes the new target in a round of its own: a second install before the reboot would overwrite
+// the fallback boot entry.
+func TestRolloutRetargetAfterInstall(t *testing.T) {
 	t.Parallel()
+
+	const first = "v1.13.4"
 
 	f := newFakeFleet(v13, 0, 1)
 	ctx, st := startUpgrades(t, f)
 	createUpgradeFleet(ctx, t, st, f, v13, nil)
 	assertDone(ctx, t, st, v13)
 
-	const other = "v1.13.4"
-
 	f.hook(func(c fakeCall) {
 		if c.Method == "Drain" {
 			f.hook(nil)
-			setTarget(ctx, t, st, other)
-			f.set("w-1", func(n *fakeNode) { n.installFails = true })
+			setTarget(ctx, t, st, v14)
 
 			// The drain ends once the cluster's target moved, so the machine sees the new one after it.
 			_, err := st.WatchFor(ctx, upgrade.NewTalosUpgradeStatus("c1").Metadata(), state.WithCondition(func(r resource.Resource) (bool, error) {
 				tus, ok := r.(*upgrade.TalosUpgradeStatus)
 
-				return ok && strings.TrimPrefix(tus.TypedSpec().Target, "v") == strings.TrimPrefix(other, "v"), nil
+				return ok && strings.TrimPrefix(tus.TypedSpec().Target, "v") == strings.TrimPrefix(v14, "v"), nil
 			}))
 			assert.NoError(t, err)
 		}
 	})
 
-	setTarget(ctx, t, st, v14)
+	setTarget(ctx, t, st, first)
+	assertDone(ctx, t, st, v14)
 
-	rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
-		a.Equal(upgrade.MachineFailed, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
-		a.Equal(other, mus.TypedSpec().ToVersion)
-		a.False(mus.TypedSpec().Cordoned)
-	}, rtestutils.WithNamespace(resources.Namespace))
-
-	assert.False(t, f.get("w-1").cordoned, "the node is uncordoned before the machine fails")
-	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "PullImage", "Install", "Uncordon"}, f.callsOf("w-1"))
+	round := []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}
+	assert.Equal(t, append(slices.Clone(round), round...), f.callsOf("w-1"))
+	assert.Equal(t, v14, f.get("w-1").version)
+	assert.False(t, f.get("w-1").cordoned)
 }
 
 // An engine restart in the middle of the step that reboots resumes it from what it observes: the reboot (or the

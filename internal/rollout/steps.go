@@ -152,12 +152,14 @@ func index(flow Flow, role Role, p Phase) (int, error) {
 // in flight (a revert, or a new version), once its current step has finished. newTargetRunning says whether the
 // machine already runs the new target.
 //
-// The rule: a step that reboots (or came after the reboot) is carried to its end with the old target, because
-// the machine comes back on it; the scheduler then takes the machine to the new target like any other. Before
-// the reboot, the machine changes course at once: if nothing on its disk changed it is done when it already runs
-// the new target (uncordoned first if it was cordoned) and otherwise goes on toward the new target; if the old
-// target was already installed to disk (lifecycle flow, from Installing on) it starts over at PullingImage so
-// the new target's installer replaces it. keepOldTarget tells the caller which target next belongs to.
+// The rule: once the old target is on the machine's disk (lifecycle flow, from Installing on) or the machine is
+// rebooting into it (from the reboot on), the upgrade is carried to its end with the old target; the scheduler
+// then takes the machine to the new target like any other. Installing the new target over a staged one before the
+// reboot is what this avoids: Talos' installer picks its slot from the bootloader's default entry, which the first
+// install already flipped to the staged version, so a second install overwrites the slot of the version the
+// machine runs, its fallback (grub's Config.flip in Talos). Before that, the machine changes course at once: it is
+// done when it already runs the new target (uncordoned first if it was cordoned) and otherwise goes on toward the
+// new target. keepOldTarget tells the caller which target next belongs to.
 func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next Phase, keepOldTarget bool, err error) {
 	i, err := index(flow, role, current)
 	if err != nil {
@@ -171,12 +173,10 @@ func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next 
 	switch {
 	case current == PhaseDone:
 		return PhaseDone, false, nil
-	case i >= reboot:
+	case i >= reboot, flow == FlowLifecycle && i >= slices.Index(seq, PhaseInstalling):
 		next, err := Next(flow, role, current)
 
 		return next, true, err
-	case flow == FlowLifecycle && i >= slices.Index(seq, PhaseInstalling):
-		return PhasePullingImage, false, nil
 	case newTargetRunning && i >= cordon:
 		return PhaseUncordoning, false, nil
 	case newTargetRunning:

@@ -85,10 +85,10 @@ func TestRetarget(t *testing.T) {
 		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseQueued, false, rollout.PhaseQueued, false},
 		{rollout.FlowLifecycle, rollout.Worker, rollout.PhasePullingImage, true, rollout.PhaseDone, false},
 		{rollout.FlowLifecycle, rollout.Worker, rollout.PhasePullingImage, false, rollout.PhasePullingImage, false},
-		// The old target is on disk: install the new one over it.
-		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseInstalling, true, rollout.PhasePullingImage, false},
-		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseCheckingEtcd, true, rollout.PhasePullingImage, false},
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseDraining, false, rollout.PhasePullingImage, false},
+		// The old target is on disk: never install another over it before the reboot; finish on it first.
+		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseInstalling, true, rollout.PhaseCheckingEtcd, true},
+		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseCheckingEtcd, true, rollout.PhaseForfeitingLeadership, true},
+		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseDraining, false, rollout.PhaseRebooting, true},
 		// The reboot happened or is happening: finish on the old target first.
 		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseRebooting, true, rollout.PhaseWaitingReady, true},
 		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseWaitingReady, true, rollout.PhaseUncordoning, true},
