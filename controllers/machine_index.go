@@ -52,7 +52,12 @@ func (x *machineIndex) ensure(ctx context.Context, r controller.Reader) error {
 
 // set records machine id in clusterID ("" to forget it); the caller holds mu.
 func (x *machineIndex) set(id, clusterID string) {
-	if old, ok := x.clusterOf[id]; ok {
+	old, ok := x.clusterOf[id]
+	if ok && old == clusterID {
+		return // the usual case: every poll of a machine reports it where it was
+	}
+
+	if ok {
 		x.byCluster[old] = slices.DeleteFunc(x.byCluster[old], func(m string) bool { return m == id })
 		delete(x.clusterOf, id)
 	}
