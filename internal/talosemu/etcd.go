@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,10 @@ type etcdMember interface {
 // memberRemoveTimeout bounds the retries of MemberRemove and MemberAdd, which etcd refuses ("unhealthy cluster")
 // until peers have been connected for about 5 s.
 const memberRemoveTimeout = 30 * time.Second
+
+// memberReadyTimeout bounds the wait for a starting member to be ready; a member that is not is stopped and
+// started again, as Talos restarts its etcd service.
+const memberReadyTimeout = time.Minute
 
 // etcdCluster is the real etcd cluster of one emulated cluster: one embedded member per control-plane node.
 type etcdCluster struct {
@@ -255,9 +260,14 @@ func (m *realMember) start(ctx context.Context) error {
 		return fmt.Errorf("starting etcd member %q: %w", m.name, err)
 	}
 
+	ready := time.NewTimer(memberReadyTimeout)
+	defer ready.Stop()
+
 	select {
 	case <-e.Server.ReadyNotify():
 	case err = <-e.Err():
+	case <-ready.C:
+		err = fmt.Errorf("not ready within %s", memberReadyTimeout)
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
@@ -296,22 +306,39 @@ func (m *realMember) join(ctx context.Context) (string, error) {
 		return m.name + "=" + m.peerURL, nil
 	}
 
-	var resp *clientv3.MemberAddResponse
-
-	err = retryUnhealthy(ctx, func(ctx context.Context) error {
-		resp, err = peer.MemberAdd(ctx, []string{m.peerURL})
-
-		return err
-	})
+	list, err := peer.MemberList(ctx)
 	if err != nil {
-		return "", fmt.Errorf("adding etcd member %q: %w", m.name, err)
+		return "", fmt.Errorf("listing etcd members for %q: %w", m.name, err)
 	}
 
-	parts := make([]string, 0, len(resp.Members))
+	members, self := list.Members, uint64(0)
 
-	for _, member := range resp.Members {
+	for _, member := range members {
+		if slices.Contains(member.PeerURLs, m.peerURL) {
+			self = member.ID // added by an earlier start that did not finish: join as that member
+		}
+	}
+
+	if self == 0 {
+		var resp *clientv3.MemberAddResponse
+
+		err = retryUnhealthy(ctx, func(ctx context.Context) error {
+			resp, err = peer.MemberAdd(ctx, []string{m.peerURL})
+
+			return err
+		})
+		if err != nil {
+			return "", fmt.Errorf("adding etcd member %q: %w", m.name, err)
+		}
+
+		members, self = resp.Members, resp.Member.ID
+	}
+
+	parts := make([]string, 0, len(members))
+
+	for _, member := range members {
 		name := member.Name
-		if member.ID == resp.Member.ID {
+		if member.ID == self {
 			name = m.name
 		}
 

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/siderolabs/talos/pkg/machinery/client"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 )
@@ -28,7 +30,11 @@ func testContext(t *testing.T) context.Context {
 func startFleet(t *testing.T, opts ...talosemu.Option) *talosemu.Fleet {
 	t.Helper()
 
-	fleet, err := talosemu.New(testContext(t), append([]talosemu.Option{talosemu.WithStateDir(t.TempDir())}, opts...)...)
+	// Warnings and errors reach the test log, so a failure shows what the fleet ran into (an etcd member that
+	// would not start, ...).
+	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
+
+	fleet, err := talosemu.New(testContext(t), append([]talosemu.Option{talosemu.WithStateDir(t.TempDir()), talosemu.WithLogger(logger)}, opts...)...)
 	if err != nil {
 		t.Fatalf("starting fleet: %v", err)
 	}

@@ -325,9 +325,11 @@ func (n *Node) rebootSequence(ctx context.Context, wipe bool) error {
 	if n.etcd != nil {
 		joining := n.etcd.id() == 0
 
-		if err := n.etcd.start(ctx); err != nil {
-			n.fleet.logger.Error("starting etcd member", zap.String("node", n.name), zap.Error(err))
-		} else if joining {
+		if err := n.startEtcd(ctx); err != nil {
+			return err
+		}
+
+		if joining {
 			n.fleet.journal.record(Entry{Node: n.name, Event: EventEtcdJoined, MemberID: fmt.Sprintf("%016x", n.etcd.id())})
 		}
 	}
@@ -496,4 +498,23 @@ func (n *Node) validateEtcdForUpgrade(ctx context.Context) error {
 	}
 
 	return nil
+}
+
+// startEtcd starts the node's etcd member, again every second after a failure (a membership change refused for
+// too long, a start that did not get ready), as Talos restarts its etcd service, until ctx ends.
+func (n *Node) startEtcd(ctx context.Context) error {
+	for {
+		err := n.etcd.start(ctx)
+		if err == nil {
+			return nil
+		}
+
+		n.fleet.logger.Error("starting etcd member; trying again", zap.String("node", n.name), zap.Error(err))
+
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
