@@ -380,7 +380,7 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 	switch {
 	case fail != "" && s.Phase == upgrade.MachineUncordoning:
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, joinFailures(s.Error, fail), now
-	case fail != "" && (s.Cordoned || mayBeCordoned(flow, role, s.Phase)):
+	case fail != "" && (s.Cordoned || mayBeCordoned(flow, role, s.Phase)): // the phase, for records older than Cordoned
 		s.Phase, s.Error = upgrade.MachineUncordoning, fail // uncordon the node before failing
 	case fail != "":
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now

@@ -392,12 +392,7 @@ func (f *Fleet) TalosconfigPath() string { return filepath.Join(f.opts.stateDir,
 
 // Talosconfig is a client configuration for the whole fleet: its endpoint, CA and an admin client certificate.
 func (f *Fleet) Talosconfig() *clientconfig.Config {
-	names := make([]string, 0, len(f.order))
-	for _, n := range f.order {
-		names = append(names, n.name)
-	}
-
-	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), names)
+	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), nodeNames(f.order))
 }
 
 // ClusterTalosconfig is a client configuration for one cluster, as a real cluster's talosconfig is: the fleet's
@@ -409,12 +404,17 @@ func (f *Fleet) ClusterTalosconfig(name string) (*clientconfig.Config, error) {
 		return nil, err
 	}
 
-	names := make([]string, 0, len(c.nodes))
-	for _, n := range c.nodes {
+	return f.pki.talosconfig("upshift-emulator-"+name, f.Endpoint(), nodeNames(c.nodes)), nil
+}
+
+// nodeNames lists the names of nodes, in order.
+func nodeNames(nodes []*Node) []string {
+	names := make([]string, 0, len(nodes))
+	for _, n := range nodes {
 		names = append(names, n.name)
 	}
 
-	return f.pki.talosconfig("upshift-emulator-"+name, f.Endpoint(), names), nil
+	return names
 }
 
 // ClientTLSConfig is the TLS configuration a machinery client needs (client.WithTLSConfig) to reach the fleet.
