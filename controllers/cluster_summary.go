@@ -16,15 +16,12 @@ import (
 
 // ClusterSummaryController keeps one ClusterSummary per Cluster: its desired versions and its machines counted by
 // role, with the locked ones listed. Summaries of deleted clusters are removed. A Machine or MachineLock event
-// recomputes only its cluster's summary (through a machine index), so the cost of an event does not grow with the
-// fleet.
-type ClusterSummaryController struct {
-	index *machineIndex
-}
+// recomputes only its cluster's summary, so the cost of an event does not grow with the fleet.
+type ClusterSummaryController struct{}
 
-// NewClusterSummaryController returns the controller with an empty machine index.
+// NewClusterSummaryController returns the controller.
 func NewClusterSummaryController() *ClusterSummaryController {
-	return &ClusterSummaryController{index: newMachineIndex()}
+	return &ClusterSummaryController{}
 }
 
 // Name implements controller.QController.
@@ -38,10 +35,9 @@ func (ctrl *ClusterSummaryController) Settings() controller.QSettings {
 	}
 }
 
-// MapInput implements controller.QController: a Machine or its lock maps to the machine's cluster (both clusters
-// when a machine moves).
+// MapInput implements controller.QController: a Machine or its lock maps to the machine's cluster.
 func (ctrl *ClusterSummaryController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	return ctrl.index.clusters(ctx, r, ptr)
+	return mapToCluster(ctx, r, ptr)
 }
 
 // Reconcile implements controller.QController.
@@ -59,23 +55,13 @@ func (ctrl *ClusterSummaryController) Reconcile(ctx context.Context, _ *zap.Logg
 
 	summary := observe.ClusterSummarySpec{TalosVersion: c.TypedSpec().TalosVersion, KubernetesVersion: c.TypedSpec().KubernetesVersion}
 
-	ids, err := ctrl.index.machines(ctx, r, id)
+	machines, err := clusterMachines(ctx, r, id)
 	if err != nil {
 		return err
 	}
 
-	for _, mid := range ids { // sorted, so Locked is too
-		m, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, mid)
-		if state.IsNotFoundError(err) {
-			continue
-		} else if err != nil {
-			return fmt.Errorf("reading machine %q: %w", mid, err)
-		}
-
-		if m.TypedSpec().Cluster != id {
-			continue // moved; its own event updates the index
-		}
-
+	for _, m := range machines { // sorted, so Locked is too
+		mid := m.Metadata().ID()
 		summary.Machines++
 
 		switch m.TypedSpec().Role {

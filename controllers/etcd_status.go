@@ -25,14 +25,13 @@ import (
 // rollout.EtcdGate). It polls like MachineStatusController; the rollout reads it before starting a control plane,
 // and a control plane's upgrade checks etcd afresh before it leaves.
 type EtcdStatusController struct {
-	conn  Connector
-	cfg   UpgradeConfig
-	index *machineIndex
+	conn Connector
+	cfg  UpgradeConfig
 }
 
 // NewEtcdStatusController returns the controller; conn reaches the control planes.
 func NewEtcdStatusController(conn Connector, cfg UpgradeConfig) *EtcdStatusController {
-	return &EtcdStatusController{conn: conn, cfg: cfg, index: newMachineIndex()}
+	return &EtcdStatusController{conn: conn, cfg: cfg}
 }
 
 // Name implements controller.QController.
@@ -49,7 +48,7 @@ func (ctrl *EtcdStatusController) Settings() controller.QSettings {
 
 // MapInput implements controller.QController.
 func (ctrl *EtcdStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	return ctrl.index.clusters(ctx, r, ptr)
+	return mapToCluster(ctx, r, ptr)
 }
 
 // Reconcile implements controller.QController.
@@ -64,7 +63,7 @@ func (ctrl *EtcdStatusController) Reconcile(ctx context.Context, _ *zap.Logger, 
 		return fmt.Errorf("reading cluster %q: %w", id, err)
 	}
 
-	cps, endpoint, err := controlPlanes(ctx, r, ctrl.index, id)
+	cps, endpoint, err := controlPlanes(ctx, r, id)
 	if err != nil {
 		return err
 	}
@@ -176,52 +175,21 @@ func observeEtcd(ctx context.Context, api talos.Etcd, cps []string) observe.Etcd
 
 	slices.SortFunc(spec.Members, func(a, b observe.EtcdMember) int { return cmp.Compare(a.ID, b.ID) })
 
-	spec.CanLoseMember, spec.Reason = rollout.EtcdCanLoseAny(gateMembers(spec))
+	spec.CanLoseMember, spec.Reason = rollout.ObservedCanLoseAny(spec)
 
 	return spec
 }
 
-func gateMembers(spec observe.EtcdStatusSpec) []rollout.EtcdMember {
-	members := make([]rollout.EtcdMember, 0, len(spec.Members))
-
-	for _, m := range spec.Members {
-		members = append(members, rollout.EtcdMember{ID: m.ID, Name: m.Machine, Started: m.Started, Healthy: m.Healthy, Learner: m.Learner})
-	}
-
-	return members
-}
-
-// etcdGate says whether the control plane machine may leave etcd now, and why not.
-func etcdGate(spec observe.EtcdStatusSpec, machine string) (bool, string) {
-	if spec.Error != "" {
-		return false, "etcd could not be observed: " + spec.Error
-	}
-
-	i := slices.IndexFunc(spec.Members, func(m observe.EtcdMember) bool { return m.Machine == machine })
-	if i < 0 {
-		return false, fmt.Sprintf("machine %s has no etcd member", machine)
-	}
-
-	return rollout.EtcdGate(gateMembers(spec), spec.Members[i].ID)
-}
-
 // controlPlanes lists the control-plane machines of clusterID, sorted, and the endpoint of the first one.
-func controlPlanes(ctx context.Context, r controller.Reader, index *machineIndex, clusterID string) (ids []string, endpoint string, err error) {
-	all, err := index.machines(ctx, r, clusterID)
+func controlPlanes(ctx context.Context, r controller.Reader, clusterID string) (ids []string, endpoint string, err error) {
+	machines, err := clusterMachines(ctx, r, clusterID)
 	if err != nil {
 		return nil, "", err
 	}
 
-	for _, id := range all {
-		m, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
-		if state.IsNotFoundError(err) {
-			continue
-		} else if err != nil {
-			return nil, "", fmt.Errorf("reading machine %q: %w", id, err)
-		}
-
-		if m.TypedSpec().Cluster == clusterID && m.TypedSpec().Role == cluster.RoleControlPlane {
-			ids = append(ids, id)
+	for _, m := range machines {
+		if m.TypedSpec().Role == cluster.RoleControlPlane {
+			ids = append(ids, m.Metadata().ID())
 
 			if endpoint == "" {
 				endpoint = m.TypedSpec().Endpoint

@@ -22,14 +22,13 @@ import (
 // observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
 // holds one worker for that long at most.
 type MachineStatusController struct {
-	conn  Connector
-	cfg   UpgradeConfig
-	index *machineIndex
+	conn Connector
+	cfg  UpgradeConfig
 }
 
 // NewMachineStatusController returns the controller; conn reaches the machines.
 func NewMachineStatusController(conn Connector, cfg UpgradeConfig) *MachineStatusController {
-	return &MachineStatusController{conn: conn, cfg: cfg, index: newMachineIndex()}
+	return &MachineStatusController{conn: conn, cfg: cfg}
 }
 
 // Name implements controller.QController.
@@ -51,7 +50,7 @@ func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger
 		return nil, nil
 	}
 
-	return ctrl.index.pointers(ctx, r, ptr.ID())
+	return machinePointers(ctx, r, ptr.ID())
 }
 
 // Reconcile implements controller.QController.
@@ -61,15 +60,13 @@ func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logge
 		return fmt.Errorf("reading machine %q: %w", ptr.ID(), err)
 	}
 
-	ctrl.index.observe(ptr.ID(), machineCluster(machine))
-
 	if machine == nil {
 		return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
 	}
 
 	if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(ptr.ID()), func(s *observe.MachineStatus) error {
 		ctrl.observe(ctx, r, machine, s.TypedSpec())
-		s.Metadata().Labels().Set(ClusterLabel, s.TypedSpec().Cluster)
+		s.Metadata().Labels().Set(cluster.LabelCluster, s.TypedSpec().Cluster)
 
 		return nil
 	}); err != nil {

@@ -6,8 +6,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/stretchr/testify/assert"
 
-	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 )
 
@@ -30,7 +30,7 @@ func TestMachineStatus(t *testing.T) {
 			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true,
 		}, *s.TypedSpec())
 
-		label, _ := s.Metadata().Labels().Get(controllers.ClusterLabel)
+		label, _ := s.Metadata().Labels().Get(cluster.LabelCluster)
 		a.Equal("c1", label)
 	}, rtestutils.WithNamespace(resources.Namespace))
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -37,8 +36,6 @@ type MachineUpgradeStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
 
-	index *machineIndex // for the etcd gate, which needs the cluster's control planes
-
 	mu       sync.Mutex
 	runs     map[string]*machineRun
 	stopping bool
@@ -47,7 +44,7 @@ type MachineUpgradeStatusController struct {
 
 // NewMachineUpgradeStatusController returns the controller; conn reaches the machines and their nodes.
 func NewMachineUpgradeStatusController(conn Connector, cfg UpgradeConfig) *MachineUpgradeStatusController {
-	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, index: newMachineIndex(), runs: map[string]*machineRun{}}
+	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, runs: map[string]*machineRun{}}
 }
 
 // Name implements controller.QController.
@@ -112,8 +109,6 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 		return fmt.Errorf("reading machine %q: %w", id, err)
 	}
 
-	ctrl.index.observe(id, machineCluster(machine))
-
 	if ctrl.running(id) {
 		return nil
 	}
@@ -133,7 +128,7 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 	run := &machineRun{ctrl: ctrl, r: r, logger: logger.With(zap.String("machine", id)), id: id, machine: *machine.TypedSpec()}
 
 	switch {
-	case current != nil && rollout.Phase(current.Phase).InFlight():
+	case current != nil && current.Phase.InFlight():
 		run.spec, run.resumed = *current, true
 		ctrl.start(ctx, run, run.resume)
 
@@ -145,22 +140,20 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 		return run.record(ctx, queued)
 	}
 
-	hop, admitted, err := admission(ctx, r, machine)
+	way, admitted, err := admission(ctx, r, machine)
 	if err != nil || !admitted {
 		return err
 	}
 
 	if current != nil {
-		startable := current.Phase == upgrade.MachineQueued || current.Phase == "" ||
-			((current.Phase == upgrade.MachineDone || current.Phase == upgrade.MachineFailed) && !sameVersion(current.ToVersion, hop))
-		if !startable {
+		if !way.startable(current) {
 			return nil
 		}
 
-		run.spec.Attempt = current.Attempt
+		run.spec = *current // begin counts the attempt on from it
 	}
 
-	ctrl.start(ctx, run, func(ctx context.Context) { run.begin(ctx, hop) })
+	ctrl.start(ctx, run, func(ctx context.Context) { run.begin(ctx, way) })
 
 	return nil
 }
@@ -169,33 +162,70 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 func retryRequested(machine *cluster.Machine, current *upgrade.MachineUpgradeStatusSpec) bool {
 	v, ok := machine.Metadata().Annotations().Get(upgrade.RetryAnnotation)
 
-	return ok && v == strconv.Itoa(current.Attempt)
+	return ok && v == current.RetryValue()
 }
 
-// admission returns the hop the machine's cluster goes to and whether the rollout admitted the (unlocked) machine.
-func admission(ctx context.Context, r controller.Reader, machine *cluster.Machine) (string, bool, error) {
+// way is the cluster's way to its target as its TalosUpgradeStatus plans it: each machine's upgrade heads to
+// rollout.MachineTarget on it.
+type way struct {
+	plan   []string
+	target string
+}
+
+// wayOf reads the way of the cluster of tus; ok is false while the cluster has no plan (pending or blocked).
+func wayOf(tus *upgrade.TalosUpgradeStatusSpec) (way, bool) {
+	if tus.ToVersion == "" || len(tus.Plan) == 0 {
+		return way{}, false
+	}
+
+	return way{plan: tus.Plan, target: tus.ToVersion}, true
+}
+
+// targetFrom is where an upgrade of a machine running version heads.
+func (w way) targetFrom(version string) string {
+	return rollout.MachineTarget(w.plan, w.target, version)
+}
+
+// startable reports whether an admitted machine whose last upgrade is current may begin a new one: it never had
+// one, a retry queued it, it finished a hop and has another to go, or its failed upgrade is no longer on its way.
+func (w way) startable(current *upgrade.MachineUpgradeStatusSpec) bool {
+	switch current.Phase {
+	case "", upgrade.MachineQueued:
+		return true
+	case upgrade.MachineDone:
+		return rollout.NextHop(w.plan, current.ToVersion) != ""
+	case upgrade.MachineFailed:
+		return !rollout.SameVersion(current.ToVersion, w.targetFrom(current.FromVersion))
+	default:
+		return false
+	}
+}
+
+// admission returns the way of the machine's cluster and whether the rollout admitted the (unlocked) machine.
+func admission(ctx context.Context, r controller.Reader, machine *cluster.Machine) (way, bool, error) {
 	id := machine.Metadata().ID()
 
 	tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, r, machine.TypedSpec().Cluster)
 	if err != nil {
 		if state.IsNotFoundError(err) {
-			return "", false, nil
+			return way{}, false, nil
 		}
 
-		return "", false, fmt.Errorf("reading Talos upgrade status of cluster %q: %w", machine.TypedSpec().Cluster, err)
+		return way{}, false, fmt.Errorf("reading Talos upgrade status of cluster %q: %w", machine.TypedSpec().Cluster, err)
 	}
 
-	if !slices.Contains(tus.TypedSpec().Admitted, id) || tus.TypedSpec().Target == "" {
-		return "", false, nil
+	w, planned := wayOf(tus.TypedSpec())
+	if !planned || !slices.Contains(tus.TypedSpec().Admitted, id) {
+		return way{}, false, nil
 	}
 
 	if _, err = safe.ReaderGetByID[*cluster.MachineLock](ctx, r, id); err == nil {
-		return "", false, nil
+		return way{}, false, nil
 	} else if !state.IsNotFoundError(err) {
-		return "", false, fmt.Errorf("reading lock of machine %q: %w", id, err)
+		return way{}, false, fmt.Errorf("reading lock of machine %q: %w", id, err)
 	}
 
-	return tus.TypedSpec().Target, true, nil
+	return w, true, nil
 }
 
 func (ctrl *MachineUpgradeStatusController) running(id string) bool {
@@ -253,17 +283,24 @@ type machineRun struct {
 	finished bool
 }
 
-// begin starts an admitted machine toward hop: it observes the machine, then records the first step.
-func (run *machineRun) begin(ctx context.Context, hop string) {
+// begin starts an admitted machine on its way: it observes the machine, then records the first step toward the
+// machine's next hop. Attempt counts the tries of one target: a retry of it adds one, a new hop starts at 1.
+func (run *machineRun) begin(ctx context.Context, w way) {
 	now := time.Now()
-	spec := upgrade.MachineUpgradeStatusSpec{
-		Cluster: run.machine.Cluster, ToVersion: hop, Attempt: run.spec.Attempt + 1, StartedAt: now, PhaseChangedAt: now,
-	}
+	last := run.spec
+	spec := upgrade.MachineUpgradeStatusSpec{Cluster: run.machine.Cluster, StartedAt: now, PhaseChangedAt: now}
 	run.spec = spec
 
 	st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 	if err != nil {
 		return
+	}
+
+	hop := w.targetFrom(st.Version)
+	spec.ToVersion, spec.Attempt = hop, 1
+
+	if last.Phase == upgrade.MachineQueued && rollout.SameVersion(last.ToVersion, hop) {
+		spec.Attempt = last.Attempt + 1
 	}
 
 	if fail != "" {
@@ -275,14 +312,14 @@ func (run *machineRun) begin(ctx context.Context, hop string) {
 
 	spec.FromVersion, spec.NodeName, spec.Image = st.Version, nodeName(run.id, st.NodeName), run.image(hop)
 
-	if sameVersion(st.Version, hop) {
+	if rollout.SameVersion(st.Version, hop) {
 		spec.Phase, spec.FinishedAt = upgrade.MachineDone, time.Now()
 		run.finish(ctx, spec)
 
 		return
 	}
 
-	spec.Phase = upgrade.MachinePhase(rollout.Steps(run.flow(spec), run.role())[1])
+	spec.Phase = rollout.Steps(run.flow(spec), run.machine.Role)[1]
 
 	if run.write(ctx, spec) != nil {
 		return
@@ -356,7 +393,7 @@ func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeSta
 // record writes spec once.
 func (run *machineRun) record(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) error {
 	if err := safe.WriterModify(ctx, run.r, upgrade.NewMachineUpgradeStatus(run.id), func(s *upgrade.MachineUpgradeStatus) error {
-		s.Metadata().Labels().Set(ClusterLabel, spec.Cluster)
+		s.Metadata().Labels().Set(cluster.LabelCluster, spec.Cluster)
 		*s.TypedSpec() = spec
 
 		return nil
@@ -372,7 +409,7 @@ func (run *machineRun) record(ctx context.Context, spec upgrade.MachineUpgradeSt
 // advance computes the transition that follows the recorded step, given how it ended (fail is empty on success).
 func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.MachineUpgradeStatusSpec, error) {
 	s := run.spec
-	flow, role := run.flow(s), run.role()
+	flow, role := run.flow(s), run.machine.Role
 	now := time.Now()
 	s.Waiting, s.PhaseChangedAt = "", now
 	uncordoned := fail == "" && s.Phase == upgrade.MachineUncordoning
@@ -405,7 +442,7 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 		s.Cordoned = true // recorded before the cordon, like every step
 	}
 
-	if s.Phase == upgrade.MachinePhase(rollout.RebootStep(run.flow(s))) {
+	if s.Phase == rollout.RebootStep(run.flow(s)) {
 		// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
 		st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 		if err != nil {
@@ -425,30 +462,33 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 }
 
 // nextPhase is the step after the recorded one; when the cluster's target moved while the step ran (a revert or
-// a new version), rollout.Retarget decides, and s may head to the new target.
+// a new version), so that the machine's way now leads elsewhere (rollout.MachineTarget), rollout.Retarget decides,
+// and s may head to the new target. Another machine's progress never retargets this one: each walks its own way.
 func (run *machineRun) nextPhase(ctx context.Context, s *upgrade.MachineUpgradeStatusSpec) (upgrade.MachinePhase, error) {
-	flow, role := run.flow(*s), run.role()
+	flow, role := run.flow(*s), run.machine.Role
 	hop := s.ToVersion
 
-	if tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, run.r, s.Cluster); err == nil && tus.TypedSpec().Target != "" {
-		hop = tus.TypedSpec().Target
-	} else if err != nil && !state.IsNotFoundError(err) {
-		return "", fmt.Errorf("reading Talos upgrade status: %w", err)
+	if tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, run.r, s.Cluster); err == nil {
+		if w, planned := wayOf(tus.TypedSpec()); planned {
+			hop = w.targetFrom(s.FromVersion)
+		}
+	} else if !state.IsNotFoundError(err) {
+		return "", fmt.Errorf("reading Talos upgrade status of cluster %q: %w", s.Cluster, err)
 	}
 
-	retargeted := !sameVersion(hop, s.ToVersion)
+	retargeted := !rollout.SameVersion(hop, s.ToVersion)
 
 	if s.Phase == upgrade.MachineWaitingReady && s.InstallUnconfirmed { // back on FromVersion: see waitReady
 		return run.afterUnconfirmedInstall(s, hop, retargeted), nil
 	}
 
 	if !retargeted {
-		next, err := rollout.Next(flow, role, rollout.Phase(s.Phase))
+		next, err := rollout.Next(flow, role, s.Phase)
 
-		return upgrade.MachinePhase(next), err
+		return next, err
 	}
 
-	next, keepOld, err := rollout.Retarget(flow, role, rollout.Phase(s.Phase), sameVersion(s.FromVersion, hop))
+	next, keepOld, err := rollout.Retarget(flow, role, s.Phase, rollout.SameVersion(s.FromVersion, hop))
 	if err != nil {
 		return "", err
 	}
@@ -457,34 +497,34 @@ func (run *machineRun) nextPhase(ctx context.Context, s *upgrade.MachineUpgradeS
 		next = run.retarget(s, hop, next)
 	}
 
-	return upgrade.MachinePhase(next), nil
+	return next, nil
 }
 
 // afterUnconfirmedInstall is the step after the reboot of a machine whose install was not confirmed and that came
 // back on its old version (rollout.AfterUnconfirmedInstall): it installs again, in a fresh round that sends the
 // install once and says so in Waiting, unless the target moved meanwhile.
 func (run *machineRun) afterUnconfirmedInstall(s *upgrade.MachineUpgradeStatusSpec, hop string, retargeted bool) upgrade.MachinePhase {
-	next, keepOld := rollout.AfterUnconfirmedInstall(retargeted, sameVersion(s.FromVersion, hop))
+	next, keepOld := rollout.AfterUnconfirmedInstall(retargeted, rollout.SameVersion(s.FromVersion, hop))
 	s.InstallUnconfirmed = false
 
 	if !keepOld {
-		return upgrade.MachinePhase(run.retarget(s, hop, next))
+		return run.retarget(s, hop, next)
 	}
 
 	s.Waiting = fmt.Sprintf("install not confirmed before the engine restarted; the machine came back on %s: installing again", s.FromVersion)
 	run.logger.Warn(s.Waiting, zap.String("to", s.ToVersion))
 
-	return upgrade.MachinePhase(next)
+	return next
 }
 
 // retarget takes s to the cluster's new target hop, where rollout decided next; a machine whose install was not
 // confirmed drops that doubt with the old target, whose steps it leaves.
-func (run *machineRun) retarget(s *upgrade.MachineUpgradeStatusSpec, hop string, next rollout.Phase) rollout.Phase {
+func (run *machineRun) retarget(s *upgrade.MachineUpgradeStatusSpec, hop string, next upgrade.MachinePhase) upgrade.MachinePhase {
 	run.logger.Info("machine upgrade retargeted", zap.String("from", s.ToVersion), zap.String("to", hop), zap.String("next", string(next)))
 
 	s.ToVersion, s.Image, s.InstallUnconfirmed = hop, run.image(hop), false
 
-	if steps := rollout.Steps(run.flow(*s), run.role()); next != rollout.PhaseDone && !slices.Contains(steps, next) {
+	if steps := rollout.Steps(run.flow(*s), run.machine.Role); next != upgrade.MachineDone && !slices.Contains(steps, next) {
 		next = steps[1] // the new target changes the flow: start its steps over
 	}
 
@@ -492,11 +532,11 @@ func (run *machineRun) retarget(s *upgrade.MachineUpgradeStatusSpec, hop string,
 }
 
 // mayBeCordoned reports whether the node may be cordoned when phase fails, so it must be uncordoned first.
-func mayBeCordoned(flow rollout.Flow, role rollout.Role, phase upgrade.MachinePhase) bool {
+func mayBeCordoned(flow rollout.Flow, role cluster.Role, phase upgrade.MachinePhase) bool {
 	steps := rollout.Steps(flow, role)
-	i := slices.Index(steps, rollout.Phase(phase))
+	i := slices.Index(steps, phase)
 
-	return i >= slices.Index(steps, rollout.PhaseCordoning)
+	return i >= slices.Index(steps, upgrade.MachineCordoning)
 }
 
 func joinFailures(first, then string) string {
@@ -507,24 +547,9 @@ func joinFailures(first, then string) string {
 	return first + "; then " + then
 }
 
-func (run *machineRun) role() rollout.Role {
-	if run.machine.Role == cluster.RoleControlPlane {
-		return rollout.ControlPlane
-	}
-
-	return rollout.Worker
-}
-
-// flow is the upgrade flow of s: the lifecycle flow when both versions serve it, the legacy one otherwise.
+// flow is the upgrade flow of s.
 func (run *machineRun) flow(s upgrade.MachineUpgradeStatusSpec) rollout.Flow {
-	from, errFrom := versions.Parse(s.FromVersion)
-	to, errTo := versions.Parse(s.ToVersion)
-
-	if errFrom == nil && errTo == nil && !versions.UsesLifecycleFlow(from, to) {
-		return rollout.FlowLegacy
-	}
-
-	return rollout.FlowLifecycle
+	return rollout.FlowOf(s.FromVersion, s.ToVersion)
 }
 
 // image is the installer image of version for this machine: the catalogue's installer tag in the machine's

@@ -3,7 +3,6 @@ package controllers_test
 import (
 	"context"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,8 +235,11 @@ func TestRolloutRolledBack(t *testing.T) {
 func requestRetry(ctx context.Context, t *testing.T, st state.State, machine string, attempt int) {
 	t.Helper()
 
+	failed := machineUpgrade(ctx, t, st, machine)
+	require.Equal(t, attempt, failed.Attempt, "the attempt to retry")
+
 	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine(machine).Metadata(), func(m *cluster.Machine) error {
-		m.Metadata().Annotations().Set(upgrade.RetryAnnotation, strconv.Itoa(attempt))
+		m.Metadata().Annotations().Set(upgrade.RetryAnnotation, failed.RetryValue())
 
 		return nil
 	})

@@ -53,7 +53,7 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 	case upgrade.MachineCheckingEtcd:
 		return run.waitEtcdGate(ctx)
 	case upgrade.MachineForfeitingLeadership:
-		if cps, _, err := controlPlanes(ctx, run.r, run.ctrl.index, run.machine.Cluster); err == nil && len(cps) < 2 {
+		if cps, _, err := controlPlanes(ctx, run.r, run.machine.Cluster); err == nil && len(cps) < 2 {
 			return "", nil // a single member keeps its leadership: there is nobody to hand it to
 		}
 
@@ -234,8 +234,8 @@ func (run *machineRun) waitReady(ctx context.Context) (string, error) {
 	for {
 		st, err := run.observe(ctx)
 		if err == nil && st.BootID != run.spec.PreRebootBootID {
-			onTarget := sameVersion(st.Version, run.spec.ToVersion)
-			if !onTarget && !(run.spec.InstallUnconfirmed && sameVersion(st.Version, run.spec.FromVersion)) {
+			onTarget := rollout.SameVersion(st.Version, run.spec.ToVersion)
+			if !onTarget && !(run.spec.InstallUnconfirmed && rollout.SameVersion(st.Version, run.spec.FromVersion)) {
 				return fmt.Sprintf("%s: the machine came back on %s instead of %s", ReasonRolledBack, st.Version, run.spec.ToVersion), nil
 			}
 
@@ -295,7 +295,7 @@ func (run *machineRun) waitEtcdGate(ctx context.Context) (string, error) {
 }
 
 func (run *machineRun) etcdGate(ctx context.Context) (bool, string) {
-	cps, _, err := controlPlanes(ctx, run.r, run.ctrl.index, run.machine.Cluster)
+	cps, _, err := controlPlanes(ctx, run.r, run.machine.Cluster)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -308,7 +308,9 @@ func (run *machineRun) etcdGate(ctx context.Context) (bool, string) {
 	ctx, cancel := context.WithTimeout(ctx, run.ctrl.cfg.ObserveTimeout)
 	defer cancel()
 
-	return etcdGate(observeEtcd(ctx, api, cps), run.id)
+	etcd := observeEtcd(ctx, api, cps)
+
+	return rollout.ControlPlaneMayLeave(&etcd, run.id)
 }
 
 func (run *machineRun) kube(ctx context.Context) (kube.Nodes, error) {

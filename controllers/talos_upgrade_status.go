@@ -3,8 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -13,34 +12,25 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift/internal/rollout"
-	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
-// ClusterLabel is set on the per-machine outputs (MachineStatus, MachineUpgradeStatus) to the machine's cluster,
-// so users and tools can select one cluster's (`-l upshift.dev/cluster=c1`).
-const ClusterLabel = "upshift.dev/cluster"
-
 // TalosUpgradeStatusController plans and schedules the Talos rollout of every Cluster, and reports it in the
-// cluster's TalosUpgradeStatus. It never calls Talos: it decides from resources, so its decisions are repeatable
-// and survive restarts.
-//
-// Planning (internal/versions): the hops from the machines' versions to the cluster's target, refused with the
-// reason when the target cannot run the cluster's Kubernetes version. Scheduling (rollout.Schedule): control
-// planes first and one at a time, behind the etcd gate; then workers up to the parallelism, counted over the
-// cluster; locked machines skipped and listed; a failed machine halts new starts; a pause too. A machine starts
-// when it is added to TalosUpgradeStatus.Admitted, a durable decision: it holds its slot until
-// MachineUpgradeStatusController has taken it to its end, so no restart can start more machines than allowed.
+// cluster's TalosUpgradeStatus. It never calls Talos: it reads the cluster (ReadClusterView) and runs rollout.Decide,
+// the one home of the rollout's rules, so its decisions are repeatable, survive restarts and are the ones the CLI's
+// dry run shows. A machine starts when it is added to TalosUpgradeStatus.Admitted, a durable decision: it holds its
+// slot until MachineUpgradeStatusController has taken it to its end, so no restart can start more machines than
+// allowed.
 type TalosUpgradeStatusController struct {
-	cfg   UpgradeConfig
-	index *machineIndex
+	cfg UpgradeConfig
+	now func() time.Time
 }
 
 // NewTalosUpgradeStatusController returns the controller.
 func NewTalosUpgradeStatusController(cfg UpgradeConfig) *TalosUpgradeStatusController {
-	return &TalosUpgradeStatusController{cfg: cfg, index: newMachineIndex()}
+	return &TalosUpgradeStatusController{cfg: cfg, now: time.Now}
 }
 
 // Name implements controller.QController.
@@ -58,359 +48,111 @@ func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 
 // MapInput implements controller.QController.
 func (ctrl *TalosUpgradeStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	return ctrl.index.clusters(ctx, r, ptr)
+	return mapToCluster(ctx, r, ptr)
 }
 
 // Reconcile implements controller.QController.
 func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
 	id := ptr.ID()
 
-	c, err := safe.ReaderGetByID[*cluster.Cluster](ctx, r, id)
+	view, err := ReadClusterView(ctx, r, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
 			return destroyIfExists(ctx, r, upgrade.NewTalosUpgradeStatus(id).Metadata())
 		}
 
-		return fmt.Errorf("reading cluster %q: %w", id, err)
-	}
-
-	ids, err := ctrl.index.machines(ctx, r, id)
-	if err != nil {
 		return err
 	}
 
-	machines, err := readClusterView(ctx, r, id, ids)
-	if err != nil {
-		return err
-	}
+	view.Now = ctrl.now()
 
-	var etcd *observe.EtcdStatusSpec
-
-	if e, err := safe.ReaderGetByID[*observe.EtcdStatus](ctx, r, id); err == nil {
-		etcd = e.TypedSpec()
-	} else if !state.IsNotFoundError(err) {
-		return fmt.Errorf("reading etcd status of cluster %q: %w", id, err)
-	}
+	var recheck time.Duration
 
 	if err = safe.WriterModify(ctx, r, upgrade.NewTalosUpgradeStatus(id), func(s *upgrade.TalosUpgradeStatus) error {
-		*s.TypedSpec() = Decide(ctrl.cfg.Catalogue, c.TypedSpec(), machines, etcd, s.TypedSpec().DeepCopy())
+		*s.TypedSpec(), recheck = rollout.Decide(ctrl.cfg.policy(), view, s.TypedSpec().DeepCopy())
 
 		return nil
 	}); err != nil {
 		return fmt.Errorf("writing Talos upgrade status of cluster %q: %w", id, err)
 	}
 
+	if recheck > 0 {
+		return controller.NewRequeueInterval(recheck)
+	}
+
 	return nil
 }
 
-// MachineView is what the rollout knows of one machine of the cluster.
-type MachineView struct {
-	ID     string
-	Role   cluster.Role
-	Locked bool
-	// SkipVersion is the value of the machine's upgrade.SkipAnnotation.
-	SkipVersion string
-	// Status is the last observation; nil before the first.
-	Status *observe.MachineStatusSpec
-	// Upgrade is the machine's current or last upgrade; nil when it never had one.
-	Upgrade *upgrade.MachineUpgradeStatusSpec
-}
-
-// Version is the Talos version the machine runs: the one its finished upgrade verified, else the observed one.
-func (m MachineView) Version() string {
-	if m.Upgrade != nil && m.Upgrade.Phase == upgrade.MachineDone {
-		return m.Upgrade.ToVersion
-	}
-
-	if m.Status != nil {
-		return m.Status.TalosVersion
-	}
-
-	return ""
-}
-
-// readClusterView reads the machines ids of clusterID with their lock, observation and upgrade.
-func readClusterView(ctx context.Context, r controller.Reader, clusterID string, ids []string) ([]MachineView, error) {
-	out := make([]MachineView, 0, len(ids))
-
-	for _, id := range ids {
-		m, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
-		if state.IsNotFoundError(err) {
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("reading machine %q: %w", id, err)
-		}
-
-		if m.TypedSpec().Cluster != clusterID {
-			continue
-		}
-
-		skip, _ := m.Metadata().Annotations().Get(upgrade.SkipAnnotation)
-		view := MachineView{ID: id, Role: m.TypedSpec().Role, SkipVersion: skip}
-
-		if _, err = safe.ReaderGetByID[*cluster.MachineLock](ctx, r, id); err == nil {
-			view.Locked = true
-		} else if !state.IsNotFoundError(err) {
-			return nil, fmt.Errorf("reading lock of machine %q: %w", id, err)
-		}
-
-		if st, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
-			view.Status = st.TypedSpec()
-		} else if !state.IsNotFoundError(err) {
-			return nil, fmt.Errorf("reading status of machine %q: %w", id, err)
-		}
-
-		if u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {
-			view.Upgrade = u.TypedSpec()
-		} else if !state.IsNotFoundError(err) {
-			return nil, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
-		}
-
-		out = append(out, view)
-	}
-
-	return out, nil
-}
-
-// Decide computes a cluster's TalosUpgradeStatus from what the rollout knows, given the previous one (whose Plan,
-// Admitted and revert state it carries on). It is pure: no I/O, no clock.
-func Decide(catalogue *versions.Catalogue, c *cluster.ClusterSpec, machines []MachineView, etcd *observe.EtcdStatusSpec, prev upgrade.TalosUpgradeStatusSpec) upgrade.TalosUpgradeStatusSpec {
-	next := prev
-	target := c.TalosVersion
-
-	hosts, unobserved := make([]string, 0, len(machines)), []string(nil)
-
-	for _, m := range machines {
-		if v := m.Version(); v != "" {
-			hosts = append(hosts, v)
-		} else {
-			unobserved = append(unobserved, m.ID)
-		}
-	}
-
-	if len(machines) == 0 || len(unobserved) > 0 {
-		next.Phase, next.ToVersion = upgrade.PhasePending, target
-		next.Reason = "waiting for the machines to be observed: " + strings.Join(unobserved, ", ")
-
-		if len(machines) == 0 {
-			next.Reason = "the cluster has no observed machine yet"
-		}
-
-		return next
-	}
-
-	next.AvailableVersions = availableVersions(catalogue, hosts, c.KubernetesVersion)
-
-	if !sameVersion(prev.ToVersion, target) || len(prev.Plan) == 0 || prev.Phase == upgrade.PhaseDone {
-		plan, err := catalogue.Plan(hosts, c.KubernetesVersion, target)
-		if err != nil {
-			next.Phase, next.ToVersion, next.Error, next.Reason = upgrade.PhaseBlocked, target, err.Error(), ""
-			next.Plan, next.Target, next.Admitted, next.Current, next.FailedMachine = nil, "", nil, nil, ""
-
-			return next
-		}
-
-		next.Reverting = !sameVersion(prev.ToVersion, target) && prev.Phase != upgrade.PhaseDone && prev.ToVersion != "" &&
-			sameVersion(prev.FromVersion, target)
-
-		next.FromVersion = joinReleases(plan.From)
-		if next.Reverting {
-			next.FromVersion = prev.ToVersion
-		}
-
-		next.ToVersion, next.Direction, next.Plan = target, plan.Direction.String(), nil
-		for _, hop := range plan.Hops {
-			next.Plan = append(next.Plan, hop.Version.Tag())
-		}
-	}
-
-	hop := currentHop(next.Plan, machines, target)
-	if !sameVersion(hop, next.Target) {
-		next.Admitted = nil // pending starts were toward the previous hop
-	}
-
-	next.Target = hop
-
-	return schedule(c, machines, etcd, next)
-}
-
-// schedule runs the rollout rules for the current hop and fills in the phase and progress.
-func schedule(c *cluster.ClusterSpec, machines []MachineView, etcd *observe.EtcdStatusSpec, next upgrade.TalosUpgradeStatusSpec) upgrade.TalosUpgradeStatusSpec {
-	hop := next.Target
-	leader := ""
-
-	if etcd != nil {
-		for _, m := range etcd.Members {
-			if m.ID == etcd.Leader {
-				leader = m.Machine
-			}
-		}
-	}
-
-	var (
-		in       = rollout.Input{Target: hop, Paused: c.Paused}
-		admitted []string
-		blocked  string
-		started  bool
-	)
-
-	if p, err := cluster.ParseParallelism(c.Parallelism); err == nil {
-		in.Parallelism = p
-	}
-
-	for _, m := range machines {
-		rm := rollout.Machine{
-			ID: m.ID, Role: rollout.Worker, Locked: m.Locked, EtcdLeader: m.ID == leader, Version: m.Version(),
-			Skipped: m.SkipVersion != "" && sameVersion(m.SkipVersion, next.ToVersion),
-		}
-
-		if m.Role == cluster.RoleControlPlane {
-			rm.Role = rollout.ControlPlane
-		}
-
-		if u := m.Upgrade; u != nil {
-			rm.Phase, rm.PhaseTarget = rollout.Phase(u.Phase), u.ToVersion
-			started = started || sameVersion(u.ToVersion, hop)
-
-			if u.Phase == upgrade.MachineCheckingEtcd && u.Waiting != "" {
-				blocked = m.ID + ": " + u.Waiting
-			}
-		}
-
-		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, hop) {
-			// Admitted but not yet taken up by its controller: it holds its slot already.
-			rm.Phase, rm.PhaseTarget = rollout.PhasePullingImage, hop
-			admitted = append(admitted, m.ID)
-		}
-
-		in.Machines = append(in.Machines, rm)
-	}
-
-	d := rollout.Schedule(in)
-
-	for _, id := range d.Start {
-		if i := slices.IndexFunc(machines, func(m MachineView) bool { return m.ID == id }); machines[i].Role == cluster.RoleControlPlane {
-			if ok, reason := controlPlaneMayLeave(etcd, id); !ok {
-				blocked = fmt.Sprintf("control plane %s waits for etcd: %s", id, reason)
-
-				continue
-			}
-		}
-
-		admitted = append(admitted, id)
-	}
-
-	slices.Sort(admitted)
-
-	current := append(slices.Clone(d.InFlight), admitted...)
-	slices.Sort(current)
-
-	next.Admitted, next.Current = admitted, slices.Compact(current)
-	next.Done, next.Total, next.WaitingOnLock, next.Reason = d.Finished, d.Total, d.WaitingOnLock, d.Reason
-	next.Error, next.FailedMachine = "", ""
-
-	switch {
-	case d.Done && (len(next.Plan) == 0 || sameVersion(hop, next.Plan[len(next.Plan)-1])):
-		next.Phase, next.Admitted, next.Current, next.Reason, next.Reverting = upgrade.PhaseDone, nil, nil, "", false
-	case len(d.Failed) > 0:
-		next.Phase, next.FailedMachine = upgrade.PhaseFailed, d.Failed[0]
-		next.Error = d.Failed[0] + ": " + failure(machines, d.Failed[0])
-	case c.Paused:
-		next.Phase = upgrade.PhasePaused
-	case blocked != "":
-		next.Phase, next.Error = upgrade.PhaseBlocked, blocked
-	case next.Reverting:
-		next.Phase = upgrade.PhaseReverting
-	case len(next.Current) == 0 && !started && d.Finished < d.Total:
-		next.Phase = upgrade.PhasePending
-	default:
-		next.Phase = upgrade.PhaseUpgrading
-	}
-
-	return next
-}
-
-// pendingStart reports whether an admitted machine has not been taken up toward hop yet.
-func pendingStart(m MachineView, hop string) bool {
-	if m.Locked || sameVersion(m.Version(), hop) {
-		return false
-	}
-
-	u := m.Upgrade
-
-	switch {
-	case u == nil, u.Phase == upgrade.MachineQueued:
-		return true
-	case u.Phase == upgrade.MachineDone, u.Phase == upgrade.MachineFailed:
-		return !sameVersion(u.ToVersion, hop)
-	default:
-		return false
-	}
-}
-
-func controlPlaneMayLeave(etcd *observe.EtcdStatusSpec, machine string) (bool, string) {
-	if etcd == nil {
-		return false, "etcd has not been observed yet"
-	}
-
-	return etcdGate(*etcd, machine)
-}
-
-func failure(machines []MachineView, id string) string {
-	for _, m := range machines {
-		if m.ID == id && m.Upgrade != nil {
-			return m.Upgrade.Error
-		}
-	}
-
-	return "failed"
-}
-
-// currentHop is the first hop of plan that some machine (not skipped) has not reached yet; the last hop once all
-// have; target when there is no plan.
-func currentHop(plan []string, machines []MachineView, target string) string {
-	if len(plan) == 0 {
-		return target
-	}
-
-	hop := len(plan) - 1
-
-	for _, m := range machines {
-		if m.SkipVersion != "" && sameVersion(m.SkipVersion, target) {
-			continue
-		}
-
-		reached := slices.IndexFunc(plan, func(v string) bool { return sameVersion(v, m.Version()) })
-		hop = min(hop, reached+1)
-	}
-
-	return plan[hop]
-}
-
-func availableVersions(catalogue *versions.Catalogue, hosts []string, kubernetes string) []string {
-	choices, err := catalogue.Choices(hosts, kubernetes)
+// ReadClusterView reads what rollout.Decide decides from for cluster id: the cluster, its machines (a label query)
+// with their locks, observations and upgrades, the machines observed in it, and its etcd. The error is a not-found
+// one when the cluster is gone. The CLI's dry run reads the same view over the API.
+func ReadClusterView(ctx context.Context, r controller.Reader, id string) (rollout.ClusterView, error) {
+	c, err := safe.ReaderGetByID[*cluster.Cluster](ctx, r, id)
 	if err != nil {
-		return nil
+		if state.IsNotFoundError(err) {
+			return rollout.ClusterView{}, err
+		}
+
+		return rollout.ClusterView{}, fmt.Errorf("reading cluster %q: %w", id, err)
 	}
 
-	out := make([]string, 0, len(choices))
-	for _, choice := range choices {
-		out = append(out, choice.Release.Version.Tag())
+	view := rollout.ClusterView{Cluster: c.TypedSpec()}
+
+	machines, err := clusterMachines(ctx, r, id)
+	if err != nil {
+		return view, err
 	}
 
-	return out
+	for _, m := range machines {
+		mv, err := readMachineView(ctx, r, m)
+		if err != nil {
+			return view, err
+		}
+
+		view.Machines = append(view.Machines, mv)
+	}
+
+	observed, err := safe.ReaderListAll[*observe.MachineStatus](ctx, r, state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
+	if err != nil {
+		return view, fmt.Errorf("listing machine observations of cluster %q: %w", id, err)
+	}
+
+	for st := range observed.All() {
+		view.Observed = append(view.Observed, st.Metadata().ID())
+	}
+
+	if e, err := safe.ReaderGetByID[*observe.EtcdStatus](ctx, r, id); err == nil {
+		view.Etcd = e.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return view, fmt.Errorf("reading etcd status of cluster %q: %w", id, err)
+	}
+
+	return view, nil
 }
 
-func joinReleases(vs []versions.Version) string {
-	out := make([]string, 0, len(vs))
-	for _, v := range vs {
-		out = append(out, v.Tag())
+// readMachineView reads machine m with its lock, observation and upgrade.
+func readMachineView(ctx context.Context, r controller.Reader, m *cluster.Machine) (rollout.MachineView, error) {
+	id := m.Metadata().ID()
+	skip, _ := m.Metadata().Annotations().Get(upgrade.SkipAnnotation)
+	view := rollout.MachineView{ID: id, Role: m.TypedSpec().Role, SkipVersion: skip}
+
+	if _, err := safe.ReaderGetByID[*cluster.MachineLock](ctx, r, id); err == nil {
+		view.Locked = true
+	} else if !state.IsNotFoundError(err) {
+		return view, fmt.Errorf("reading lock of machine %q: %w", id, err)
 	}
 
-	return strings.Join(out, ",")
-}
+	if st, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
+		view.Status = st.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return view, fmt.Errorf("reading status of machine %q: %w", id, err)
+	}
 
-// sameVersion compares versions as Talos writes them, with or without the leading "v".
-func sameVersion(a, b string) bool {
-	return strings.TrimPrefix(a, "v") == strings.TrimPrefix(b, "v")
+	if u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {
+		view.Upgrade = u.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return view, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
+	}
+
+	return view, nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/siderolabs/gen/optional"
 
+	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources"
 )
@@ -36,6 +37,7 @@ type UpgradeConfig struct {
 	RetryDelay     time.Duration
 	Concurrency    uint
 	Catalogue      *versions.Catalogue
+	EtcdGrace      time.Duration
 }
 
 // UpgradeOption changes an UpgradeConfig.
@@ -71,6 +73,12 @@ func WithConcurrency(n uint) UpgradeOption {
 	return func(c *UpgradeConfig) { c.Concurrency = max(n, 1) }
 }
 
+// WithEtcdGrace sets how long the rollout waits on the etcd gate before it calls the cluster Blocked
+// (rollout.DefaultEtcdGrace).
+func WithEtcdGrace(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.EtcdGrace = d }
+}
+
 // WithCatalogue sets the Talos releases upgrades may go to or through (versions.Shipped by default).
 func WithCatalogue(catalogue *versions.Catalogue) UpgradeOption {
 	return func(c *UpgradeConfig) { c.Catalogue = catalogue }
@@ -85,6 +93,7 @@ func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 		RebootTimeout:  DefaultRebootTimeout,
 		RetryDelay:     DefaultRetryDelay,
 		Concurrency:    DefaultConcurrency,
+		EtcdGrace:      rollout.DefaultEtcdGrace,
 	}
 
 	for _, opt := range opts {
@@ -96,6 +105,11 @@ func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 	}
 
 	return c
+}
+
+// policy is the engine's side of the rollout's decisions.
+func (c UpgradeConfig) policy() rollout.Policy {
+	return rollout.Policy{Catalogue: c.Catalogue, EtcdGrace: c.EtcdGrace}
 }
 
 func (c UpgradeConfig) concurrency() optional.Optional[uint] { return optional.Some(c.Concurrency) }

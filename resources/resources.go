@@ -36,6 +36,13 @@ type Validator interface {
 	Validate(ctx context.Context, md *resource.Metadata, st Getter) error
 }
 
+// Labeller is implemented by the spec of an input type some of whose fields are also kept as labels, so that
+// controllers and users select by them with a label query (a cluster's Machines by upshift.dev/cluster). The
+// validating state sets them on every write, so no writer can forget them or let them drift from the spec.
+type Labeller interface {
+	Labels() map[string]string
+}
+
 // Violation is one problem with one field of a resource, worded for the user who wrote it.
 type Violation struct {
 	// Field is the path of the field, e.g. "spec.talosVersion".

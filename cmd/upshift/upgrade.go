@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -258,7 +257,7 @@ func upgradePauseCmd(verb string, paused bool) *cobra.Command {
 type machineAction struct {
 	use, short, machineHelp, verb string
 	machineRequired               bool
-	annotation                    func(*upgrade.MachineUpgradeStatusSpec) (key, value string)
+	annotation                    func(*clusterView, *upgrade.MachineUpgradeStatusSpec) (key, value string)
 }
 
 func upgradeRetryCmd() *cobra.Command {
@@ -267,8 +266,8 @@ func upgradeRetryCmd() *cobra.Command {
 		short:       "Retry the failed machine upgrades of a cluster (or one of them), from the beginning",
 		machineHelp: "retry only this machine",
 		verb:        "retrying",
-		annotation: func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
-			return upgrade.RetryAnnotation, strconv.Itoa(u.Attempt)
+		annotation: func(_ *clusterView, u *upgrade.MachineUpgradeStatusSpec) (string, string) {
+			return upgrade.RetryAnnotation, u.RetryValue()
 		},
 	})
 }
@@ -276,12 +275,13 @@ func upgradeRetryCmd() *cobra.Command {
 func upgradeSkipCmd() *cobra.Command {
 	return machineActionCmd(machineAction{
 		use:             "skip CLUSTER --machine M",
-		short:           "Leave a machine out of the cluster's current Talos rollout, so a failure of it no longer halts the others",
+		short:           "Leave a machine out of the cluster's Talos upgrade (every hop of it), so the others go on and the upgrade can finish",
 		machineHelp:     "the machine to skip (required)",
 		verb:            "skipping",
 		machineRequired: true,
-		annotation: func(u *upgrade.MachineUpgradeStatusSpec) (string, string) {
-			return upgrade.SkipAnnotation, u.ToVersion
+		annotation: func(view *clusterView, _ *upgrade.MachineUpgradeStatusSpec) (string, string) {
+			// The cluster's target, not the hop the machine was on: skip leaves the machine out of the whole upgrade.
+			return upgrade.SkipAnnotation, view.cluster.TypedSpec().TalosVersion
 		},
 	})
 }
@@ -310,7 +310,7 @@ func machineActionCmd(action machineAction) *cobra.Command {
 // annotateFailed puts the annotation that annotation computes on the Machine of every failed upgrade of the
 // cluster (or only machine's, failed or not, when named): the controllers act on it.
 func annotateFailed(ctx context.Context, st state.State, w io.Writer, clusterID, machine, verb string,
-	annotation func(*upgrade.MachineUpgradeStatusSpec) (key, value string),
+	annotation func(*clusterView, *upgrade.MachineUpgradeStatusSpec) (key, value string),
 ) error {
 	view, err := loadCluster(ctx, st, clusterID)
 	if err != nil {
@@ -343,7 +343,7 @@ func annotateFailed(ctx context.Context, st state.State, w io.Writer, clusterID,
 	}
 
 	for _, id := range targets {
-		key, value := annotation(view.upgrades[id].TypedSpec())
+		key, value := annotation(view, view.upgrades[id].TypedSpec())
 
 		if _, err = safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine(id).Metadata(), func(m *cluster.Machine) error {
 			m.Metadata().Annotations().Set(key, value)

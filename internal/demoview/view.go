@@ -17,7 +17,6 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 
 	"github.com/upshift-io/upshift/internal/rollout"
-	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -234,7 +233,7 @@ func (m *machineState) progress() (done, total int) {
 		return 0, 0
 	}
 
-	steps := rollout.Steps(flowOf(m.upgrade), roleOf(m.role))
+	steps := rollout.Steps(rollout.FlowOf(m.upgrade.FromVersion, m.upgrade.ToVersion), m.role)
 	total = len(steps) - 1
 
 	phase := m.upgrade.Phase
@@ -242,7 +241,7 @@ func (m *machineState) progress() (done, total int) {
 		phase = m.failedAt
 	}
 
-	if i := slices.Index(steps, rollout.Phase(phase)); i >= 0 {
+	if i := slices.Index(steps, phase); i >= 0 {
 		return i, total
 	}
 
@@ -256,25 +255,6 @@ func (m *machineState) version() string {
 	}
 
 	return m.status.TalosVersion
-}
-
-func flowOf(u *upgrade.MachineUpgradeStatusSpec) rollout.Flow {
-	from, errFrom := versions.Parse(u.FromVersion)
-	to, errTo := versions.Parse(u.ToVersion)
-
-	if errFrom == nil && errTo == nil && !versions.UsesLifecycleFlow(from, to) {
-		return rollout.FlowLegacy
-	}
-
-	return rollout.FlowLifecycle
-}
-
-func roleOf(r cluster.Role) rollout.Role {
-	if r == cluster.RoleControlPlane {
-		return rollout.ControlPlane
-	}
-
-	return rollout.Worker
 }
 
 // clusterIDs are the clusters in name order.

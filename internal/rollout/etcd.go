@@ -2,7 +2,10 @@ package rollout
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+
+	"github.com/upshift-io/upshift/resources/observe"
 )
 
 // EtcdMember is what the etcd gate needs to know about one member of a cluster's etcd.
@@ -109,4 +112,39 @@ func EtcdCanLoseAny(members []EtcdMember) (safe bool, reason string) {
 	}
 
 	return true, ""
+}
+
+// membersOf turns an observed etcd into the gate's members.
+func membersOf(spec observe.EtcdStatusSpec) []EtcdMember {
+	members := make([]EtcdMember, 0, len(spec.Members))
+
+	for _, m := range spec.Members {
+		members = append(members, EtcdMember{ID: m.ID, Name: m.Machine, Started: m.Started, Healthy: m.Healthy, Learner: m.Learner})
+	}
+
+	return members
+}
+
+// ObservedCanLoseAny is EtcdCanLoseAny for an observed etcd: what EtcdStatus reports as CanLoseMember.
+func ObservedCanLoseAny(spec observe.EtcdStatusSpec) (safe bool, reason string) {
+	return EtcdCanLoseAny(membersOf(spec))
+}
+
+// ControlPlaneMayLeave is the etcd gate for the control plane machine given the cluster's observed etcd (nil
+// before the first observation): the scheduler asks it before admitting the machine and the machine's
+// CheckingEtcd step asks it again, afresh, before it leaves.
+func ControlPlaneMayLeave(etcd *observe.EtcdStatusSpec, machine string) (safe bool, reason string) {
+	switch {
+	case etcd == nil:
+		return false, "etcd has not been observed yet"
+	case etcd.Error != "":
+		return false, "etcd could not be observed: " + etcd.Error
+	}
+
+	i := slices.IndexFunc(etcd.Members, func(m observe.EtcdMember) bool { return m.Machine == machine })
+	if i < 0 {
+		return false, fmt.Sprintf("machine %s has no etcd member", machine)
+	}
+
+	return EtcdGate(membersOf(*etcd), etcd.Members[i].ID)
 }

@@ -4,20 +4,23 @@ import (
 	"fmt"
 
 	"github.com/upshift-io/upshift/internal/rollout"
+	"github.com/upshift-io/upshift/resources/cluster"
 )
 
 // A cluster whose control planes are done: two workers start (parallelism 2), the locked one waits without
 // holding a slot.
 func ExampleSchedule() {
+	parallelism, _ := cluster.ParseParallelism("2")
+
 	d := rollout.Schedule(rollout.Input{
 		Target:      "1.14.1",
-		Parallelism: rollout.Count(2),
+		Parallelism: parallelism,
 		Machines: []rollout.Machine{
-			{ID: "c1-cp-1", Role: rollout.ControlPlane, Version: "1.14.1"},
-			{ID: "c1-w-1", Role: rollout.Worker, Version: "1.13.4", Locked: true},
-			{ID: "c1-w-2", Role: rollout.Worker, Version: "1.13.4"},
-			{ID: "c1-w-3", Role: rollout.Worker, Version: "1.13.4"},
-			{ID: "c1-w-4", Role: rollout.Worker, Version: "1.13.4"},
+			{ID: "c1-cp-1", Role: cluster.RoleControlPlane, Version: "1.14.1"},
+			{ID: "c1-w-1", Role: cluster.RoleWorker, Version: "1.13.4", Locked: true},
+			{ID: "c1-w-2", Role: cluster.RoleWorker, Version: "1.13.4"},
+			{ID: "c1-w-3", Role: cluster.RoleWorker, Version: "1.13.4"},
+			{ID: "c1-w-4", Role: cluster.RoleWorker, Version: "1.13.4"},
 		},
 	})
 
@@ -30,7 +33,7 @@ func ExampleSchedule() {
 // The steps of a control plane on Talos < 1.13: the engine checks etcd, cordons and drains before the legacy
 // upgrade call, which installs and reboots in one go.
 func ExampleSteps() {
-	fmt.Println(rollout.Steps(rollout.FlowLegacy, rollout.ControlPlane))
+	fmt.Println(rollout.Steps(rollout.FlowLegacy, cluster.RoleControlPlane))
 	fmt.Println("reboots in:", rollout.RebootStep(rollout.FlowLegacy))
 
 	// Output:

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 // Machine is one machine of a cluster as the scheduler sees it.
@@ -12,7 +15,7 @@ type Machine struct {
 	// ID names the machine (also its Talos and Kubernetes node name in the emulator).
 	ID string
 	// Role decides the order: control planes first, strictly one at a time.
-	Role Role
+	Role cluster.Role
 	// Locked machines are skipped: they neither start nor hold a slot, and are picked up once unlocked.
 	Locked bool
 	// Skipped machines were left out of this rollout by a user (`upgrade skip`); they count as finished.
@@ -23,47 +26,56 @@ type Machine struct {
 	// Version is the Talos version the machine runs now.
 	Version string
 	// Phase is the phase of the machine's current or last upgrade; empty when it never had one.
-	Phase Phase
-	// PhaseTarget is the version that upgrade heads to; when it differs from the cluster's target, an in-flight
-	// machine must follow Retarget and a failed one no longer halts the rollout.
-	PhaseTarget string
+	Phase upgrade.MachinePhase
+	// From is the version that upgrade started from, PhaseTarget the version it heads to. When PhaseTarget is no
+	// longer MachineTarget(plan, target, From) the cluster's target moved: an in-flight machine follows Retarget
+	// and a failed one no longer halts the rollout.
+	From, PhaseTarget string
 }
 
 // Input is everything the scheduler decides from.
 type Input struct {
 	// Machines are all the cluster's machines, in any order.
 	Machines []Machine
-	// Target is the version the cluster goes to now (the current hop of the plan).
+	// Plan lists the versions the cluster goes through, intermediate hops first and Target last; empty means
+	// Target alone.
+	Plan []string
+	// Target is the version the cluster goes to.
 	Target string
-	// Final is the version the plan ends on when Target is an intermediate hop: machines already on it are
-	// finished and never taken through the hop. Empty means Target.
-	Final string
-	// Parallelism limits the workers in flight; nil means one at a time.
-	Parallelism Parallelism
+	// Parallelism limits the workers in flight; its zero value means one at a time.
+	Parallelism cluster.Parallelism
 	// Paused stops new starts; machines in flight finish their sequence.
 	Paused bool
 }
 
 // Decision is what the scheduler concluded for one cluster.
 type Decision struct {
-	// Start lists the machines to start now, in order.
+	// Hop is the hop of the plan that machines start toward now: the earliest one that a machine free to start
+	// (not locked, skipped, finished or in flight) still needs; Target when none does.
+	Hop string
+	// Start lists the machines to start now, in order; each goes to its NextHop, which is Hop.
 	Start []string
 	// InFlight lists the machines holding a slot.
 	InFlight []string
-	// Retarget lists the in-flight machines whose upgrade heads to another version than the target; their
-	// controller applies Retarget after the current step.
+	// Retarget lists the in-flight machines whose upgrade heads to another version than their way to the target
+	// now leads; their controller applies Retarget after the current step.
 	Retarget []string
 	// WaitingOnLock lists the locked machines that still need the target.
 	WaitingOnLock []string
-	// Failed lists the machines whose upgrade to the target failed; while any is listed nothing new starts.
+	// Skipped lists the machines a user left out of this rollout.
+	Skipped []string
+	// Failed lists the machines whose upgrade failed on their way to the target; while any is listed nothing new
+	// starts.
 	Failed []string
-	// Finished counts the machines on the target or the final version (or skipped) with nothing in flight;
-	// Total counts all.
+	// Finished counts the machines on the target (or skipped) with nothing in flight; Total counts all.
 	Finished, Total int
 	// WorkerSlots is the number of workers allowed in flight, from Parallelism (1 to the number of workers).
 	WorkerSlots int
 	// Done is true when every machine has finished.
 	Done bool
+	// OnlyLocks is true when nothing is in flight or can start and the rollout is not done only because of
+	// locked machines: the rollout cannot go on until a user unlocks them.
+	OnlyLocks bool
 	// Reason says, when nothing starts and the rollout is not done, what it waits for.
 	Reason string
 }
@@ -78,15 +90,33 @@ const (
 	stateCandidate
 )
 
-func classify(m Machine, target, final string) machineState {
-	retargeted := !sameVersion(m.PhaseTarget, target)
+// plan is the scheduler's view of the way to the target.
+type plan struct {
+	hops   []string
+	target string
+}
 
+func newPlan(in Input) plan {
+	hops := in.Plan
+	if len(hops) == 0 {
+		hops = []string{in.Target}
+	}
+
+	return plan{hops: hops, target: hops[len(hops)-1]}
+}
+
+// retargeted reports whether m's upgrade heads elsewhere than its way to the target now leads.
+func (p plan) retargeted(m Machine) bool {
+	return !SameVersion(m.PhaseTarget, MachineTarget(p.hops, p.target, m.From))
+}
+
+func (p plan) classify(m Machine) machineState {
 	switch {
 	case m.Phase.InFlight():
 		return stateInFlight
-	case m.Phase == PhaseFailed && !retargeted && !m.Skipped:
+	case m.Phase == upgrade.MachineFailed && !p.retargeted(m) && !m.Skipped:
 		return stateFailed
-	case m.Skipped || sameVersion(m.Version, target) || sameVersion(m.Version, final):
+	case m.Skipped || SameVersion(m.Version, p.target):
 		return stateFinished
 	case m.Locked:
 		return stateLocked
@@ -95,49 +125,61 @@ func classify(m Machine, target, final string) machineState {
 	}
 }
 
-// Schedule decides which machines of one cluster start next, by the rules of design section 4:
-//   - control planes go first and strictly one at a time, and only when no worker is in flight; the etcd
-//     leader goes last among them;
-//   - no worker starts while a control plane is in flight or still needs the target (a locked one included);
+// hopIndex is the position of m's next hop in the plan.
+func (p plan) hopIndex(m Machine) int {
+	next := NextHop(p.hops, m.Version)
+
+	return slices.IndexFunc(p.hops, func(h string) bool { return SameVersion(h, next) })
+}
+
+// Schedule decides which machines of one cluster start next, by the rules of the rollout (docs/architecture.md):
+//   - each machine walks its own way along the plan (NextHop): a machine already on a later hop or on the target
+//     waits or is finished, and is never taken back through an earlier hop;
+//   - machines start toward the earliest hop that a machine free to start still needs; control planes go first
+//     and strictly one at a time, and only when no worker is in flight; the etcd leader goes last among them;
+//   - no worker starts while a control plane is in flight, a control plane needs the hop, or a locked control
+//     plane still needs the target;
 //   - at most WorkerSlots workers are in flight at once, counted over the whole cluster;
-//   - locked machines neither start nor hold a slot, and are started once unlocked;
+//   - locked machines neither start nor hold a slot, hold back nobody else, and are started once unlocked;
 //   - a failed machine, or a pause, stops every new start; machines already in flight carry on;
 //   - machines are otherwise taken in natural ID order (c1-w-2 before c1-w-10), so decisions are repeatable.
 func Schedule(in Input) Decision {
 	machines := slices.Clone(in.Machines)
 	slices.SortFunc(machines, func(a, b Machine) int {
 		return cmp.Or(
-			-cmp.Compare(a.Role, b.Role),
+			boolCompare(a.Role != cluster.RoleControlPlane, b.Role != cluster.RoleControlPlane),
 			boolCompare(a.EtcdLeader, b.EtcdLeader),
 			naturalCompare(a.ID, b.ID),
 		)
 	})
 
-	parallelism := in.Parallelism
-	if parallelism == nil {
-		parallelism = Count(1)
-	}
+	p := newPlan(in)
 
 	var (
-		d                          = Decision{Total: len(machines)}
-		workers, workersInFlight   int
-		cpInFlight                 string
-		cpNeedsTarget              bool
-		cpCandidates, wkCandidates []string
+		d                        = Decision{Total: len(machines), Hop: p.target}
+		workers, workersInFlight int
+		cpInFlight               string
+		lockedCPNeedsTarget      bool
+		candidates               []Machine
+		hop                      = len(p.hops) - 1
 	)
 
 	for _, m := range machines {
-		isCP := m.Role == ControlPlane
+		isCP := m.Role == cluster.RoleControlPlane
 		if !isCP {
 			workers++
 		}
 
-		switch classify(m, in.Target, cmp.Or(in.Final, in.Target)) {
+		if m.Skipped {
+			d.Skipped = append(d.Skipped, m.ID)
+		}
+
+		switch p.classify(m) {
 		case stateFinished:
 			d.Finished++
 		case stateInFlight:
 			d.InFlight = append(d.InFlight, m.ID)
-			if !sameVersion(m.PhaseTarget, in.Target) {
+			if p.retargeted(m) {
 				d.Retarget = append(d.Retarget, m.ID)
 			}
 
@@ -150,18 +192,28 @@ func Schedule(in Input) Decision {
 			d.Failed = append(d.Failed, m.ID)
 		case stateLocked:
 			d.WaitingOnLock = append(d.WaitingOnLock, m.ID)
-			cpNeedsTarget = cpNeedsTarget || isCP
+			lockedCPNeedsTarget = lockedCPNeedsTarget || isCP
 		case stateCandidate:
-			if isCP {
-				cpCandidates = append(cpCandidates, m.ID)
-				cpNeedsTarget = true
-			} else {
-				wkCandidates = append(wkCandidates, m.ID)
-			}
+			candidates = append(candidates, m)
+			hop = min(hop, p.hopIndex(m))
 		}
 	}
 
-	d.WorkerSlots = max(1, min(parallelism.Of(workers), workers))
+	d.Hop = p.hops[hop]
+
+	var cpCandidates, wkCandidates []string
+
+	for _, m := range candidates {
+		switch {
+		case p.hopIndex(m) != hop: // it waits for the machines behind it
+		case m.Role == cluster.RoleControlPlane:
+			cpCandidates = append(cpCandidates, m.ID)
+		default:
+			wkCandidates = append(wkCandidates, m.ID)
+		}
+	}
+
+	d.WorkerSlots = max(1, min(in.Parallelism.Of(workers), workers))
 	d.Done = d.Finished == d.Total
 
 	switch {
@@ -176,8 +228,9 @@ func Schedule(in Input) Decision {
 		d.Reason = "control plane " + cpCandidates[0] + " waits for the workers in flight"
 	case len(cpCandidates) > 0:
 		d.Start = cpCandidates[:1]
-	case cpNeedsTarget:
+	case lockedCPNeedsTarget && len(wkCandidates) > 0:
 		d.Reason = "workers wait for locked control plane " + strings.Join(d.WaitingOnLock, ", ")
+		d.OnlyLocks = len(d.InFlight) == 0
 	case len(wkCandidates) > 0 && workersInFlight < d.WorkerSlots:
 		d.Start = wkCandidates[:min(len(wkCandidates), d.WorkerSlots-workersInFlight)]
 	case len(wkCandidates) > 0:
@@ -186,16 +239,12 @@ func Schedule(in Input) Decision {
 		d.Reason = "waiting for " + strings.Join(d.InFlight, ", ")
 	default:
 		d.Reason = "waiting for locked machines to be unlocked: " + strings.Join(d.WaitingOnLock, ", ")
+		d.OnlyLocks = true
 	}
 
 	d.Start = slices.Clone(d.Start)
 
 	return d
-}
-
-// sameVersion compares versions as Talos writes them, with or without the leading "v".
-func sameVersion(a, b string) bool {
-	return strings.TrimPrefix(a, "v") == strings.TrimPrefix(b, "v")
 }
 
 func boolCompare(a, b bool) int {

@@ -27,7 +27,7 @@ func BenchmarkSchedule(b *testing.B) {
 				machines = append(machines, m)
 			}
 
-			in := rollout.Input{Machines: machines, Target: newV, Parallelism: rollout.Percent(25)}
+			in := rollout.Input{Machines: machines, Target: newV, Parallelism: par("25%")}
 
 			b.ReportAllocs()
 

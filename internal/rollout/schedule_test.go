@@ -7,19 +7,31 @@ import (
 	"testing"
 
 	"github.com/upshift-io/upshift/internal/rollout"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 const (
 	oldV = "1.13.0"
+	midV = "1.13.4"
 	newV = "1.14.1"
 )
 
+func par(s string) cluster.Parallelism {
+	p, err := cluster.ParseParallelism(s)
+	if err != nil {
+		panic(err)
+	}
+
+	return p
+}
+
 func cp(id string) rollout.Machine {
-	return rollout.Machine{ID: id, Role: rollout.ControlPlane, Version: oldV}
+	return rollout.Machine{ID: id, Role: cluster.RoleControlPlane, Version: oldV}
 }
 
 func wk(id string) rollout.Machine {
-	return rollout.Machine{ID: id, Role: rollout.Worker, Version: oldV}
+	return rollout.Machine{ID: id, Role: cluster.RoleWorker, Version: oldV}
 }
 
 func with(m rollout.Machine, f func(*rollout.Machine)) rollout.Machine {
@@ -28,11 +40,13 @@ func with(m rollout.Machine, f func(*rollout.Machine)) rollout.Machine {
 	return m
 }
 
-func inFlight(phase rollout.Phase, target string) func(*rollout.Machine) {
-	return func(m *rollout.Machine) { m.Phase, m.PhaseTarget = phase, target }
+func inFlight(phase upgrade.MachinePhase, target string) func(*rollout.Machine) {
+	return func(m *rollout.Machine) { m.Phase, m.From, m.PhaseTarget = phase, m.Version, target }
 }
 
-func upgraded(m *rollout.Machine) { m.Version, m.Phase, m.PhaseTarget = newV, rollout.PhaseDone, newV }
+func upgraded(m *rollout.Machine) {
+	m.From, m.Version, m.Phase, m.PhaseTarget = m.Version, newV, upgrade.MachineDone, newV
+}
 
 func locked(m *rollout.Machine) { m.Locked = true }
 
@@ -48,6 +62,9 @@ func TestSchedule(t *testing.T) {
 		retarget  []string
 		finished  int
 		inFlights []string
+		skipped   []string
+		hop       string
+		onlyLocks bool
 	}{
 		{
 			name:  "first control plane first, etcd leader last",
@@ -56,43 +73,43 @@ func TestSchedule(t *testing.T) {
 		},
 		{
 			name:   "control planes strictly one at a time",
-			in:     rollout.Input{Target: newV, Machines: []rollout.Machine{with(cp("cp-1"), inFlight(rollout.PhaseDraining, newV)), cp("cp-2"), wk("w-1")}},
+			in:     rollout.Input{Target: newV, Machines: []rollout.Machine{with(cp("cp-1"), inFlight(upgrade.MachineDraining, newV)), cp("cp-2"), wk("w-1")}},
 			reason: "waiting for control plane cp-1", inFlights: []string{"cp-1"}, slots: 1,
 		},
 		{
 			name:  "workers after control planes, up to the parallelism, natural order",
-			in:    rollout.Input{Target: newV, Parallelism: rollout.Count(2), Machines: []rollout.Machine{with(cp("cp-1"), upgraded), wk("w-10"), wk("w-2"), wk("w-1")}},
+			in:    rollout.Input{Target: newV, Parallelism: par("2"), Machines: []rollout.Machine{with(cp("cp-1"), upgraded), wk("w-10"), wk("w-2"), wk("w-1")}},
 			start: []string{"w-1", "w-2"}, slots: 2, finished: 1,
 		},
 		{
 			name: "slots counted over the cluster",
-			in: rollout.Input{Target: newV, Parallelism: rollout.Count(2), Machines: []rollout.Machine{
-				with(cp("cp-1"), upgraded), with(wk("w-1"), inFlight(rollout.PhaseRebooting, newV)), wk("w-2"), wk("w-3"),
+			in: rollout.Input{Target: newV, Parallelism: par("2"), Machines: []rollout.Machine{
+				with(cp("cp-1"), upgraded), with(wk("w-1"), inFlight(upgrade.MachineRebooting, newV)), wk("w-2"), wk("w-3"),
 			}},
 			start: []string{"w-2"}, slots: 2, finished: 1, inFlights: []string{"w-1"},
 		},
 		{
 			name: "full slots",
-			in: rollout.Input{Target: newV, Parallelism: rollout.Count(1), Machines: []rollout.Machine{
-				with(wk("w-1"), inFlight(rollout.PhasePullingImage, newV)), wk("w-2"),
+			in: rollout.Input{Target: newV, Parallelism: par("1"), Machines: []rollout.Machine{
+				with(wk("w-1"), inFlight(upgrade.MachinePullingImage, newV)), wk("w-2"),
 			}},
 			reason: "all 1 worker slots are in use", slots: 1, inFlights: []string{"w-1"},
 		},
 		{
 			name: "percentage of workers, rounded down, at least one",
-			in: rollout.Input{Target: newV, Parallelism: rollout.Percent(50), Machines: []rollout.Machine{
+			in: rollout.Input{Target: newV, Parallelism: par("50%"), Machines: []rollout.Machine{
 				wk("w-1"), wk("w-2"), wk("w-3"), wk("w-4"), wk("w-5"),
 			}},
 			start: []string{"w-1", "w-2"}, slots: 2,
 		},
 		{
 			name:  "small percentage still makes progress",
-			in:    rollout.Input{Target: newV, Parallelism: rollout.Percent(10), Machines: []rollout.Machine{wk("w-1"), wk("w-2"), wk("w-3")}},
+			in:    rollout.Input{Target: newV, Parallelism: par("10%"), Machines: []rollout.Machine{wk("w-1"), wk("w-2"), wk("w-3")}},
 			start: []string{"w-1"}, slots: 1,
 		},
 		{
 			name: "locked workers skipped without holding a slot",
-			in: rollout.Input{Target: newV, Parallelism: rollout.Count(2), Machines: []rollout.Machine{
+			in: rollout.Input{Target: newV, Parallelism: par("2"), Machines: []rollout.Machine{
 				with(wk("w-1"), locked), with(wk("w-2"), locked), wk("w-3"), wk("w-4"), wk("w-5"),
 			}},
 			start: []string{"w-3", "w-4"}, slots: 2, waiting: []string{"w-1", "w-2"},
@@ -101,25 +118,26 @@ func TestSchedule(t *testing.T) {
 			name:   "only locked machines left",
 			in:     rollout.Input{Target: newV, Machines: []rollout.Machine{with(cp("cp-1"), upgraded), with(wk("w-1"), locked), with(wk("w-2"), upgraded)}},
 			reason: "waiting for locked machines to be unlocked: w-1", slots: 1, waiting: []string{"w-1"}, finished: 2,
+			onlyLocks: true,
 		},
 		{
 			name:   "a locked control plane holds the workers back",
 			in:     rollout.Input{Target: newV, Machines: []rollout.Machine{with(cp("cp-1"), locked), wk("w-1")}},
-			reason: "workers wait for locked control plane cp-1", slots: 1, waiting: []string{"cp-1"},
+			reason: "workers wait for locked control plane cp-1", slots: 1, waiting: []string{"cp-1"}, onlyLocks: true,
 		},
 		{
 			name: "a failed machine halts new starts",
-			in: rollout.Input{Target: newV, Parallelism: rollout.Count(3), Machines: []rollout.Machine{
-				with(wk("w-1"), inFlight(rollout.PhaseFailed, newV)), with(wk("w-2"), inFlight(rollout.PhaseDraining, newV)), wk("w-3"),
+			in: rollout.Input{Target: newV, Parallelism: par("3"), Machines: []rollout.Machine{
+				with(wk("w-1"), inFlight(upgrade.MachineFailed, newV)), with(wk("w-2"), inFlight(upgrade.MachineDraining, newV)), wk("w-3"),
 			}},
 			reason: "machine w-1 failed; retry, skip or revert to go on", slots: 3, inFlights: []string{"w-2"},
 		},
 		{
 			name: "a skipped failed machine no longer halts",
 			in: rollout.Input{Target: newV, Machines: []rollout.Machine{
-				with(wk("w-1"), func(m *rollout.Machine) { inFlight(rollout.PhaseFailed, newV)(m); m.Skipped = true }), wk("w-2"),
+				with(wk("w-1"), func(m *rollout.Machine) { inFlight(upgrade.MachineFailed, newV)(m); m.Skipped = true }), wk("w-2"),
 			}},
-			start: []string{"w-2"}, slots: 1, finished: 1,
+			start: []string{"w-2"}, slots: 1, finished: 1, skipped: []string{"w-1"},
 		},
 		{
 			name:   "paused",
@@ -128,22 +146,71 @@ func TestSchedule(t *testing.T) {
 		},
 		{
 			name:   "control plane waits for workers still in flight",
-			in:     rollout.Input{Target: oldV, Machines: []rollout.Machine{with(cp("cp-1"), upgraded), with(wk("w-1"), inFlight(rollout.PhaseCordoning, newV))}},
+			in:     rollout.Input{Target: oldV, Machines: []rollout.Machine{with(cp("cp-1"), upgraded), with(wk("w-1"), inFlight(upgrade.MachineCordoning, newV))}},
 			reason: "control plane cp-1 waits for the workers in flight", slots: 1, inFlights: []string{"w-1"}, retarget: []string{"w-1"},
 		},
 		{
 			name: "revert takes upgraded machines back; a failure on the old target no longer halts",
 			in: rollout.Input{Target: oldV, Machines: []rollout.Machine{
-				cp("cp-1"), with(cp("cp-2"), upgraded), with(wk("w-1"), inFlight(rollout.PhaseFailed, newV)),
+				cp("cp-1"), with(cp("cp-2"), upgraded), with(wk("w-1"), inFlight(upgrade.MachineFailed, newV)),
 			}},
 			start: []string{"cp-2"}, slots: 1, finished: 2,
 		},
 		{
-			name: "machines already on the final version skip an intermediate hop",
-			in: rollout.Input{Target: "1.13.4", Final: newV, Machines: []rollout.Machine{
+			name: "machines already on the target skip an intermediate hop",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
 				with(cp("cp-1"), upgraded), with(cp("cp-2"), func(m *rollout.Machine) { m.Version = "1.11.6" }),
 			}},
-			start: []string{"cp-2"}, slots: 1, finished: 1,
+			start: []string{"cp-2"}, slots: 1, finished: 1, hop: midV,
+		},
+		{
+			name: "locked workers hold back only themselves: the others go on to the next hop",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Parallelism: par("2"), Machines: []rollout.Machine{
+				with(cp("cp-1"), func(m *rollout.Machine) { m.Version = midV }),
+				with(wk("w-1"), func(m *rollout.Machine) { m.Version, m.Locked = "1.11.6", true }),
+				with(wk("w-2"), func(m *rollout.Machine) { m.Version = midV }),
+			}},
+			start: []string{"cp-1"}, slots: 2, waiting: []string{"w-1"}, hop: newV,
+		},
+		{
+			name: "an unlocked machine behind the others takes the earlier hop; nobody goes back",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), upgraded),
+				with(wk("w-1"), func(m *rollout.Machine) { m.Version = "1.11.6" }),
+				with(wk("w-2"), upgraded),
+			}},
+			start: []string{"w-1"}, slots: 1, finished: 2, hop: midV,
+		},
+		{
+			name: "workers of the earlier hop go before the control planes of the later one",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), func(m *rollout.Machine) { m.Version = midV }),
+				with(wk("w-1"), func(m *rollout.Machine) { m.Version = "1.11.6" }),
+			}},
+			start: []string{"w-1"}, slots: 1, hop: midV,
+		},
+		{
+			name: "a machine in flight on its own way is not retargeted by another's hop",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), func(m *rollout.Machine) { m.Version = midV; inFlight(upgrade.MachineDraining, newV)(m) }),
+				with(wk("w-1"), func(m *rollout.Machine) { m.Version = "1.11.6" }),
+			}},
+			reason: "waiting for control plane cp-1", slots: 1, inFlights: []string{"cp-1"}, hop: midV,
+		},
+		{
+			name: "only locked machines left is said so",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), upgraded), with(wk("w-1"), func(m *rollout.Machine) { m.Version, m.Locked = "1.11.6", true }),
+			}},
+			reason: "waiting for locked machines to be unlocked: w-1", slots: 1, waiting: []string{"w-1"}, finished: 1,
+			onlyLocks: true, hop: newV,
+		},
+		{
+			name: "skipped machines are listed and finished",
+			in: rollout.Input{Plan: []string{midV, newV}, Target: newV, Machines: []rollout.Machine{
+				with(cp("cp-1"), upgraded), with(wk("w-1"), func(m *rollout.Machine) { m.Version = midV; m.Skipped = true }),
+			}},
+			done: true, slots: 1, finished: 2, skipped: []string{"w-1"}, hop: newV,
 		},
 		{
 			name:  "done",
@@ -172,6 +239,12 @@ func TestSchedule(t *testing.T) {
 			check("Finished", d.Finished, tc.finished)
 			check("InFlight", d.InFlight, orEmpty(tc.inFlights))
 			check("Total", d.Total, len(tc.in.Machines))
+			check("Skipped", d.Skipped, orEmpty(tc.skipped))
+			check("OnlyLocks", d.OnlyLocks, tc.onlyLocks)
+
+			if tc.hop != "" {
+				check("Hop", d.Hop, tc.hop)
+			}
 		})
 	}
 }
@@ -182,27 +255,6 @@ func orEmpty(s []string) []string {
 	}
 
 	return s
-}
-
-func TestParallelism(t *testing.T) {
-	for _, tc := range []struct {
-		p       rollout.Parallelism
-		workers int
-		want    int
-	}{
-		{rollout.Count(0), 5, 1},
-		{rollout.Count(4), 2, 2},
-		{rollout.Count(3), 5, 3},
-		{rollout.Percent(25), 4, 1},
-		{rollout.Percent(25), 9, 2},
-		{rollout.Percent(100), 7, 7},
-		{rollout.Percent(1), 3, 1},
-		{rollout.Percent(50), 0, 1},
-	} {
-		if got := tc.p.Of(tc.workers); got != tc.want {
-			t.Errorf("%T(%v).Of(%d) = %d, want %d", tc.p, tc.p, tc.workers, got, tc.want)
-		}
-	}
 }
 
 // TestScheduleProperties runs random fleets through whole rollouts (with locks toggling, failures, retries,
@@ -227,12 +279,16 @@ func simulate(t *testing.T, seed uint64) {
 
 	machines[rng.IntN(len(machines))].EtcdLeader = true
 
-	var parallelism rollout.Parallelism = rollout.Count(1 + rng.IntN(4))
-	if rng.IntN(2) == 0 {
-		parallelism = rollout.Percent(1 + rng.IntN(100))
+	for i := range machines { // a mixed cluster: some machines are part of the way or already there
+		machines[i].Version = []string{oldV, oldV, midV, newV}[rng.IntN(4)]
 	}
 
-	target, paused, reverted := newV, false, false
+	parallelism := par(fmt.Sprint(1 + rng.IntN(4)))
+	if rng.IntN(2) == 0 {
+		parallelism = par(fmt.Sprintf("%d%%", 1+rng.IntN(100)))
+	}
+
+	target, plan, paused, reverted := newV, []string{midV, newV}, false, false
 
 	for step := 0; ; step++ {
 		if step > 10000 {
@@ -242,17 +298,18 @@ func simulate(t *testing.T, seed uint64) {
 		// The world moves: locks toggle on workers, pauses come and go, a revert may happen once.
 		if rng.IntN(5) == 0 {
 			m := &machines[rng.IntN(len(machines))]
-			m.Locked = m.Role == rollout.Worker && !m.Locked
+			m.Locked = m.Role == cluster.RoleWorker && !m.Locked
 		}
 
 		paused = rng.IntN(10) == 0
 
 		if !reverted && rng.IntN(40) == 0 {
-			target, reverted = oldV, true
+			target, plan, reverted = oldV, []string{oldV}, true
 		}
 
-		d := rollout.Schedule(rollout.Input{Machines: machines, Target: target, Parallelism: parallelism, Paused: paused})
-		checkInvariants(t, machines, target, paused, d)
+		in := rollout.Input{Machines: machines, Plan: plan, Target: target, Parallelism: parallelism, Paused: paused}
+		d := rollout.Schedule(in)
+		checkInvariants(t, in, d)
 
 		if d.Done {
 			for _, m := range machines {
@@ -266,7 +323,7 @@ func simulate(t *testing.T, seed uint64) {
 
 		for _, id := range d.Start {
 			m := find(machines, id)
-			m.Phase, m.PhaseTarget = rollout.PhasePullingImage, target
+			m.Phase, m.From, m.PhaseTarget = upgrade.MachinePullingImage, m.Version, rollout.NextHop(plan, m.Version)
 		}
 
 		// In-flight machines finish (on their own target), fail, or stay; failed ones get retried or skipped.
@@ -275,11 +332,11 @@ func simulate(t *testing.T, seed uint64) {
 
 			switch {
 			case m.Phase.InFlight() && rng.IntN(3) == 0:
-				m.Version, m.Phase = m.PhaseTarget, rollout.PhaseDone
+				m.Version, m.Phase = m.PhaseTarget, upgrade.MachineDone
 			case m.Phase.InFlight() && rng.IntN(50) == 0:
-				m.Phase = rollout.PhaseFailed
-			case m.Phase == rollout.PhaseFailed && rng.IntN(4) == 0:
-				m.Phase, m.Skipped = rollout.PhaseQueued, rng.IntN(2) == 0
+				m.Phase = upgrade.MachineFailed
+			case m.Phase == upgrade.MachineFailed && rng.IntN(4) == 0:
+				m.Phase, m.Skipped = upgrade.MachineQueued, rng.IntN(2) == 0
 			}
 		}
 
@@ -298,16 +355,17 @@ func find(machines []rollout.Machine, id string) *rollout.Machine {
 	return &machines[i]
 }
 
-func checkInvariants(t *testing.T, machines []rollout.Machine, target string, paused bool, d rollout.Decision) {
+func checkInvariants(t *testing.T, in rollout.Input, d rollout.Decision) {
 	t.Helper()
 
 	var cpsInFlight, workersInFlight, workers int
 
 	cpPending, failed := false, false
+	hopIndex := func(v string) int { return slices.Index(in.Plan, v) }
 
-	for _, m := range machines {
+	for _, m := range in.Machines {
 		switch {
-		case m.Role == rollout.Worker:
+		case m.Role == cluster.RoleWorker:
 			workers++
 
 			if m.Phase.InFlight() {
@@ -315,22 +373,27 @@ func checkInvariants(t *testing.T, machines []rollout.Machine, target string, pa
 			}
 		case m.Phase.InFlight():
 			cpsInFlight++
-		case m.Version != target && !m.Skipped:
-			cpPending = true
+		case m.Version != in.Target && !m.Skipped:
+			// A control plane holds the workers of its own hop and of later ones back; a locked one all of them.
+			cpPending = cpPending || m.Locked || hopIndex(rollout.NextHop(in.Plan, m.Version)) <= hopIndex(d.Hop)
 		}
 
-		failed = failed || (m.Phase == rollout.PhaseFailed && m.PhaseTarget == target && !m.Skipped)
+		failed = failed || (m.Phase == upgrade.MachineFailed && m.PhaseTarget == rollout.MachineTarget(in.Plan, in.Target, m.From) && !m.Skipped)
 	}
 
 	var startCPs, startWorkers int
 
 	for _, id := range d.Start {
-		m := find(machines, id)
-		if m.Locked || m.Phase.InFlight() || m.Version == target {
-			t.Fatalf("started %+v", *m)
+		m := find(in.Machines, id)
+		if m.Locked || m.Phase.InFlight() || m.Version == in.Target || rollout.NextHop(in.Plan, m.Version) != d.Hop {
+			t.Fatalf("started %+v toward %s", *m, d.Hop)
 		}
 
-		if m.Role == rollout.ControlPlane {
+		if on := hopIndex(m.Version); on >= 0 && hopIndex(d.Hop) <= on {
+			t.Fatalf("started %+v back to %s", *m, d.Hop)
+		}
+
+		if m.Role == cluster.RoleControlPlane {
 			startCPs++
 		} else {
 			startWorkers++
@@ -338,8 +401,8 @@ func checkInvariants(t *testing.T, machines []rollout.Machine, target string, pa
 	}
 
 	switch {
-	case len(d.Start) > 0 && (paused || failed):
-		t.Fatalf("started %v while paused=%v failed=%v", d.Start, paused, failed)
+	case len(d.Start) > 0 && (in.Paused || failed):
+		t.Fatalf("started %v while paused=%v failed=%v", d.Start, in.Paused, failed)
 	case cpsInFlight+startCPs > 1:
 		t.Fatalf("two control planes in flight: %d + start %v", cpsInFlight, d.Start)
 	case startCPs > 0 && workersInFlight > 0:

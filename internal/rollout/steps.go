@@ -1,6 +1,7 @@
-// Package rollout holds the pure rules of a Talos rollout (design section 4): the per-machine step sequence of
-// both upgrade flows as data, which machines of a cluster start next, how an in-flight machine follows a
-// changed target, and the etcd gate a control plane must pass before it leaves. Nothing here does I/O or reads
+// Package rollout holds the pure rules of a Talos rollout (docs/architecture.md, "Where each rule lives"): the
+// per-machine step sequence of both upgrade flows as data, the hops each machine takes to the cluster's target,
+// which machines of a cluster start next and what the cluster's upgrade status says (Decide), how an in-flight
+// machine follows a changed target, and the etcd gate a control plane must pass before it leaves. Nothing here does I/O or reads
 // a clock, so the controllers that persist and act on these decisions can be tested around them, and the rules
 // can be checked exhaustively.
 package rollout
@@ -8,55 +9,11 @@ package rollout
 import (
 	"fmt"
 	"slices"
+
+	"github.com/upshift-io/upshift/internal/versions"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
-
-// Phase is one step of a machine's upgrade. The names are the ones MachineUpgradeStatus persists.
-type Phase string
-
-// The phases of design section 4, in the order the Talos >= 1.13 flow goes through them.
-const (
-	PhaseQueued               Phase = "Queued"
-	PhasePullingImage         Phase = "PullingImage"
-	PhaseInstalling           Phase = "Installing"
-	PhaseCheckingEtcd         Phase = "CheckingEtcd"
-	PhaseForfeitingLeadership Phase = "ForfeitingLeadership"
-	PhaseCordoning            Phase = "Cordoning"
-	PhaseDraining             Phase = "Draining"
-	PhaseRebooting            Phase = "Rebooting"
-	PhaseWaitingReady         Phase = "WaitingReady"
-	PhaseUncordoning          Phase = "Uncordoning"
-	PhaseDone                 Phase = "Done"
-	PhaseFailed               Phase = "Failed"
-)
-
-// InFlight reports whether a machine in phase p holds a rollout slot: it has left Queued and has neither
-// finished nor failed.
-func (p Phase) InFlight() bool {
-	switch p {
-	case "", PhaseQueued, PhaseDone, PhaseFailed:
-		return false
-	default:
-		return true
-	}
-}
-
-// Role is a machine's role in its cluster; control planes carry etcd members and follow stricter rules.
-type Role int
-
-// Machine roles.
-const (
-	Worker Role = iota
-	ControlPlane
-)
-
-// String names the role as the Machine resource spells it.
-func (r Role) String() string {
-	if r == ControlPlane {
-		return "controlplane"
-	}
-
-	return "worker"
-}
 
 // Flow is the way a machine's Talos is replaced, chosen from its running and target versions.
 type Flow int
@@ -80,47 +37,60 @@ func (f Flow) String() string {
 	return "lifecycle"
 }
 
-var steps = map[Flow]map[Role][]Phase{
+// FlowOf is the flow of an upgrade from one version to another: the lifecycle flow when both serve it, the legacy
+// one otherwise (an unparsable version gets the lifecycle flow, whose install can be refused without harm).
+func FlowOf(from, to string) Flow {
+	f, errFrom := versions.Parse(from)
+	t, errTo := versions.Parse(to)
+
+	if errFrom == nil && errTo == nil && !versions.UsesLifecycleFlow(f, t) {
+		return FlowLegacy
+	}
+
+	return FlowLifecycle
+}
+
+var steps = map[Flow]map[cluster.Role][]upgrade.MachinePhase{
 	FlowLifecycle: {
-		ControlPlane: {
-			PhaseQueued, PhasePullingImage, PhaseInstalling, PhaseCheckingEtcd, PhaseForfeitingLeadership,
-			PhaseCordoning, PhaseDraining, PhaseRebooting, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		cluster.RoleControlPlane: {
+			upgrade.MachineQueued, upgrade.MachinePullingImage, upgrade.MachineInstalling, upgrade.MachineCheckingEtcd, upgrade.MachineForfeitingLeadership,
+			upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone,
 		},
-		Worker: {
-			PhaseQueued, PhasePullingImage, PhaseInstalling,
-			PhaseCordoning, PhaseDraining, PhaseRebooting, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		cluster.RoleWorker: {
+			upgrade.MachineQueued, upgrade.MachinePullingImage, upgrade.MachineInstalling,
+			upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone,
 		},
 	},
 	FlowLegacy: {
-		ControlPlane: {
-			PhaseQueued, PhaseCheckingEtcd, PhaseForfeitingLeadership,
-			PhaseCordoning, PhaseDraining, PhaseInstalling, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		cluster.RoleControlPlane: {
+			upgrade.MachineQueued, upgrade.MachineCheckingEtcd, upgrade.MachineForfeitingLeadership,
+			upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineInstalling, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone,
 		},
-		Worker: {
-			PhaseQueued, PhaseCordoning, PhaseDraining, PhaseInstalling, PhaseWaitingReady, PhaseUncordoning, PhaseDone,
+		cluster.RoleWorker: {
+			upgrade.MachineQueued, upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineInstalling, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone,
 		},
 	},
 }
 
 // Steps returns the ordered phases a machine of role goes through in flow, from Queued to Done. The slice is
 // a copy; Failed is not in it, since any step may end there.
-func Steps(flow Flow, role Role) []Phase {
+func Steps(flow Flow, role cluster.Role) []upgrade.MachinePhase {
 	return slices.Clone(steps[flow][role])
 }
 
 // RebootStep is the phase whose side effect reboots the machine in flow: the engine records the boot ID before
 // entering it, and a restart of the engine inside or after it never repeats it.
-func RebootStep(flow Flow) Phase {
+func RebootStep(flow Flow) upgrade.MachinePhase {
 	if flow == FlowLegacy {
-		return PhaseInstalling
+		return upgrade.MachineInstalling
 	}
 
-	return PhaseRebooting
+	return upgrade.MachineRebooting
 }
 
 // Next returns the phase after current for a machine of role in flow. Done, Failed and phases that are not
 // part of the flow have no next phase and give an error.
-func Next(flow Flow, role Role, current Phase) (Phase, error) {
+func Next(flow Flow, role cluster.Role, current upgrade.MachinePhase) (upgrade.MachinePhase, error) {
 	i, err := index(flow, role, current)
 	if err != nil {
 		return "", err
@@ -134,10 +104,10 @@ func Next(flow Flow, role Role, current Phase) (Phase, error) {
 	return seq[i+1], nil
 }
 
-func index(flow Flow, role Role, p Phase) (int, error) {
+func index(flow Flow, role cluster.Role, p upgrade.MachinePhase) (int, error) {
 	seq, ok := steps[flow][role]
 	if !ok {
-		return 0, fmt.Errorf("unknown flow %d or role %d", flow, role)
+		return 0, fmt.Errorf("unknown flow %d or role %q", flow, role)
 	}
 
 	i := slices.Index(seq, p)
@@ -160,7 +130,7 @@ func index(flow Flow, role Role, p Phase) (int, error) {
 // machine runs, its fallback (grub's Config.flip in Talos). Before that, the machine changes course at once: it is
 // done when it already runs the new target (uncordoned first if it was cordoned) and otherwise goes on toward the
 // new target. keepOldTarget tells the caller which target next belongs to.
-func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next Phase, keepOldTarget bool, err error) {
+func Retarget(flow Flow, role cluster.Role, current upgrade.MachinePhase, newTargetRunning bool) (next upgrade.MachinePhase, keepOldTarget bool, err error) {
 	i, err := index(flow, role, current)
 	if err != nil {
 		return "", false, err
@@ -168,23 +138,23 @@ func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next 
 
 	seq := steps[flow][role]
 	reboot := slices.Index(seq, RebootStep(flow))
-	cordon := slices.Index(seq, PhaseCordoning)
+	cordon := slices.Index(seq, upgrade.MachineCordoning)
 
 	switch {
-	case current == PhaseDone:
-		return PhaseDone, false, nil
-	case i >= reboot, flow == FlowLifecycle && i >= slices.Index(seq, PhaseInstalling):
+	case current == upgrade.MachineDone:
+		return upgrade.MachineDone, false, nil
+	case i >= reboot, flow == FlowLifecycle && i >= slices.Index(seq, upgrade.MachineInstalling):
 		next, err := Next(flow, role, current)
 
 		return next, true, err
 	case newTargetRunning && i >= cordon:
-		return PhaseUncordoning, false, nil
+		return upgrade.MachineUncordoning, false, nil
 	case newTargetRunning:
-		return PhaseDone, false, nil
-	case current == PhaseQueued:
-		return PhaseQueued, false, nil
-	case current == PhasePullingImage:
-		return PhasePullingImage, false, nil
+		return upgrade.MachineDone, false, nil
+	case current == upgrade.MachineQueued:
+		return upgrade.MachineQueued, false, nil
+	case current == upgrade.MachinePullingImage:
+		return upgrade.MachinePullingImage, false, nil
 	default:
 		next, err := Next(flow, role, current)
 
@@ -200,13 +170,13 @@ func Retarget(flow Flow, role Role, current Phase, newTargetRunning bool) (next 
 // as if it had not rebooted yet: done (after its uncordon) when it already runs the new target, which installs
 // nothing needlessly; otherwise it starts over toward the new target. keepOldTarget tells the caller which target
 // next belongs to.
-func AfterUnconfirmedInstall(targetChanged, newTargetRunning bool) (next Phase, keepOldTarget bool) {
+func AfterUnconfirmedInstall(targetChanged, newTargetRunning bool) (next upgrade.MachinePhase, keepOldTarget bool) {
 	switch {
 	case !targetChanged:
-		return PhaseInstalling, true
+		return upgrade.MachineInstalling, true
 	case newTargetRunning:
-		return PhaseUncordoning, false
+		return upgrade.MachineUncordoning, false
 	default:
-		return PhasePullingImage, false
+		return upgrade.MachinePullingImage, false
 	}
 }

@@ -6,28 +6,30 @@ import (
 	"testing"
 
 	"github.com/upshift-io/upshift/internal/rollout"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 func TestSteps(t *testing.T) {
 	for _, tc := range []struct {
 		flow rollout.Flow
-		role rollout.Role
+		role cluster.Role
 		want string
 	}{
-		{rollout.FlowLifecycle, rollout.ControlPlane, "[Queued PullingImage Installing CheckingEtcd ForfeitingLeadership Cordoning Draining Rebooting WaitingReady Uncordoning Done]"},
-		{rollout.FlowLifecycle, rollout.Worker, "[Queued PullingImage Installing Cordoning Draining Rebooting WaitingReady Uncordoning Done]"},
-		{rollout.FlowLegacy, rollout.ControlPlane, "[Queued CheckingEtcd ForfeitingLeadership Cordoning Draining Installing WaitingReady Uncordoning Done]"},
-		{rollout.FlowLegacy, rollout.Worker, "[Queued Cordoning Draining Installing WaitingReady Uncordoning Done]"},
+		{rollout.FlowLifecycle, cluster.RoleControlPlane, "[Queued PullingImage Installing CheckingEtcd ForfeitingLeadership Cordoning Draining Rebooting WaitingReady Uncordoning Done]"},
+		{rollout.FlowLifecycle, cluster.RoleWorker, "[Queued PullingImage Installing Cordoning Draining Rebooting WaitingReady Uncordoning Done]"},
+		{rollout.FlowLegacy, cluster.RoleControlPlane, "[Queued CheckingEtcd ForfeitingLeadership Cordoning Draining Installing WaitingReady Uncordoning Done]"},
+		{rollout.FlowLegacy, cluster.RoleWorker, "[Queued Cordoning Draining Installing WaitingReady Uncordoning Done]"},
 	} {
-		t.Run(tc.flow.String()+"/"+tc.role.String(), func(t *testing.T) {
+		t.Run(tc.flow.String()+"/"+string(tc.role), func(t *testing.T) {
 			seq := rollout.Steps(tc.flow, tc.role)
 			if got := fmt.Sprint(seq); got != tc.want {
 				t.Fatalf("Steps = %s, want %s", got, tc.want)
 			}
 
 			// Walking Next from Queued visits the same sequence and stops at Done.
-			walked := []rollout.Phase{rollout.PhaseQueued}
-			for p := rollout.PhaseQueued; p != rollout.PhaseDone; {
+			walked := []upgrade.MachinePhase{upgrade.MachineQueued}
+			for p := upgrade.MachineQueued; p != upgrade.MachineDone; {
 				next, err := rollout.Next(tc.flow, tc.role, p)
 				if err != nil {
 					t.Fatalf("Next(%s): %v", p, err)
@@ -40,34 +42,34 @@ func TestSteps(t *testing.T) {
 				t.Errorf("walk = %v", walked)
 			}
 
-			if _, err := rollout.Next(tc.flow, tc.role, rollout.PhaseDone); err == nil {
+			if _, err := rollout.Next(tc.flow, tc.role, upgrade.MachineDone); err == nil {
 				t.Error("Next(Done) succeeded")
 			}
 
-			if _, err := rollout.Next(tc.flow, tc.role, rollout.PhaseFailed); err == nil {
+			if _, err := rollout.Next(tc.flow, tc.role, upgrade.MachineFailed); err == nil {
 				t.Error("Next(Failed) succeeded")
 			}
 
 			// The engine cordons and drains before the reboot step, in both flows.
 			reboot := slices.Index(seq, rollout.RebootStep(tc.flow))
-			if reboot < slices.Index(seq, rollout.PhaseDraining) || reboot < 0 {
+			if reboot < slices.Index(seq, upgrade.MachineDraining) || reboot < 0 {
 				t.Errorf("reboot step %s at %d comes before draining", rollout.RebootStep(tc.flow), reboot)
 			}
 		})
 	}
 
-	seq := rollout.Steps(rollout.FlowLifecycle, rollout.Worker)
-	seq[0] = rollout.PhaseDone
+	seq := rollout.Steps(rollout.FlowLifecycle, cluster.RoleWorker)
+	seq[0] = upgrade.MachineDone
 
-	if rollout.Steps(rollout.FlowLifecycle, rollout.Worker)[0] != rollout.PhaseQueued {
+	if rollout.Steps(rollout.FlowLifecycle, cluster.RoleWorker)[0] != upgrade.MachineQueued {
 		t.Error("Steps returned the package's own slice")
 	}
 
-	if _, err := rollout.Next(rollout.FlowLifecycle, rollout.Worker, rollout.PhaseCheckingEtcd); err == nil {
+	if _, err := rollout.Next(rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachineCheckingEtcd); err == nil {
 		t.Error("a worker has no etcd check")
 	}
 
-	if _, err := rollout.Next(rollout.Flow(7), rollout.Worker, rollout.PhaseQueued); err == nil {
+	if _, err := rollout.Next(rollout.Flow(7), cluster.RoleWorker, upgrade.MachineQueued); err == nil {
 		t.Error("unknown flow accepted")
 	}
 }
@@ -75,32 +77,32 @@ func TestSteps(t *testing.T) {
 func TestRetarget(t *testing.T) {
 	for _, tc := range []struct {
 		flow    rollout.Flow
-		role    rollout.Role
-		current rollout.Phase
+		role    cluster.Role
+		current upgrade.MachinePhase
 		running bool
-		next    rollout.Phase
+		next    upgrade.MachinePhase
 		keepOld bool
 	}{
 		// Nothing changed on the machine yet: follow the new target at once.
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseQueued, false, rollout.PhaseQueued, false},
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhasePullingImage, true, rollout.PhaseDone, false},
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhasePullingImage, false, rollout.PhasePullingImage, false},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachineQueued, false, upgrade.MachineQueued, false},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachinePullingImage, true, upgrade.MachineDone, false},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachinePullingImage, false, upgrade.MachinePullingImage, false},
 		// The old target is on disk: never install another over it before the reboot; finish on it first.
-		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseInstalling, true, rollout.PhaseCheckingEtcd, true},
-		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseCheckingEtcd, true, rollout.PhaseForfeitingLeadership, true},
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseDraining, false, rollout.PhaseRebooting, true},
+		{rollout.FlowLifecycle, cluster.RoleControlPlane, upgrade.MachineInstalling, true, upgrade.MachineCheckingEtcd, true},
+		{rollout.FlowLifecycle, cluster.RoleControlPlane, upgrade.MachineCheckingEtcd, true, upgrade.MachineForfeitingLeadership, true},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachineDraining, false, upgrade.MachineRebooting, true},
 		// The reboot happened or is happening: finish on the old target first.
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseRebooting, true, rollout.PhaseWaitingReady, true},
-		{rollout.FlowLifecycle, rollout.ControlPlane, rollout.PhaseWaitingReady, true, rollout.PhaseUncordoning, true},
-		{rollout.FlowLifecycle, rollout.Worker, rollout.PhaseUncordoning, true, rollout.PhaseDone, true},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachineRebooting, true, upgrade.MachineWaitingReady, true},
+		{rollout.FlowLifecycle, cluster.RoleControlPlane, upgrade.MachineWaitingReady, true, upgrade.MachineUncordoning, true},
+		{rollout.FlowLifecycle, cluster.RoleWorker, upgrade.MachineUncordoning, true, upgrade.MachineDone, true},
 		// Legacy: the disk only changes in Installing, which also reboots.
-		{rollout.FlowLegacy, rollout.ControlPlane, rollout.PhaseCheckingEtcd, true, rollout.PhaseDone, false},
-		{rollout.FlowLegacy, rollout.ControlPlane, rollout.PhaseCheckingEtcd, false, rollout.PhaseForfeitingLeadership, false},
-		{rollout.FlowLegacy, rollout.Worker, rollout.PhaseCordoning, true, rollout.PhaseUncordoning, false},
-		{rollout.FlowLegacy, rollout.Worker, rollout.PhaseDraining, true, rollout.PhaseUncordoning, false},
-		{rollout.FlowLegacy, rollout.Worker, rollout.PhaseDraining, false, rollout.PhaseInstalling, false},
-		{rollout.FlowLegacy, rollout.Worker, rollout.PhaseInstalling, true, rollout.PhaseWaitingReady, true},
-		{rollout.FlowLegacy, rollout.Worker, rollout.PhaseDone, false, rollout.PhaseDone, false},
+		{rollout.FlowLegacy, cluster.RoleControlPlane, upgrade.MachineCheckingEtcd, true, upgrade.MachineDone, false},
+		{rollout.FlowLegacy, cluster.RoleControlPlane, upgrade.MachineCheckingEtcd, false, upgrade.MachineForfeitingLeadership, false},
+		{rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachineCordoning, true, upgrade.MachineUncordoning, false},
+		{rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachineDraining, true, upgrade.MachineUncordoning, false},
+		{rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachineDraining, false, upgrade.MachineInstalling, false},
+		{rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachineInstalling, true, upgrade.MachineWaitingReady, true},
+		{rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachineDone, false, upgrade.MachineDone, false},
 	} {
 		t.Run(fmt.Sprintf("%s/%s/%s/running=%v", tc.flow, tc.role, tc.current, tc.running), func(t *testing.T) {
 			next, keepOld, err := rollout.Retarget(tc.flow, tc.role, tc.current, tc.running)
@@ -114,7 +116,7 @@ func TestRetarget(t *testing.T) {
 		})
 	}
 
-	if _, _, err := rollout.Retarget(rollout.FlowLegacy, rollout.Worker, rollout.PhasePullingImage, false); err == nil {
+	if _, _, err := rollout.Retarget(rollout.FlowLegacy, cluster.RoleWorker, upgrade.MachinePullingImage, false); err == nil {
 		t.Error("Retarget accepted a phase the flow does not have")
 	}
 }
@@ -123,15 +125,15 @@ func TestAfterUnconfirmedInstall(t *testing.T) {
 	for _, tc := range []struct {
 		name                   string
 		targetChanged, running bool
-		next                   rollout.Phase
+		next                   upgrade.MachinePhase
 		keepOld                bool
 	}{
 		// The install may not have reached the machine: install again, once, toward the same target.
-		{"same target", false, false, rollout.PhaseInstalling, true},
+		{"same target", false, false, upgrade.MachineInstalling, true},
 		// Reverted to the version the machine runs: it is done there, without an install.
-		{"reverted", true, true, rollout.PhaseUncordoning, false},
+		{"reverted", true, true, upgrade.MachineUncordoning, false},
 		// Another target: start over toward it.
-		{"new target", true, false, rollout.PhasePullingImage, false},
+		{"new target", true, false, upgrade.MachinePullingImage, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			next, keepOld := rollout.AfterUnconfirmedInstall(tc.targetChanged, tc.running)
@@ -140,7 +142,7 @@ func TestAfterUnconfirmedInstall(t *testing.T) {
 			}
 
 			// The next step is one the machine can take in the lifecycle flow, whatever its role.
-			for _, role := range []rollout.Role{rollout.Worker, rollout.ControlPlane} {
+			for _, role := range []cluster.Role{cluster.RoleWorker, cluster.RoleControlPlane} {
 				if !slices.Contains(rollout.Steps(rollout.FlowLifecycle, role), next) {
 					t.Errorf("%s is not a step of a %s", next, role)
 				}

@@ -13,7 +13,6 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
 
-	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/resources"
 )
 
@@ -135,13 +134,16 @@ func ParseParallelism(s string) (Parallelism, error) {
 	return Parallelism{count: n}, nil
 }
 
-// Of returns how many of workers may upgrade at once, with the rollout rules' rounding (one definition of it).
+// Of returns how many of workers may upgrade at once: the count, or the percentage rounded down (a percentage is a
+// disruption budget, and rounding up would exceed it); never less than 1, so a rollout always progresses, and
+// never more than the workers there are. The zero Parallelism is one at a time.
 func (p Parallelism) Of(workers int) int {
+	n := p.count
 	if p.percent > 0 {
-		return rollout.Percent(p.percent).Of(workers)
+		n = workers * p.percent / 100
 	}
 
-	return rollout.Count(p.count).Of(workers)
+	return max(1, min(n, workers))
 }
 
 // ClusterExtension gives Cluster its resource definition.

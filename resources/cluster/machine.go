@@ -63,6 +63,16 @@ type MachineSpec struct {
 	InstallerImage string `yaml:"installerImage,omitempty" protobuf:"4"`
 }
 
+// LabelCluster names a resource's cluster on every per-machine resource (Machine, MachineStatus,
+// MachineUpgradeStatus), so a cluster's are found with a label query (`upshift get machines -l
+// upshift.dev/cluster=c1`, or a controller's list).
+const LabelCluster = "upshift.dev/cluster"
+
+// Labels implements resources.Labeller: a Machine carries its cluster as LabelCluster.
+func (s *MachineSpec) Labels() map[string]string {
+	return map[string]string{LabelCluster: s.Cluster}
+}
+
 // NewMachine returns an empty Machine named id.
 func NewMachine(id resource.ID) *Machine {
 	return resources.NewTyped[MachineSpec, MachineExtension](MachineType, id)

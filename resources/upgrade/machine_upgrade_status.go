@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -32,6 +33,17 @@ const (
 	MachineFailed               MachinePhase = "Failed"
 )
 
+// InFlight reports whether a machine in phase p holds a rollout slot: it has left Queued and has neither finished
+// nor failed.
+func (p MachinePhase) InFlight() bool {
+	switch p {
+	case "", MachineQueued, MachineDone, MachineFailed:
+		return false
+	default:
+		return true
+	}
+}
+
 // MachineUpgradeStatus is the Talos upgrade of one machine (same ID as the Machine).
 type MachineUpgradeStatus = typed.Resource[MachineUpgradeStatusSpec, MachineUpgradeStatusExtension]
 
@@ -45,7 +57,8 @@ type MachineUpgradeStatusSpec struct {
 	FromVersion string `yaml:"fromVersion" protobuf:"3"`
 	// ToVersion is the version the machine is going to.
 	ToVersion string `yaml:"toVersion" protobuf:"4"`
-	// Attempt counts the tries of this upgrade, starting at 1.
+	// Attempt counts the tries of this upgrade to ToVersion, starting at 1: a retry adds one, the next hop starts
+	// again at 1.
 	Attempt int `yaml:"attempt" protobuf:"5"`
 	// PreRebootBootID is the boot ID recorded before the reboot; a different one afterwards proves the reboot.
 	PreRebootBootID string `yaml:"preRebootBootID,omitempty" protobuf:"6"`
@@ -78,13 +91,20 @@ type MachineUpgradeStatusSpec struct {
 // User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),
 // because MachineUpgradeStatus belongs to the engine; each names what it applies to, so a stale one does nothing.
 const (
-	// RetryAnnotation on a Machine retries its failed upgrade: its value is the Attempt that failed. The machine goes
-	// back to Queued and starts again, from the beginning, once the rollout rules allow it.
+	// RetryAnnotation on a Machine retries its failed upgrade: its value is the failed upgrade's RetryValue. The
+	// machine goes back to Queued and starts again, from the beginning, once the rollout rules allow it.
 	RetryAnnotation = "upshift.dev/retry-attempt"
-	// SkipAnnotation on a Machine leaves it out of the Talos rollout to the version its value names: it counts as
-	// finished, neither blocks nor holds a slot, and a failure of it no longer halts the others.
+	// SkipAnnotation on a Machine leaves it out of the Talos rollout to the version its value names (the cluster's
+	// target, whatever hop the machine was on): it counts as finished, neither blocks nor holds a slot, a failure
+	// of it no longer halts the others, and TalosUpgradeStatus lists it as skipped.
 	SkipAnnotation = "upshift.dev/skip-version"
 )
+
+// RetryValue is the value of RetryAnnotation that retries this upgrade: its target and attempt, so a retry asked
+// for one failure never retries a later one (a new hop starts again at attempt 1).
+func (s MachineUpgradeStatusSpec) RetryValue() string {
+	return s.ToVersion + "/" + strconv.Itoa(s.Attempt)
+}
 
 // NewMachineUpgradeStatus returns an empty MachineUpgradeStatus for the machine named id.
 func NewMachineUpgradeStatus(id resource.ID) *MachineUpgradeStatus {

@@ -5,6 +5,7 @@ package upgrade
 
 import (
 	"slices"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -29,7 +30,8 @@ const (
 	PhaseReverting ClusterPhase = "Reverting"
 	// PhasePaused: the Cluster is paused; no new machine starts.
 	PhasePaused ClusterPhase = "Paused"
-	// PhaseBlocked: a pre-check or a rule forbids going on; Error says which.
+	// PhaseBlocked: the rollout cannot go on until something changes: no plan leads to the target, only locked
+	// machines are left, or etcd has refused a control plane for longer than the grace period. Error says which.
 	PhaseBlocked ClusterPhase = "Blocked"
 	// PhaseFailed: a machine failed; nothing new starts until a user retries, skips or reverts.
 	PhaseFailed ClusterPhase = "Failed"
@@ -75,6 +77,12 @@ type TalosUpgradeStatusSpec struct {
 	Reverting bool `yaml:"reverting,omitempty" protobuf:"15"`
 	// Reason says what the rollout waits for when no machine can start (a lock, a slot, a pause).
 	Reason string `yaml:"reason,omitempty" protobuf:"16"`
+	// Skipped lists the machines a user left out of this upgrade (`upshift upgrade skip`): they stay on their
+	// version while the others go on, and the upgrade can finish without them.
+	Skipped []string `yaml:"skipped,omitempty" protobuf:"17"`
+	// EtcdWaitSince is when the rollout started waiting on the etcd gate (a control plane waiting to leave); the
+	// wait is routine (Upgrading) for a grace period, then the cluster is Blocked. Zero when nothing waits on etcd.
+	EtcdWaitSince time.Time `yaml:"etcdWaitSince,omitempty" protobuf:"18"`
 }
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
@@ -89,6 +97,7 @@ func (s TalosUpgradeStatusSpec) DeepCopy() TalosUpgradeStatusSpec {
 	s.WaitingOnLock = slices.Clone(s.WaitingOnLock)
 	s.AvailableVersions = slices.Clone(s.AvailableVersions)
 	s.Admitted = slices.Clone(s.Admitted)
+	s.Skipped = slices.Clone(s.Skipped)
 
 	return s
 }

@@ -61,6 +61,8 @@ func (s *State) Create(ctx context.Context, r resource.Resource, opts ...state.C
 		return err
 	}
 
+	setLabels(r)
+
 	return s.CoreState.Create(ctx, r, opts...)
 }
 
@@ -91,7 +93,21 @@ func (s *State) Update(ctx context.Context, r resource.Resource, opts ...state.U
 		}
 	}
 
+	setLabels(r)
+
 	return s.CoreState.Update(ctx, r, opts...)
+}
+
+// setLabels keeps the labels of an upshift input in step with its spec (resources.Labeller).
+func setLabels(r resource.Resource) {
+	labeller, ok := r.Spec().(resources.Labeller)
+	if !ok || r.Metadata().Namespace() != resources.Namespace {
+		return
+	}
+
+	for k, v := range labeller.Labels() {
+		r.Metadata().Labels().Set(k, v)
+	}
 }
 
 // check runs the rules for r written by owner.
