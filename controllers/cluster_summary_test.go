@@ -76,7 +76,7 @@ func TestClusterSummary(t *testing.T) {
 		a.Empty(s.TypedSpec().Locked)
 	}, rtestutils.WithNamespace(resources.Namespace))
 
-	// A machine moved to another cluster counts there only; a deleted one nowhere.
+	// A machine never moves to another cluster: it is deleted, then created there, and counts there only.
 	dev := cluster.NewCluster("dev")
 	*dev.TypedSpec() = cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.37.2"}
 	require.NoError(t, st.Create(ctx, dev))
@@ -86,7 +86,16 @@ func TestClusterSummary(t *testing.T) {
 
 		return nil
 	})
-	require.NoError(t, err)
+	require.ErrorContains(t, err, `spec.cluster: cannot change from "prod" to "dev"`)
+
+	require.NoError(t, st.Destroy(ctx, cluster.NewMachine("w-1").Metadata()))
+	rtestutils.AssertResource(ctx, t, st, "prod", func(s *observe.ClusterSummary, a *assert.Assertions) {
+		a.Equal(1, s.TypedSpec().Workers)
+	}, rtestutils.WithNamespace(resources.Namespace))
+
+	moved := cluster.NewMachine("w-1")
+	*moved.TypedSpec() = cluster.MachineSpec{Cluster: "dev", Role: cluster.RoleWorker, Endpoint: "127.0.0.1:50000"}
+	require.NoError(t, st.Create(ctx, moved))
 
 	rtestutils.AssertResource(ctx, t, st, "prod", func(s *observe.ClusterSummary, a *assert.Assertions) {
 		a.Equal(1, s.TypedSpec().Workers)

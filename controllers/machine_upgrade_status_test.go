@@ -174,20 +174,23 @@ func TestRolloutLegacyFlow(t *testing.T) {
 	assert.Equal(t, 1, f.maxCPsDown, "control planes down at once")
 }
 
-// While one etcd member is unhealthy no control plane starts, and the cluster says why; it proceeds once healed.
+// While one etcd member is unhealthy no control plane starts, and the cluster says why: a routine wait first,
+// Blocked once the member stays unhealthy past the grace period (a requeue decides it, no other event comes); it
+// proceeds once healed.
 func TestRolloutEtcdGate(t *testing.T) {
 	t.Parallel()
 
 	f := newFakeFleet(v13, 3, 1)
 	f.set("cp-2", func(n *fakeNode) { n.etcdUnhealthy = true })
 
-	ctx, st := startUpgrades(t, f)
+	ctx, st := startUpgrades(t, f, controllers.WithEtcdGrace(500*time.Millisecond))
 	createAndUpgrade(ctx, t, st, f, nil)
 
 	assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
 		a.Equal(upgrade.PhaseBlocked, s.Phase)
 		a.Contains(s.Error, "waits for etcd")
 		a.Contains(s.Error, "is not healthy")
+		a.False(s.EtcdWaitSince.IsZero())
 	})
 
 	for _, n := range []string{"cp-1", "cp-2", "cp-3", "w-1"} {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
+	"github.com/cosi-project/runtime/pkg/state"
 
 	"github.com/upshift-io/upshift/resources"
 )
@@ -81,12 +83,24 @@ func NewMachine(id resource.ID) *Machine {
 // DeepCopy implements typed.DeepCopyable.
 func (s MachineSpec) DeepCopy() MachineSpec { return s }
 
-// Validate implements resources.Validator.
-func (s *MachineSpec) Validate(ctx context.Context, _ *resource.Metadata, st resources.Getter) error {
+// Validate implements resources.Validator. A Machine never changes cluster: its upgrade, observations and locks
+// belong to the cluster it was created in, and a Talos machine only joins another cluster after a reset, so it is
+// deleted and created again there.
+func (s *MachineSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v violations
 
 	if err := v.checkCluster(ctx, st, "spec.cluster", s.Cluster); err != nil {
 		return err
+	}
+
+	current, err := st.Get(ctx, resource.NewMetadata(md.Namespace(), md.Type(), md.ID(), resource.VersionUndefined))
+	switch {
+	case err == nil:
+		if was, ok := current.Spec().(*MachineSpec); ok && was.Cluster != s.Cluster {
+			v.Add("spec.cluster", "cannot change from %q to %q: delete the Machine and create it in the other cluster", was.Cluster, s.Cluster)
+		}
+	case !state.IsNotFoundError(err):
+		return fmt.Errorf("reading machine %q: %w", md.ID(), err)
 	}
 
 	v.checkRole("spec.role", s.Role, true)
