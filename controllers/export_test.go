@@ -14,3 +14,6 @@ func NewCredentialsConnectorDialing(dial func(context.Context, ...talos.Option) 
 
 	return c
 }
+
+// Executors counts the machine executors alive.
+func (ctrl *MachineUpgradeStatusController) Executors() int { return ctrl.executors() }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/kube"
+	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 	"github.com/upshift-io/upshift/state/validate"
@@ -83,4 +86,40 @@ func TestRolloutCredentialsRotatedMidInstall(t *testing.T) {
 	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
 	assert.True(t, f.client(0).closed.Load(), "the replaced client closed once its calls returned")
 	assert.False(t, f.client(1).closed.Load())
+}
+
+// Deleting a machine in the middle of its upgrade ends its executor (the drain it waits on is cancelled, and no
+// further call goes out) before its MachineUpgradeStatus is destroyed: no executor outlives its machine.
+func TestRolloutMachineDeletedMidUpgrade(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 0, 1)
+	f.drainBlocks["w-1"] = true
+
+	executors := controllers.NewMachineUpgradeStatusController(f, controllers.NewUpgradeConfig(fastUpgrades()...))
+	own := func(engine controller.Engine) error { return engine.RegisterQController(executors) }
+	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
+	ctx := startEngine(t, st, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), controllers.Overridable(controllers.Upgrades(f, fastUpgrades()...), own))
+
+	draining := make(chan struct{})
+	f.hook(func(c fakeCall) {
+		if c.Method == "Drain" {
+			close(draining)
+		}
+	})
+
+	createAndUpgrade(ctx, t, st, f, nil)
+
+	select {
+	case <-draining:
+	case <-ctx.Done():
+		t.Fatal("w-1 never drained")
+	}
+
+	require.Equal(t, 1, executors.Executors())
+	require.NoError(t, st.Destroy(ctx, cluster.NewMachine("w-1").Metadata()))
+
+	rtestutils.AssertNoResource[*upgrade.MachineUpgradeStatus](ctx, t, st, "w-1", rtestutils.WithNamespace(resources.Namespace))
+	assert.Equal(t, 0, executors.Executors(), "the executor ended before its status was destroyed")
+	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain"}, f.callsOf("w-1"))
 }

@@ -41,6 +41,7 @@ type MachineUpgradeStatusController struct {
 
 	mu       sync.Mutex
 	runs     map[string]*machineRun
+	live     int // executor goroutines alive, for tests to see that none outlives its machine
 	stopping bool
 	wg       sync.WaitGroup
 }
@@ -114,12 +115,14 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 
 	ctrl.index.observe(id, machineCluster(machine))
 
-	if ctrl.running(id) {
-		return nil
+	if machine == nil {
+		ctrl.stop(id) // a deleted machine's executor ends first, so nothing writes its status once destroyed
+
+		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
 	}
 
-	if machine == nil {
-		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
+	if ctrl.running(id) {
+		return nil
 	}
 
 	var current *upgrade.MachineUpgradeStatusSpec
@@ -215,7 +218,7 @@ func (ctrl *MachineUpgradeStatusController) running(id string) bool {
 	return !run.finished
 }
 
-// start runs an executor for run.id in the background until it finishes or the runtime stops.
+// start runs an executor for run.id in the background until it finishes, the runtime stops, or stop ends it.
 func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *machineRun, body func(context.Context)) {
 	ctrl.mu.Lock()
 	defer ctrl.mu.Unlock()
@@ -224,17 +227,53 @@ func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *mach
 		return
 	}
 
+	ctx, run.cancel = context.WithCancel(ctx)
+	run.done = make(chan struct{})
+	run.logger = run.logger.With(zap.String("cluster", run.machine.Cluster))
 	ctrl.runs[run.id] = run
+	ctrl.live++
 
 	ctrl.wg.Go(func() {
+		defer close(run.done)
+		defer run.cancel()
+
 		body(ctx)
 
 		ctrl.mu.Lock()
+		defer ctrl.mu.Unlock()
+
 		if ctrl.runs[run.id] == run {
 			delete(ctrl.runs, run.id)
 		}
-		ctrl.mu.Unlock()
+
+		ctrl.live--
 	})
+}
+
+// stop ends the executor of machine id, if one runs, and waits until its goroutine is gone.
+func (ctrl *MachineUpgradeStatusController) stop(id string) {
+	ctrl.mu.Lock()
+	run := ctrl.runs[id]
+	ctrl.mu.Unlock()
+
+	if run == nil {
+		return
+	}
+
+	run.cancel()
+	<-run.done
+
+	if !run.finished {
+		run.logger.Warn("machine upgrade stopped: the machine was deleted", zap.String("step", string(run.spec.Phase)))
+	}
+}
+
+// executors counts the executor goroutines alive.
+func (ctrl *MachineUpgradeStatusController) executors() int {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.live
 }
 
 // machineRun is the executor of one machine's upgrade.
@@ -248,6 +287,9 @@ type machineRun struct {
 	// resumed says that the recorded step was entered by an earlier run (before a restart of the engine or of the
 	// runtime), so its side effect may have happened already; it holds for that first step only.
 	resumed bool
+
+	cancel context.CancelFunc // ends the executor (its machine was deleted)
+	done   chan struct{}      // closed when the executor's goroutine returns
 
 	mu       sync.Mutex
 	finished bool
