@@ -2,9 +2,13 @@ package controllers_test
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
@@ -13,7 +17,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/kube"
@@ -122,4 +128,149 @@ func TestRolloutMachineDeletedMidUpgrade(t *testing.T) {
 	rtestutils.AssertNoResource[*upgrade.MachineUpgradeStatus](ctx, t, st, "w-1", rtestutils.WithNamespace(resources.Namespace))
 	assert.Equal(t, 0, executors.Executors(), "the executor ended before its status was destroyed")
 	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain"}, f.callsOf("w-1"))
+}
+
+var errInjected = errors.New("injected read failure")
+
+// faultyState fails every read of one resource type while fault is set.
+type faultyState struct {
+	state.CoreState
+
+	typ   resource.Type
+	fault atomic.Bool
+}
+
+func (s *faultyState) Get(ctx context.Context, ptr resource.Pointer, opts ...state.GetOption) (resource.Resource, error) {
+	if s.fault.Load() && ptr.Type() == s.typ {
+		return nil, errInjected
+	}
+
+	return s.CoreState.Get(ctx, ptr, opts...)
+}
+
+// observedLogger logs to the test and to the returned observer, from level on.
+func observedLogger(t *testing.T, level zapcore.Level) (*zap.Logger, *observer.ObservedLogs) {
+	t.Helper()
+
+	core, logs := observer.New(level)
+
+	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel), zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewTee(c, core)
+	}))), logs
+}
+
+// loggedFor counts the entries with msg about machine w-1 of cluster c1 in step.
+func loggedFor(logs *observer.ObservedLogs, msg string, step upgrade.MachinePhase) int {
+	return logs.FilterMessage(msg).
+		FilterField(zap.String("cluster", "c1")).
+		FilterField(zap.String("machine", "w-1")).
+		FilterField(zap.String("step", string(step))).Len()
+}
+
+// An error inside a machine's executor (here: reading the cluster's upgrade status fails after the pull) is
+// logged with the cluster, machine and step, shown in Waiting, and retried: once the store answers again the
+// machine goes on from where it was, without pulling again as a resumed step would. An error that lasts the step
+// timeout fails the machine with it.
+func TestRolloutExecutorError(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		name  string
+		lasts bool
+	}{
+		{name: "retried"},
+		{name: "lasts the step timeout", lasts: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+
+			f := newFakeFleet(v13, 0, 1)
+			core := &faultyState{CoreState: validate.NewState(namespaced.NewState(inmem.Build)), typ: upgrade.TalosUpgradeStatusType}
+			st := state.WrapCore(core)
+			logger, logs := observedLogger(t, zap.ErrorLevel)
+
+			opts := fastUpgrades()
+			if tc.lasts {
+				opts = fastUpgrades(controllers.WithStepTimeout(300 * time.Millisecond))
+			}
+
+			ctx := startEngine(t, st, logger, controllers.Upgrades(f, opts...))
+
+			f.hook(func(c fakeCall) {
+				if c.Method == "PullImage" {
+					f.hook(nil)
+					core.fault.Store(true)
+				}
+			})
+
+			createAndUpgrade(ctx, t, st, f, nil)
+
+			if tc.lasts {
+				rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
+					a.Equal(upgrade.MachineFailed, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
+					a.Contains(mus.TypedSpec().Error, "PullingImage: reading Talos upgrade status: "+errInjected.Error())
+				}, rtestutils.WithNamespace(resources.Namespace))
+
+				core.fault.Store(false)
+				assert.Equal(t, 1, loggedFor(logs, "machine upgrade step failed: it could not advance within the step timeout", upgrade.MachinePullingImage))
+				assert.Equal(t, []string{"PullImage"}, f.callsOf("w-1"))
+
+				return
+			}
+
+			rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
+				a.Equal(upgrade.MachinePullingImage, mus.TypedSpec().Phase)
+				a.Contains(mus.TypedSpec().Waiting, errInjected.Error())
+			}, rtestutils.WithNamespace(resources.Namespace))
+
+			assert.Positive(t, loggedFor(logs, "machine upgrade step cannot advance; retrying", upgrade.MachinePullingImage))
+
+			core.fault.Store(false)
+			assertDone(ctx, t, st, v14)
+
+			mus := machineUpgrade(ctx, t, st, "w-1")
+			assert.Empty(t, mus.Waiting)
+			assert.Equal(t, 1, mus.Attempt)
+			assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
+		})
+	}
+}
+
+// A machine whose record names a step this engine does not know fails with that, logged with the cluster, machine
+// and step, instead of staying in flight with nobody driving it.
+func TestRolloutUnexpectedStep(t *testing.T) {
+	t.Parallel()
+
+	const bogus = upgrade.MachinePhase("Bogus")
+
+	f := newFakeFleet(v13, 0, 1)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	st := stopEngineOn(ctx, t, f, "PullImage", v13, v14)
+
+	current, err := safe.StateGetByID[*upgrade.MachineUpgradeStatus](ctx, st, "w-1")
+	require.NoError(t, err)
+
+	_, err = safe.StateUpdateWithConflicts(ctx, st, current.Metadata(), func(mus *upgrade.MachineUpgradeStatus) error {
+		mus.TypedSpec().Phase = bogus
+
+		return nil
+	}, state.WithUpdateOwner(current.Metadata().Owner()))
+	require.NoError(t, err)
+
+	logger, logs := observedLogger(t, zap.ErrorLevel)
+	second := runEngine(ctx, st, logger, controllers.Upgrades(f, fastUpgrades()...))
+
+	rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
+		a.Equal(upgrade.MachineFailed, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
+		a.Equal(`unexpected step "Bogus"`, mus.TypedSpec().Error)
+	}, rtestutils.WithNamespace(resources.Namespace))
+
+	cancel()
+	require.NoError(t, <-second)
+
+	assert.Equal(t, 1, loggedFor(logs, "machine upgrade step failed", bogus))
+	assert.Equal(t, []string{"PullImage"}, f.callsOf("w-1"))
 }

@@ -305,7 +305,7 @@ func (run *machineRun) begin(ctx context.Context, hop string) {
 
 	st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 	if err != nil {
-		return
+		return // only when ctx ends, as below: the runtime stops or the machine is gone
 	}
 
 	if fail != "" {
@@ -333,17 +333,28 @@ func (run *machineRun) begin(ctx context.Context, hop string) {
 	run.resume(ctx)
 }
 
-// resume runs the steps from the recorded one to Done or Failed.
+// resume runs the steps from the recorded one to Done or Failed. It returns before that only when ctx ends: an
+// executor never leaves its machine in flight with nobody driving it.
 func (run *machineRun) resume(ctx context.Context) {
 	for {
 		fail, err := run.do(ctx)
-		if err != nil || ctx.Err() != nil {
-			return // the runtime stops; the next one resumes this step from what it observes
+		if ctx.Err() != nil {
+			return // the runtime stops, or the machine is gone; a next run resumes this step from what it observes
+		}
+
+		if err != nil {
+			// Steps end with an error only when ctx does; making the step again after any other could repeat its
+			// side effect, so the error fails it.
+			fail = fmt.Sprintf("%s: %v", run.spec.Phase, err)
+		}
+
+		if fail != "" {
+			run.logger.Error("machine upgrade step failed", zap.String("step", string(run.spec.Phase)), zap.String("reason", fail))
 		}
 
 		run.resumed = false
 
-		next, err := run.advance(ctx, fail)
+		next, err := run.advanceRetrying(ctx, fail)
 		if err != nil {
 			return
 		}
@@ -360,6 +371,63 @@ func (run *machineRun) resume(ctx context.Context) {
 	}
 }
 
+// advanceRetrying is advance, tried again after a growing pause while it fails (it reads the cluster's upgrade
+// status, which the store may fail to give); each error is logged and shown in Waiting. An error that lasts the step
+// timeout fails the step. It returns an error only when ctx ends.
+func (run *machineRun) advanceRetrying(ctx context.Context, fail string) (upgrade.MachineUpgradeStatusSpec, error) {
+	pause := run.backoff()
+	giveUp := time.Now().Add(run.ctrl.cfg.StepTimeout)
+
+	for {
+		next, err := run.advance(ctx, fail)
+		if err == nil || ctx.Err() != nil {
+			return next, err
+		}
+
+		step := string(run.spec.Phase)
+
+		if !time.Now().Before(giveUp) {
+			fail = fmt.Sprintf("%s: %v", step, err)
+			run.logger.Error("machine upgrade step failed: it could not advance within the step timeout", zap.String("step", step), zap.Error(err))
+
+			continue // with fail set, advance reads nothing that can fail
+		}
+
+		run.logger.Error("machine upgrade step cannot advance; retrying", zap.String("step", step), zap.Error(err))
+		run.showWaiting(ctx, fmt.Sprintf("%s cannot advance (retrying): %v", step, err))
+
+		if err := pause(ctx); err != nil {
+			return next, err
+		}
+	}
+}
+
+// showWaiting records why the machine waits, with one try: when that write fails too, the log says so.
+func (run *machineRun) showWaiting(ctx context.Context, why string) {
+	s := run.spec
+	s.Waiting = why
+
+	if err := run.record(ctx, s); err != nil && ctx.Err() == nil {
+		run.logger.Error("recording why the machine waits failed", zap.String("step", string(s.Phase)), zap.Error(err))
+	}
+}
+
+// maxBackoff bounds the growing pause between tries of a failing executor operation, in retry delays.
+const maxBackoff = 32
+
+// backoff returns the pause before each next try of an operation that keeps failing: the retry delay, doubling up
+// to maxBackoff of them.
+func (run *machineRun) backoff() func(context.Context) error {
+	next := run.ctrl.cfg.RetryDelay
+
+	return func(ctx context.Context) error {
+		pause := next
+		next = min(2*next, maxBackoff*run.ctrl.cfg.RetryDelay)
+
+		return sleep(ctx, pause)
+	}
+}
+
 // finish writes the last transition and frees the machine for the next reconcile in one step.
 func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) {
 	run.mu.Lock()
@@ -367,12 +435,20 @@ func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeSt
 
 	if run.write(ctx, spec) == nil {
 		run.finished = true
-		run.logger.Info("machine upgrade finished", zap.String("phase", string(spec.Phase)), zap.String("version", spec.ToVersion), zap.String("error", spec.Error))
+
+		level := zap.InfoLevel
+		if spec.Phase == upgrade.MachineFailed {
+			level = zap.ErrorLevel
+		}
+
+		run.logger.Log(level, "machine upgrade finished", zap.String("phase", string(spec.Phase)), zap.String("version", spec.ToVersion), zap.String("error", spec.Error))
 	}
 }
 
-// write records spec durably, retrying until it is written or the runtime stops.
+// write records spec durably, retrying after a growing pause until it is written or ctx ends.
 func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) error {
+	pause := run.backoff()
+
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err() // a stopped runtime records nothing more: its successor resumes from the last record
@@ -387,9 +463,9 @@ func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeSta
 			return ctx.Err()
 		}
 
-		run.logger.Warn("recording machine upgrade step failed; retrying", zap.String("phase", string(spec.Phase)), zap.Error(err))
+		run.logger.Error("recording machine upgrade step failed; retrying", zap.String("step", string(spec.Phase)), zap.Error(err))
 
-		if sleep(ctx, run.ctrl.cfg.RetryDelay) != nil {
+		if pause(ctx) != nil {
 			return ctx.Err()
 		}
 	}

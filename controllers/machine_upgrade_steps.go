@@ -69,7 +69,7 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 	case upgrade.MachineUncordoning:
 		return run.kubeCall(ctx, "uncordon", func(ctx context.Context, nodes kube.Nodes) error { return nodes.Uncordon(ctx, s.NodeName) })
 	default:
-		return "", nil
+		return fmt.Sprintf("unexpected step %q", s.Phase), nil // a record this engine cannot continue
 	}
 }
 
