@@ -96,23 +96,7 @@ func TestCredentialsConnectorRotationDrains(t *testing.T) {
 	old, err := conn.Talos(t.Context(), access)
 	require.NoError(t, err)
 
-	type result struct {
-		version string
-		err     error
-	}
-
-	done := make(chan result, 1)
-
-	go func() {
-		v, err := old.Version(t.Context(), "n1")
-		done <- result{v, err}
-	}()
-
-	select {
-	case <-srv.entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the call never reached the server")
-	}
+	done := srv.versionInFlight(t, old)
 
 	access.Credentials.Talosconfig = talosconfigOf(t, ca, "after", srv.addr)
 	rotated, err := conn.Talos(t.Context(), access)
@@ -121,13 +105,9 @@ func TestCredentialsConnectorRotationDrains(t *testing.T) {
 
 	close(srv.release)
 
-	select {
-	case r := <-done:
-		require.NoError(t, r.err, "the call in flight finished on its client")
-		assert.Equal(t, "v1.13.0", r.version)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the call in flight never returned")
-	}
+	r := receive(t, done)
+	require.NoError(t, r.err, "the call in flight finished on its client")
+	assert.Equal(t, "v1.13.0", r.version)
 
 	_, err = old.Version(t.Context(), "n1")
 	require.ErrorIs(t, err, controllers.ErrClientReplaced, "the replaced client closed after its last call")
@@ -136,6 +116,26 @@ func TestCredentialsConnectorRotationDrains(t *testing.T) {
 	v, err := rotated.Version(t.Context(), "n1")
 	require.NoError(t, err)
 	assert.Equal(t, "v1.13.0", v)
+}
+
+// A call that the connector's own Close cuts off may have reached the machine: it is unreachable (its outcome
+// unknown, an install unconfirmed), never a failure the machine reported.
+func TestCredentialsConnectorCloseCutsOffUnreachable(t *testing.T) {
+	t.Parallel()
+
+	ca := newTestCA(t)
+	srv := startBlockingTalos(t, ca)
+	conn := controllers.NewCredentialsConnector()
+
+	api, err := conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c1", Credentials: cluster.CredentialsSpec{Talosconfig: talosconfigOf(t, ca, "c1", srv.addr)}})
+	require.NoError(t, err)
+
+	done := srv.versionInFlight(t, api)
+	require.NoError(t, conn.Close())
+
+	err = receive(t, done).err
+	require.Error(t, err)
+	assert.True(t, talos.IsUnreachable(err), "%v", err)
 }
 
 // blockingTalos serves MachineService.Version over TLS on loopback; every call waits for release.
@@ -160,6 +160,45 @@ func (s *blockingTalos) Version(ctx context.Context, _ *emptypb.Empty) (*machine
 	}
 
 	return &machineapi.VersionResponse{Messages: []*machineapi.Version{{Version: &machineapi.VersionInfo{Tag: "v1.13.0"}}}}, nil
+}
+
+type versionResult struct {
+	version string
+	err     error
+}
+
+// versionInFlight calls Version on api in the background and returns once the server holds the call; its result
+// comes on the channel.
+func (s *blockingTalos) versionInFlight(t *testing.T, api talos.API) <-chan versionResult {
+	t.Helper()
+
+	done := make(chan versionResult, 1)
+
+	go func() {
+		v, err := api.Version(t.Context(), "n1")
+		done <- versionResult{v, err}
+	}()
+
+	select {
+	case <-s.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call never reached the server")
+	}
+
+	return done
+}
+
+func receive(t *testing.T, done <-chan versionResult) versionResult {
+	t.Helper()
+
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call in flight never returned")
+
+		return versionResult{}
+	}
 }
 
 func startBlockingTalos(t *testing.T, ca *sideroX509.CertificateAuthority) *blockingTalos {

@@ -202,10 +202,7 @@ func admission(ctx context.Context, r controller.Reader, machine *cluster.Machin
 }
 
 func (ctrl *MachineUpgradeStatusController) running(id string) bool {
-	ctrl.mu.Lock()
-	run := ctrl.runs[id]
-	ctrl.mu.Unlock()
-
+	run := ctrl.run(id)
 	if run == nil {
 		return false
 	}
@@ -252,10 +249,7 @@ func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *mach
 
 // stop ends the executor of machine id, if one runs, and waits until its goroutine is gone.
 func (ctrl *MachineUpgradeStatusController) stop(id string) {
-	ctrl.mu.Lock()
-	run := ctrl.runs[id]
-	ctrl.mu.Unlock()
-
+	run := ctrl.run(id)
 	if run == nil {
 		return
 	}
@@ -266,6 +260,14 @@ func (ctrl *MachineUpgradeStatusController) stop(id string) {
 	if !run.finished {
 		run.logger.Warn("machine upgrade stopped: the machine was deleted", zap.String("step", string(run.spec.Phase)))
 	}
+}
+
+// run is the executor of machine id started last, nil when none runs.
+func (ctrl *MachineUpgradeStatusController) run(id string) *machineRun {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.runs[id]
 }
 
 // executors counts the executor goroutines alive.
