@@ -177,19 +177,18 @@ func (tc *talosConn) shut() error {
 // talosCall makes one counted call on tc. A call that finds the client closed is not sent (ErrClientReplaced). A
 // call that the connector's Close cut off may have reached the machine, so it is unreachable (its outcome unknown),
 // never a failure the machine reported.
-func talosCall[T any](tc *talosConn, node, op string, call func(talos.API) (T, error)) (T, error) {
+func talosCall[T any](tc *talosConn, node, op string, call func(talos.API) (T, error)) (out T, err error) {
 	if !tc.acquire() {
-		var zero T
-
-		return zero, fmt.Errorf("node %q: %s: %w", node, op, ErrClientReplaced)
+		return out, fmt.Errorf("node %q: %s: %w", node, op, ErrClientReplaced)
 	}
 
-	out, err := call(tc.api)
-	if tc.release() && err != nil {
-		err = &talos.Error{Node: node, Op: op, Kind: talos.KindUnreachable, Err: fmt.Errorf("the engine closed its Talos client during the call: %w", err)}
-	}
+	defer func() {
+		if tc.release() && err != nil {
+			err = &talos.Error{Node: node, Op: op, Kind: talos.KindUnreachable, Err: fmt.Errorf("the engine closed its Talos client during the call: %w", err)}
+		}
+	}()
 
-	return out, err
+	return call(tc.api)
 }
 
 // talosDo is talosCall for the calls that return only an error.
