@@ -17,7 +17,8 @@ import (
 )
 
 // ErrClientReplaced is wrapped by a call made on a Talos client that new credentials replaced and that closed when
-// the calls it carried returned: the call was not sent, so it is safe to make again with a fresh client.
+// the calls it carried returned (or that the connector's Close closed): the call was not sent, so it is safe to make
+// again with a fresh client.
 var ErrClientReplaced = errors.New("the cluster's Talos client was replaced by new credentials; the call was not sent")
 
 // ErrNoKubernetes is wrapped by Connector.Kubernetes when a cluster gives no way to reach its Kubernetes API (its
