@@ -8,11 +8,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
@@ -34,6 +37,8 @@ type fakeFleet struct {
 	leader string
 	// onCall, when set, runs (unlocked) after a call is recorded, before it takes effect.
 	onCall func(fakeCall)
+	// clients are the Talos clients dial made, in order.
+	clients []*fakeClient
 
 	cpsDown, maxCPsDown         int
 	workersBusy, maxWorkersBusy int
@@ -78,8 +83,30 @@ func newFakeFleet(version string, cps, workers int) *fakeFleet {
 func newID() string { return rand.Text() }
 
 func (f *fakeFleet) Talos(context.Context, controllers.ClusterAccess) (talos.API, error) {
-	return fakeTalos{f}, nil
+	return fakeTalos{f: f}, nil
 }
+
+// dial makes Talos clients onto the fleet for a CredentialsConnector; each can be closed, like a real one.
+func (f *fakeFleet) dial(context.Context, ...talos.Option) (talos.API, error) {
+	c := &fakeClient{}
+
+	f.mu.Lock()
+	f.clients = append(f.clients, c)
+	f.mu.Unlock()
+
+	return fakeTalos{f: f, client: c}, nil
+}
+
+// client is the i-th client dial made.
+func (f *fakeFleet) client(i int) *fakeClient {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	return f.clients[i]
+}
+
+// fakeClient is one Talos client dial made.
+type fakeClient struct{ closed atomic.Bool }
 
 func (f *fakeFleet) Kubernetes(context.Context, controllers.ClusterAccess) (kube.Nodes, error) {
 	return fakeKube{f}, nil
@@ -236,12 +263,34 @@ func (f *fakeFleet) count(node, method string) int {
 
 func versionOf(image string) string { return image[strings.LastIndex(image, ":")+1:] }
 
-type fakeTalos struct{ f *fakeFleet }
+// fakeTalos is a Talos client of the fleet: the fleet's own, which never closes, or one dial made (client).
+type fakeTalos struct {
+	f      *fakeFleet
+	client *fakeClient
+}
 
-func (t fakeTalos) Close() error { return nil }
+func (t fakeTalos) Close() error {
+	if t.client != nil {
+		t.client.closed.Store(true)
+	}
+
+	return nil
+}
+
+// do is fakeFleet.do through this client: a call whose client closed before the call took effect fails the way
+// gRPC fails a call on a closing connection, which the Talos adapter does not take for an unreachable node.
+func (t fakeTalos) do(node, method, arg string, fn func(*fakeNode) error) error {
+	return t.f.do(node, method, arg, func(n *fakeNode) error {
+		if t.client != nil && t.client.closed.Load() {
+			return &talos.Error{Node: node, Op: method, Kind: talos.KindFailed, Err: status.Error(codes.Canceled, "grpc: the client connection is closing")}
+		}
+
+		return fn(n)
+	})
+}
 
 func (t fakeTalos) MachineStatus(_ context.Context, node string) (st talos.MachineStatus, err error) {
-	err = t.f.do(node, "MachineStatus", "", func(n *fakeNode) error {
+	err = t.do(node, "MachineStatus", "", func(n *fakeNode) error {
 		st = talos.MachineStatus{Version: n.version, Stage: n.stage, Ready: n.stage == "running", BootID: n.bootID, NodeName: n.name}
 
 		return nil
@@ -257,7 +306,7 @@ func (t fakeTalos) Version(ctx context.Context, node string) (string, error) {
 }
 
 func (t fakeTalos) PullImage(_ context.Context, node, image string) (string, error) {
-	return image, t.f.do(node, "PullImage", image, func(n *fakeNode) error {
+	return image, t.do(node, "PullImage", image, func(n *fakeNode) error {
 		t.f.markBusy(n, true)
 
 		return nil
@@ -265,7 +314,7 @@ func (t fakeTalos) PullImage(_ context.Context, node, image string) (string, err
 }
 
 func (t fakeTalos) Install(_ context.Context, node, image string) error {
-	return t.f.do(node, "Install", image, func(n *fakeNode) error {
+	return t.do(node, "Install", image, func(n *fakeNode) error {
 		if n.installFails {
 			return &talos.Error{Node: node, Op: "Install", Kind: talos.KindFailed, Err: errors.New("installer exited with code 1")}
 		}
@@ -281,7 +330,7 @@ func (t fakeTalos) Install(_ context.Context, node, image string) error {
 }
 
 func (t fakeTalos) LegacyUpgrade(_ context.Context, node, image string) error {
-	return t.f.do(node, "LegacyUpgrade", image, func(n *fakeNode) error {
+	return t.do(node, "LegacyUpgrade", image, func(n *fakeNode) error {
 		n.staged = versionOf(image)
 		t.f.reboot(n)
 
@@ -290,7 +339,7 @@ func (t fakeTalos) LegacyUpgrade(_ context.Context, node, image string) error {
 }
 
 func (t fakeTalos) Reboot(_ context.Context, node string) error {
-	return t.f.do(node, "Reboot", "", func(n *fakeNode) error {
+	return t.do(node, "Reboot", "", func(n *fakeNode) error {
 		t.f.reboot(n)
 
 		return nil
@@ -298,7 +347,7 @@ func (t fakeTalos) Reboot(_ context.Context, node string) error {
 }
 
 func (t fakeTalos) EtcdMembers(_ context.Context, node string) (out []talos.EtcdMember, err error) {
-	err = t.f.do(node, "EtcdMembers", "", func(*fakeNode) error {
+	err = t.do(node, "EtcdMembers", "", func(*fakeNode) error {
 		for _, n := range t.f.nodes {
 			if n.cp {
 				out = append(out, talos.EtcdMember{ID: n.memberID, Hostname: n.name})
@@ -312,7 +361,7 @@ func (t fakeTalos) EtcdMembers(_ context.Context, node string) (out []talos.Etcd
 }
 
 func (t fakeTalos) EtcdMemberStatus(_ context.Context, node string) (st talos.EtcdMemberStatus, err error) {
-	err = t.f.do(node, "EtcdMemberStatus", "", func(n *fakeNode) error {
+	err = t.do(node, "EtcdMemberStatus", "", func(n *fakeNode) error {
 		st = talos.EtcdMemberStatus{MemberID: n.memberID, Leader: t.f.nodes[t.f.leader].memberID}
 		if n.etcdUnhealthy {
 			st.Errors = []string{"etcd member is unhealthy"}
@@ -325,7 +374,7 @@ func (t fakeTalos) EtcdMemberStatus(_ context.Context, node string) (st talos.Et
 }
 
 func (t fakeTalos) EtcdForfeitLeadership(_ context.Context, node string) error {
-	return t.f.do(node, "EtcdForfeitLeadership", "", func(n *fakeNode) error {
+	return t.do(node, "EtcdForfeitLeadership", "", func(n *fakeNode) error {
 		if t.f.leader != n.name {
 			return nil
 		}

@@ -38,6 +38,7 @@ type MachineUpgradeStatusController struct {
 
 	mu       sync.Mutex
 	runs     map[string]*machineRun
+	live     int // executor goroutines alive, for tests to see that none outlives its machine
 	stopping bool
 	wg       sync.WaitGroup
 }
@@ -109,12 +110,14 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 		return fmt.Errorf("reading machine %q: %w", id, err)
 	}
 
-	if ctrl.running(id) {
-		return nil
+	if machine == nil {
+		ctrl.stop(id) // a deleted machine's executor ends first, so nothing writes its status once destroyed
+
+		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
 	}
 
-	if machine == nil {
-		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
+	if ctrl.running(id) {
+		return nil
 	}
 
 	var current *upgrade.MachineUpgradeStatusSpec
@@ -229,10 +232,7 @@ func admission(ctx context.Context, r controller.Reader, machine *cluster.Machin
 }
 
 func (ctrl *MachineUpgradeStatusController) running(id string) bool {
-	ctrl.mu.Lock()
-	run := ctrl.runs[id]
-	ctrl.mu.Unlock()
-
+	run := ctrl.run(id)
 	if run == nil {
 		return false
 	}
@@ -245,7 +245,7 @@ func (ctrl *MachineUpgradeStatusController) running(id string) bool {
 	return !run.finished
 }
 
-// start runs an executor for run.id in the background until it finishes or the runtime stops.
+// start runs an executor for run.id in the background until it finishes, the runtime stops, or stop ends it.
 func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *machineRun, body func(context.Context)) {
 	ctrl.mu.Lock()
 	defer ctrl.mu.Unlock()
@@ -254,17 +254,58 @@ func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *mach
 		return
 	}
 
+	ctx, run.cancel = context.WithCancel(ctx)
+	run.done = make(chan struct{})
+	run.logger = run.logger.With(zap.String("cluster", run.machine.Cluster))
 	ctrl.runs[run.id] = run
+	ctrl.live++
 
 	ctrl.wg.Go(func() {
+		defer close(run.done)
+		defer run.cancel()
+
 		body(ctx)
 
 		ctrl.mu.Lock()
+		defer ctrl.mu.Unlock()
+
 		if ctrl.runs[run.id] == run {
 			delete(ctrl.runs, run.id)
 		}
-		ctrl.mu.Unlock()
+
+		ctrl.live--
 	})
+}
+
+// stop ends the executor of machine id, if one runs, and waits until its goroutine is gone.
+func (ctrl *MachineUpgradeStatusController) stop(id string) {
+	run := ctrl.run(id)
+	if run == nil {
+		return
+	}
+
+	run.cancel()
+	<-run.done
+
+	if !run.finished {
+		run.logger.Warn("machine upgrade stopped: the machine was deleted", zap.String("step", string(run.spec.Phase)))
+	}
+}
+
+// run is the executor of machine id started last, nil when none runs.
+func (ctrl *MachineUpgradeStatusController) run(id string) *machineRun {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.runs[id]
+}
+
+// executors counts the executor goroutines alive.
+func (ctrl *MachineUpgradeStatusController) executors() int {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.live
 }
 
 // machineRun is the executor of one machine's upgrade.
@@ -278,6 +319,9 @@ type machineRun struct {
 	// resumed says that the recorded step was entered by an earlier run (before a restart of the engine or of the
 	// runtime), so its side effect may have happened already; it holds for that first step only.
 	resumed bool
+
+	cancel context.CancelFunc // ends the executor (its machine was deleted)
+	done   chan struct{}      // closed when the executor's goroutine returns
 
 	mu       sync.Mutex
 	finished bool
@@ -293,7 +337,7 @@ func (run *machineRun) begin(ctx context.Context, w way) {
 
 	st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 	if err != nil {
-		return
+		return // only when ctx ends, as below: the runtime stops or the machine is gone
 	}
 
 	hop := w.targetFrom(st.Version)
@@ -328,17 +372,28 @@ func (run *machineRun) begin(ctx context.Context, w way) {
 	run.resume(ctx)
 }
 
-// resume runs the steps from the recorded one to Done or Failed.
+// resume runs the steps from the recorded one to Done or Failed. It returns before that only when ctx ends: an
+// executor never leaves its machine in flight with nobody driving it.
 func (run *machineRun) resume(ctx context.Context) {
 	for {
 		fail, err := run.do(ctx)
-		if err != nil || ctx.Err() != nil {
-			return // the runtime stops; the next one resumes this step from what it observes
+		if ctx.Err() != nil {
+			return // the runtime stops, or the machine is gone; a next run resumes this step from what it observes
+		}
+
+		if err != nil {
+			// Steps end with an error only when ctx does; making the step again after any other could repeat its
+			// side effect, so the error fails it.
+			fail = fmt.Sprintf("%s: %v", run.spec.Phase, err)
+		}
+
+		if fail != "" {
+			run.logger.Error("machine upgrade step failed", zap.String("step", string(run.spec.Phase)), zap.String("reason", fail))
 		}
 
 		run.resumed = false
 
-		next, err := run.advance(ctx, fail)
+		next, err := run.advanceRetrying(ctx, fail)
 		if err != nil {
 			return
 		}
@@ -355,6 +410,63 @@ func (run *machineRun) resume(ctx context.Context) {
 	}
 }
 
+// advanceRetrying is advance, tried again after a growing pause while it fails (it reads the cluster's upgrade
+// status, which the store may fail to give); each error is logged and shown in Waiting. An error that lasts the step
+// timeout fails the step. It returns an error only when ctx ends.
+func (run *machineRun) advanceRetrying(ctx context.Context, fail string) (upgrade.MachineUpgradeStatusSpec, error) {
+	pause := run.backoff()
+	giveUp := time.Now().Add(run.ctrl.cfg.StepTimeout)
+
+	for {
+		next, err := run.advance(ctx, fail)
+		if err == nil || ctx.Err() != nil {
+			return next, err
+		}
+
+		step := string(run.spec.Phase)
+
+		if !time.Now().Before(giveUp) {
+			fail = fmt.Sprintf("%s: %v", step, err)
+			run.logger.Error("machine upgrade step failed: it could not advance within the step timeout", zap.String("step", step), zap.Error(err))
+
+			continue // with fail set, advance reads nothing that can fail
+		}
+
+		run.logger.Error("machine upgrade step cannot advance; retrying", zap.String("step", step), zap.Error(err))
+		run.showWaiting(ctx, fmt.Sprintf("%s cannot advance (retrying): %v", step, err))
+
+		if err := pause(ctx); err != nil {
+			return next, err
+		}
+	}
+}
+
+// showWaiting records why the machine waits, with one try: when that write fails too, the log says so.
+func (run *machineRun) showWaiting(ctx context.Context, why string) {
+	s := run.spec
+	s.Waiting = why
+
+	if err := run.record(ctx, s); err != nil && ctx.Err() == nil {
+		run.logger.Error("recording why the machine waits failed", zap.String("step", string(s.Phase)), zap.Error(err))
+	}
+}
+
+// maxBackoff bounds the growing pause between tries of a failing executor operation, in retry delays.
+const maxBackoff = 32
+
+// backoff returns the pause before each next try of an operation that keeps failing: the retry delay, doubling up
+// to maxBackoff of them.
+func (run *machineRun) backoff() func(context.Context) error {
+	next := run.ctrl.cfg.RetryDelay
+
+	return func(ctx context.Context) error {
+		pause := next
+		next = min(2*next, maxBackoff*run.ctrl.cfg.RetryDelay)
+
+		return sleep(ctx, pause)
+	}
+}
+
 // finish writes the last transition and frees the machine for the next reconcile in one step.
 func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) {
 	run.mu.Lock()
@@ -362,12 +474,20 @@ func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeSt
 
 	if run.write(ctx, spec) == nil {
 		run.finished = true
-		run.logger.Info("machine upgrade finished", zap.String("phase", string(spec.Phase)), zap.String("version", spec.ToVersion), zap.String("error", spec.Error))
+
+		level := zap.InfoLevel
+		if spec.Phase == upgrade.MachineFailed {
+			level = zap.ErrorLevel
+		}
+
+		run.logger.Log(level, "machine upgrade finished", zap.String("phase", string(spec.Phase)), zap.String("version", spec.ToVersion), zap.String("error", spec.Error))
 	}
 }
 
-// write records spec durably, retrying until it is written or the runtime stops.
+// write records spec durably, retrying after a growing pause until it is written or ctx ends.
 func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) error {
+	pause := run.backoff()
+
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err() // a stopped runtime records nothing more: its successor resumes from the last record
@@ -382,9 +502,9 @@ func (run *machineRun) write(ctx context.Context, spec upgrade.MachineUpgradeSta
 			return ctx.Err()
 		}
 
-		run.logger.Warn("recording machine upgrade step failed; retrying", zap.String("phase", string(spec.Phase)), zap.Error(err))
+		run.logger.Error("recording machine upgrade step failed; retrying", zap.String("step", string(spec.Phase)), zap.Error(err))
 
-		if sleep(ctx, run.ctrl.cfg.RetryDelay) != nil {
+		if pause(ctx) != nil {
 			return ctx.Err()
 		}
 	}

@@ -34,21 +34,33 @@ const (
 func startUpgrades(t *testing.T, f *fakeFleet, opts ...controllers.UpgradeOption) (context.Context, state.State) {
 	t.Helper()
 
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
-	done := runUpgrades(ctx, t, st, f, opts...)
+
+	return startEngine(t, st, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), controllers.Upgrades(f, fastUpgrades(opts...)...)), st
+}
+
+// startEngine runs registrars over st until the test ends.
+func startEngine(t *testing.T, st state.State, logger *zap.Logger, registrars ...controllers.Registrar) context.Context {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	done := runEngine(ctx, st, logger, registrars...)
 
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)
 	})
 
-	return ctx, st
+	return ctx
 }
 
 func runUpgrades(ctx context.Context, t *testing.T, st state.State, f *fakeFleet, opts ...controllers.UpgradeOption) <-chan error {
-	logger := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	rt := controllers.NewRuntime(st, logger, controllers.WithRegistrars(controllers.Upgrades(f, fastUpgrades(opts...)...)))
+	return runEngine(ctx, st, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), controllers.Upgrades(f, fastUpgrades(opts...)...))
+}
+
+// runEngine runs registrars over st until ctx ends.
+func runEngine(ctx context.Context, st state.State, logger *zap.Logger, registrars ...controllers.Registrar) <-chan error {
+	rt := controllers.NewRuntime(st, logger, controllers.WithRegistrars(registrars...))
 	done := make(chan error, 1)
 
 	go func() { done <- rt.Run(ctx) }()

@@ -69,7 +69,7 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 	case upgrade.MachineUncordoning:
 		return run.kubeCall(ctx, "uncordon", func(ctx context.Context, nodes kube.Nodes) error { return nodes.Uncordon(ctx, s.NodeName) })
 	default:
-		return "", nil
+		return fmt.Sprintf("unexpected step %q", s.Phase), nil // a record this engine cannot continue
 	}
 }
 
@@ -111,14 +111,15 @@ func (run *machineRun) talosCall(ctx context.Context, what string, call func(con
 	return run.retry(ctx, what, func() (string, error) { return run.tryTalos(ctx, what, call) })
 }
 
-// tryTalos makes call once: a refusal fails the step, an unreachable machine is worth another try.
+// tryTalos makes call once: a refusal fails the step; an unreachable machine, or a call not sent because new
+// credentials replaced the client, is worth another try.
 func (run *machineRun) tryTalos(ctx context.Context, what string, call func(context.Context, talos.API) error) (string, error) {
 	api, err := run.talos(ctx)
 	if err != nil {
 		return "", err
 	}
 
-	if err = call(ctx, api); err != nil && !talos.IsUnreachable(err) {
+	if err = call(ctx, api); err != nil && !talos.IsUnreachable(err) && !errors.Is(err, ErrClientReplaced) {
 		return fmt.Sprintf("%s: %v", what, err), nil
 	}
 
