@@ -1,7 +1,9 @@
 package controllers_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/stretchr/testify/assert"
@@ -25,9 +27,10 @@ func TestMachineStatus(t *testing.T) {
 	bootID := f.get("w-1").bootID
 
 	rtestutils.AssertResource(ctx, t, st, "w-1", func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.NotZero(s.TypedSpec().ObservedAt)
 		a.Equal(observe.MachineStatusSpec{
 			Cluster: "c1", TalosVersion: v13, Stage: "running", Ready: true, BootID: bootID, NodeName: "w-1",
-			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true,
+			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true, ObservedAt: s.TypedSpec().ObservedAt,
 		}, *s.TypedSpec())
 
 		label, _ := s.Metadata().Labels().Get(controllers.ClusterLabel)
@@ -54,6 +57,31 @@ func TestMachineStatus(t *testing.T) {
 		a.Empty(s.TypedSpec().Error)
 		a.Equal(v14, s.TypedSpec().TalosVersion)
 	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
+// A machine is observed again as soon as its upgrade enters a new phase, not a poll interval later: once the
+// upgrade is Done, the machines' statuses say the new version, reachable, observed after the upgrade finished.
+func TestMachineStatusFollowsUpgrade(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 1)
+	ctx, st := startUpgrades(t, f, controllers.WithPollInterval(time.Hour))
+	createAndUpgrade(ctx, t, st, f, nil)
+	assertDone(ctx, t, st, v14)
+
+	// Far less than the poll interval: only the upgrade's phase changes can bring the observation up to date.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	for _, id := range []string{"cp-1", "w-1"} {
+		finished := machineUpgrade(ctx, t, st, id).PhaseChangedAt
+
+		rtestutils.AssertResource(ctx, t, st, id, func(s *observe.MachineStatus, a *assert.Assertions) {
+			a.Equal(v14, s.TypedSpec().TalosVersion)
+			a.True(s.TypedSpec().Reachable)
+			a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
+		}, rtestutils.WithNamespace(resources.Namespace))
+	}
 }
 
 // The cluster's etcd: members with their machines, the leader, health, and whether one member may leave.
