@@ -91,11 +91,12 @@ func (v *View) clusterScreen(id string, width int) []string {
 			}
 		}
 
-		if m.status != nil && !m.status.Reachable && note == "" {
+		shown := m.shown()
+		if shown.Unreachable && note == "" {
 			note = "unreachable"
 		}
 
-		lines = append(lines, row(m.id, orUnknown(m.version()), phase, bar, steps, note))
+		lines = append(lines, row(m.id, orUnknown(shown.Version), phase, bar, steps, note))
 	}
 
 	return lines
@@ -366,7 +367,8 @@ func (v *View) Failed(clusterID string) []string {
 	return out
 }
 
-// OnVersion reports whether the cluster has machines and every one was last seen running Talos version.
+// OnVersion reports whether the cluster has machines and every one runs Talos version, as far as the engine knows
+// (its observation, or what its upgrade confirmed since).
 func (v *View) OnVersion(clusterID, version string) bool {
 	machines := v.machinesOf(clusterID)
 
@@ -379,7 +381,7 @@ func (v *View) OnVersion(clusterID, version string) bool {
 	return len(machines) > 0
 }
 
-// Versions returns the Talos version each machine of the cluster was last seen running, by machine ID.
+// Versions returns the Talos version each machine of the cluster runs as far as the engine knows, by machine ID.
 func (v *View) Versions(clusterID string) map[string]string {
 	out := map[string]string{}
 

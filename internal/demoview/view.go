@@ -16,6 +16,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 
+	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
@@ -249,13 +250,14 @@ func (m *machineState) progress() (done, total int) {
 	return 0, total
 }
 
-// version is the Talos version the machine was last seen running.
-func (m *machineState) version() string {
-	if m.status == nil {
-		return ""
-	}
+// shown is the machine's version and reachability as the view shows them next to its upgrade phase.
+func (m *machineState) shown() machineview.Machine {
+	return machineview.Pair(m.status, m.upgrade)
+}
 
-	return m.status.TalosVersion
+// version is the Talos version the machine runs as far as the engine knows.
+func (m *machineState) version() string {
+	return m.shown().Version
 }
 
 func flowOf(u *upgrade.MachineUpgradeStatusSpec) rollout.Flow {
