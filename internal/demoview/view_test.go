@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -24,6 +25,18 @@ func fleet(t *testing.T) *demoview.View {
 
 	v := demoview.New(t0)
 
+	for _, r := range fleetResources("v1.11.6") {
+		v.Update(r)
+	}
+
+	return v
+}
+
+// fleetResources are the resources of cluster c1 with 3 control planes and 3 workers observed on version at t0,
+// its etcd healthy.
+func fleetResources(version string) []resource.Resource {
+	var out []resource.Resource
+
 	for _, id := range []string{"c1-w-1", "c1-w-2", "c1-w-3", "c1-cp-1", "c1-cp-2", "c1-cp-3"} {
 		m := cluster.NewMachine(id)
 		m.TypedSpec().Cluster = "c1"
@@ -33,8 +46,9 @@ func fleet(t *testing.T) *demoview.View {
 			m.TypedSpec().Role = cluster.RoleControlPlane
 		}
 
-		v.Update(m)
-		observed(v, id, "v1.11.6", t0)
+		s := observe.NewMachineStatus(id)
+		s.TypedSpec().Cluster, s.TypedSpec().TalosVersion, s.TypedSpec().Reachable, s.TypedSpec().ObservedAt = "c1", version, true, t0
+		out = append(out, m, s)
 	}
 
 	etcd := observe.NewEtcdStatus("c1")
@@ -45,9 +59,7 @@ func fleet(t *testing.T) *demoview.View {
 			observe.EtcdMember{ID: id, Machine: fmt.Sprintf("c1-cp-%d", i+1), Started: true, Healthy: true})
 	}
 
-	v.Update(etcd)
-
-	return v
+	return append(out, etcd)
 }
 
 // observed folds in an observation of machine id, reachable on version, made at at.
