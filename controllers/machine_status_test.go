@@ -84,6 +84,35 @@ func TestMachineStatusFollowsUpgrade(t *testing.T) {
 	}
 }
 
+// A machine that stops answering right after its upgrade finished keeps, as its last known version, the one the
+// upgrade confirmed, not the one seen before its reboot.
+func TestMachineStatusKeepsTheConfirmedVersionOfAnUnreachableMachine(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 1)
+	// Once w-1 is back on v14 and uncordoned (its upgrade's last side effect), it answers no more.
+	f.hook(func(c fakeCall) {
+		if c.Node == "w-1" && c.Method == "MachineStatus" {
+			f.set("w-1", func(n *fakeNode) { n.down = n.down || (n.version == v14 && !n.cordoned) })
+		}
+	})
+
+	ctx, st := startUpgrades(t, f, controllers.WithPollInterval(time.Hour))
+	createAndUpgrade(ctx, t, st, f, nil)
+	assertDone(ctx, t, st, v14)
+
+	finished := machineUpgrade(ctx, t, st, "w-1").PhaseChangedAt
+
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	rtestutils.AssertResource(ctx, t, st, "w-1", func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.False(s.TypedSpec().Reachable)
+		a.Equal(v14, s.TypedSpec().TalosVersion)
+		a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
+	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
 // The cluster's etcd: members with their machines, the leader, health, and whether one member may leave.
 func TestEtcdStatus(t *testing.T) {
 	t.Parallel()
