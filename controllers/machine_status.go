@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -11,16 +12,19 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
+	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 // MachineStatusController observes every Machine through its cluster's Talos API (version, stage, readiness,
 // boot ID, node name) and Kubernetes (kubelet version, cordon) into a MachineStatus, again every poll interval.
 // A machine that cannot be reached is reported as such, with the error and its last known state; that is an
 // observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
-// holds one worker for that long at most.
+// holds one worker for that long at most. A machine whose upgrade enters a new phase is observed again at once, so
+// the observation catches up with what the upgrade's steps confirmed without waiting for the next poll.
 type MachineStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
@@ -37,20 +41,51 @@ func (ctrl *MachineStatusController) Name() string { return "MachineStatusContro
 // Settings implements controller.QController.
 func (ctrl *MachineStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs:      qInputs(cluster.MachineType, cluster.CredentialsType, observe.EtcdStatusType),
+		Inputs:      qInputs(cluster.MachineType, cluster.CredentialsType, observe.EtcdStatusType, upgrade.MachineUpgradeStatusType),
 		Outputs:     []controller.Output{{Type: observe.MachineStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}
 }
 
-// MapInput implements controller.QController: new credentials re-observe the cluster's machines at once; etcd
-// changes are picked up by the next poll.
+// MapInput implements controller.QController: new credentials re-observe the cluster's machines at once, and so
+// does an upgrade that entered a phase its machine's observation is older than; etcd changes and the upgrade's
+// other updates (what a step waits for) are picked up by the next poll.
 func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
-	if ptr.Type() != cluster.CredentialsType {
+	switch ptr.Type() {
+	case cluster.CredentialsType:
+		return machinePointers(ctx, r, ptr.ID())
+	case upgrade.MachineUpgradeStatusType:
+		status, up, err := readObservedUpgrade(ctx, r, ptr.ID())
+		if err != nil || up == nil || !machineview.Stale(status, up) {
+			return nil, err
+		}
+
+		return []resource.Pointer{cluster.NewMachine(ptr.ID()).Metadata()}, nil
+	default:
 		return nil, nil
 	}
+}
 
-	return machinePointers(ctx, r, ptr.ID())
+// readObservedUpgrade reads the observation and the upgrade of machine id, each nil when there is none.
+func readObservedUpgrade(ctx context.Context, r controller.Reader, id string) (*observe.MachineStatusSpec, *upgrade.MachineUpgradeStatusSpec, error) {
+	var (
+		status *observe.MachineStatusSpec
+		up     *upgrade.MachineUpgradeStatusSpec
+	)
+
+	if s, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
+		status = s.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return nil, nil, fmt.Errorf("reading status of machine %q: %w", id, err)
+	}
+
+	if u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {
+		up = u.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return nil, nil, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
+	}
+
+	return status, up, nil
 }
 
 // Reconcile implements controller.QController.
@@ -64,8 +99,15 @@ func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logge
 		return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
 	}
 
+	_, up, err := readObservedUpgrade(ctx, r, ptr.ID())
+	if err != nil {
+		return err
+	}
+
 	if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(ptr.ID()), func(s *observe.MachineStatus) error {
+		prev, observedAt := s.TypedSpec().DeepCopy(), time.Now()
 		ctrl.observe(ctx, r, machine, s.TypedSpec())
+		date(prev, s.TypedSpec(), up, observedAt)
 		s.Metadata().Labels().Set(cluster.LabelCluster, s.TypedSpec().Cluster)
 
 		return nil
@@ -111,6 +153,25 @@ func (ctrl *MachineStatusController) observe(ctx context.Context, r controller.R
 				spec.EtcdMember = member.ID
 			}
 		}
+	}
+}
+
+// date sets the ObservedAt of spec, an observation started at observedAt over prev, given the machine's upgrade
+// (nil without one). A poll that finds nothing new keeps the old date, so it writes nothing; one that comes after
+// the upgrade entered a phase is dated, since views tell from the date whether the phase was observed
+// (machineview.Stale). A machine that cannot be reached keeps its last known version, and after an upgrade that
+// finished since the last observation that is the version the upgrade confirmed.
+func date(prev observe.MachineStatusSpec, spec *observe.MachineStatusSpec, up *upgrade.MachineUpgradeStatusSpec, observedAt time.Time) {
+	stale := machineview.Stale(&prev, up)
+
+	if !spec.Reachable && stale && up.Phase == upgrade.MachineDone {
+		spec.TalosVersion = up.ToVersion
+	}
+
+	spec.ObservedAt = prev.ObservedAt
+
+	if *spec != prev || stale {
+		spec.ObservedAt = observedAt
 	}
 }
 

@@ -1,11 +1,14 @@
 package controllers_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/stretchr/testify/assert"
 
+	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
@@ -25,9 +28,10 @@ func TestMachineStatus(t *testing.T) {
 	bootID := f.get("w-1").bootID
 
 	rtestutils.AssertResource(ctx, t, st, "w-1", func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.NotZero(s.TypedSpec().ObservedAt)
 		a.Equal(observe.MachineStatusSpec{
 			Cluster: "c1", TalosVersion: v13, Stage: "running", Ready: true, BootID: bootID, NodeName: "w-1",
-			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true,
+			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true, ObservedAt: s.TypedSpec().ObservedAt,
 		}, *s.TypedSpec())
 
 		label, _ := s.Metadata().Labels().Get(cluster.LabelCluster)
@@ -53,6 +57,60 @@ func TestMachineStatus(t *testing.T) {
 		a.True(s.TypedSpec().Reachable)
 		a.Empty(s.TypedSpec().Error)
 		a.Equal(v14, s.TypedSpec().TalosVersion)
+	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
+// A machine is observed again as soon as its upgrade enters a new phase, not a poll interval later: once the
+// upgrade is Done, the machines' statuses say the new version, reachable, observed after the upgrade finished.
+func TestMachineStatusFollowsUpgrade(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 1)
+	ctx, st := startUpgrades(t, f, controllers.WithPollInterval(time.Hour))
+	createAndUpgrade(ctx, t, st, f, nil)
+	assertDone(ctx, t, st, v14)
+
+	// Far less than the poll interval: only the upgrade's phase changes can bring the observation up to date.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	for _, id := range []string{"cp-1", "w-1"} {
+		finished := machineUpgrade(ctx, t, st, id).PhaseChangedAt
+
+		rtestutils.AssertResource(ctx, t, st, id, func(s *observe.MachineStatus, a *assert.Assertions) {
+			a.Equal(v14, s.TypedSpec().TalosVersion)
+			a.True(s.TypedSpec().Reachable)
+			a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
+		}, rtestutils.WithNamespace(resources.Namespace))
+	}
+}
+
+// A machine that stops answering right after its upgrade finished keeps, as its last known version, the one the
+// upgrade confirmed, not the one seen before its reboot.
+func TestMachineStatusKeepsTheConfirmedVersionOfAnUnreachableMachine(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 1)
+	// Once w-1 is back on v14 and uncordoned (its upgrade's last side effect), it answers no more.
+	f.hook(func(c fakeCall) {
+		if c.Node == "w-1" && c.Method == "MachineStatus" {
+			f.set("w-1", func(n *fakeNode) { n.down = n.down || (n.version == v14 && !n.cordoned) })
+		}
+	})
+
+	ctx, st := startUpgrades(t, f, controllers.WithPollInterval(time.Hour))
+	createAndUpgrade(ctx, t, st, f, nil)
+	assertDone(ctx, t, st, v14)
+
+	finished := machineUpgrade(ctx, t, st, "w-1").PhaseChangedAt
+
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+
+	rtestutils.AssertResource(ctx, t, st, "w-1", func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.False(s.TypedSpec().Reachable)
+		a.Equal(v14, s.TypedSpec().TalosVersion)
+		a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
 	}, rtestutils.WithNamespace(resources.Namespace))
 }
 

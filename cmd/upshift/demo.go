@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -21,7 +20,6 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	"golang.org/x/term"
 
 	"github.com/upshift-io/upshift"
 	"github.com/upshift-io/upshift/controllers"
@@ -91,31 +89,25 @@ func init() {
 // demoTick is how often the live view redraws and the demo checks whether to act (retry, finish).
 const demoTick = 200 * time.Millisecond
 
-// demo is one run of `upshift demo`.
+// demo is one run of `upshift demo`: it drives the run (requests, repairs, retries); the console shows it.
 type demo struct {
-	flags  demoFlags
-	out    io.Writer
-	screen *screen // nil: plain lines
-	view   *demoview.View
-	bed    *testbed.Bed
-	start  time.Time
+	flags   demoFlags
+	console *demoview.Console
+	bed     *testbed.Bed
 	// faults are the injected faults not cleared yet, by node.
 	faults    map[string][]talosemu.Fault
 	incidents map[string]*incident // by cluster
 	// blocked says since when each blocked cluster has been blocked while one of its nodes has an injected fault.
 	blocked map[string]time.Time
-	// notes are what happened besides the view (a failure dealt with), shown below it.
-	notes []string
 }
 
-// incident is an upgrade stopped on a failed machine, until it is retried.
+// incident is an upgrade stopped on a failed machine, until it is retried. Its notes are held on the console
+// under its cluster's ID until it is over.
 type incident struct {
 	machine string
 	retryAt time.Time
 	command []string
 	retried bool
-	// notes explain the incident below the view until it is over.
-	notes []string
 }
 
 func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool) (err error) {
@@ -123,7 +115,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 	defer stop()
 
 	d := &demo{
-		flags: flags, out: out, view: demoview.New(time.Now()), start: time.Now(),
+		flags: flags, console: demoview.NewConsole(out, flags.plain, time.Now()),
 		faults: map[string][]talosemu.Fault{}, incidents: map[string]*incident{}, blocked: map[string]time.Time{},
 	}
 
@@ -152,15 +144,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 
 	defer logger.Sync() //nolint:errcheck // best effort for a log file
 
-	if f, ok := out.(*os.File); ok && !flags.plain && term.IsTerminal(int(f.Fd())) {
-		d.screen = &screen{w: out, fd: int(f.Fd())}
-	}
-
-	d.printf("upshift demo: starting the engine and an emulated fleet\n"+
-		"  clusters: %d, each 3 control planes and %d workers on Talos %s\n"+
-		"            (real etcd members, a real kube-apiserver per cluster)\n"+
-		"  log:      %s\n",
-		flags.clusters, flags.workers, strings.TrimPrefix(flags.from, "v"), logPath)
+	d.console.Starting(flags.clusters, flags.workers, flags.from, logPath)
 
 	findKubeBinaries()
 
@@ -184,7 +168,10 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 		}
 	}()
 
-	d.printIntro()
+	d.console.Introduce(demoview.Intro{
+		Endpoint: d.bed.Endpoint(), StateFile: d.stateFile(),
+		TalosEndpoint: d.bed.Fleet.Endpoint(), Talosconfig: d.bed.Fleet.TalosconfigPath(),
+	})
 
 	if err = d.run(ctx); err != nil {
 		return err
@@ -194,7 +181,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 		return nil
 	}
 
-	d.printf("\nThe engine keeps serving on %s and the fleet keeps running: Ctrl-C stops both.\n", d.bed.Endpoint())
+	d.console.KeepServing()
 	<-ctx.Done()
 
 	return nil
@@ -288,17 +275,8 @@ func fileLogger(path string) (*zap.Logger, error) {
 	return logger, nil
 }
 
-func (d *demo) printf(format string, args ...any) {
-	fmt.Fprintf(d.out, format, args...)
-}
-
-func (d *demo) endpointFlag() string { return "--endpoint " + d.bed.Endpoint() }
-
-func (d *demo) printIntro() {
-	d.printf("\nengine:  %s\n  state and event log: %s\n", d.bed.Endpoint(), filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
-	d.printf("fleet:   Talos API %s\n  talosconfig: %s\n", d.bed.Fleet.Endpoint(), d.bed.Fleet.TalosconfigPath())
-	d.printf("Follow it from another terminal:\n  upshift get machineupgradestatuses -w %s\n\n", d.endpointFlag())
-}
+// stateFile is the engine's state and event log.
+func (d *demo) stateFile() string { return filepath.Join(d.bed.EngineDir(), upshift.StateFileName) }
 
 // run requests the upgrade of every cluster and follows it to its end.
 func (d *demo) run(ctx context.Context) error {
@@ -325,19 +303,19 @@ func (d *demo) run(ctx context.Context) error {
 			return fmt.Errorf("requesting the Talos upgrade of cluster %q: %w", id, err)
 		}
 
-		d.printf("requested: %s to Talos %s, as `upshift upgrade talos %s --to %s` does\n", id, d.target(), id, d.target())
+		d.console.Requested(id, d.target())
 	}
 
 	ticker := time.NewTicker(demoTick)
 	defer ticker.Stop()
 
-	d.screen.hideCursor()
-	defer d.screen.showCursor()
+	d.console.HideCursor()
+	defer d.console.ShowCursor()
 
 	for {
 		select {
 		case <-ctx.Done():
-			d.redraw()
+			d.console.Redraw()
 
 			return d.finish(fmt.Errorf("the upgrade did not finish: %w", context.Cause(ctx)))
 		case ev := <-events:
@@ -353,7 +331,7 @@ func (d *demo) run(ctx context.Context) error {
 			return err
 		}
 
-		d.redraw()
+		d.console.Redraw()
 
 		if d.finished() {
 			return d.finish(nil)
@@ -368,23 +346,19 @@ func (d *demo) handle(ev state.Event) error {
 	case state.Errored:
 		return fmt.Errorf("watching the engine: %w", ev.Error)
 	case state.Created, state.Updated:
-		lines := d.view.Update(ev.Resource)
-		if d.screen == nil {
-			for _, l := range lines {
-				d.printf("%s\n", l)
-			}
-		}
+		d.console.Update(ev.Resource)
 	case state.Destroyed, state.Bootstrapped, state.Noop:
 	}
 
 	return nil
 }
 
-// finished reports whether every cluster's Talos upgrade is done and every machine was seen on the target.
+// finished reports whether every cluster's Talos upgrade is done and every machine runs the target, as far as the
+// engine knows.
 func (d *demo) finished() bool {
 	for _, id := range d.bed.Fleet.Clusters() {
-		tus, ok := d.view.TalosUpgrade(id)
-		if !ok || tus.Phase != upgrade.PhaseDone || tus.ToVersion != d.target() || !d.view.OnVersion(id, d.target()) {
+		tus, ok := d.console.View().TalosUpgrade(id)
+		if !ok || tus.Phase != upgrade.PhaseDone || tus.ToVersion != d.target() || !d.console.View().OnVersion(id, d.target()) {
 			return false
 		}
 	}
@@ -396,7 +370,7 @@ func (d *demo) finished() bool {
 // cleared) and retried (by the user, or by the demo after --retry-after).
 func (d *demo) act(ctx context.Context) error {
 	for _, id := range d.bed.Fleet.Clusters() {
-		tus, _ := d.view.TalosUpgrade(id)
+		tus, _ := d.console.View().TalosUpgrade(id)
 		inc := d.incidents[id]
 
 		if err := d.unblock(ctx, id, tus); err != nil {
@@ -410,11 +384,12 @@ func (d *demo) act(ctx context.Context) error {
 			}
 		case inc == nil:
 		case tus.Phase != upgrade.PhaseFailed:
-			d.note(nil, fmt.Sprintf("✓ %s: retried after its failure; the upgrade goes on", inc.machine))
+			d.console.Note("", fmt.Sprintf("✓ %s: retried after its failure; the upgrade goes on", inc.machine))
+			d.console.Drop(id)
 			delete(d.incidents, id)
 		case !inc.retried && !time.Now().Before(inc.retryAt):
 			inc.retried = true
-			d.note(inc, "  The demo runs: upshift "+strings.Join(inc.command, " "))
+			d.console.Note(id, "  The demo runs: upshift "+strings.Join(inc.command, " "))
 
 			if out, err := exec.CommandContext(ctx, self(), inc.command...).CombinedOutput(); err != nil { //nolint:gosec // our own binary
 				return fmt.Errorf("retrying %s: %w: %s", inc.machine, err, out)
@@ -443,13 +418,13 @@ func (d *demo) unblock(ctx context.Context, clusterID string, tus upgrade.TalosU
 		delete(d.blocked, clusterID)
 	case !wasBlocked:
 		d.blocked[clusterID] = time.Now()
-		d.note(nil, fmt.Sprintf("! %s is blocked: %s", clusterID, tus.Error),
+		d.console.Note("", fmt.Sprintf("! %s is blocked: %s", clusterID, tus.Error),
 			fmt.Sprintf("  The demo repairs %s in %s.", strings.Join(faulted, ", "), d.flags.retryAfter))
 	case time.Since(since) >= d.flags.retryAfter:
 		delete(d.blocked, clusterID)
 
 		for _, node := range faulted {
-			if err := d.repair(ctx, nil, node); err != nil {
+			if err := d.repair(ctx, "", node); err != nil {
 				return err
 			}
 		}
@@ -458,14 +433,14 @@ func (d *demo) unblock(ctx context.Context, clusterID string, tus upgrade.TalosU
 	return nil
 }
 
-// repair clears the faults injected into node, saying so (as part of inc, when it is an incident's).
-func (d *demo) repair(ctx context.Context, inc *incident, node string) error {
+// repair clears the faults injected into node, saying so (under the note key of an incident, when it is one's).
+func (d *demo) repair(ctx context.Context, key, node string) error {
 	for _, fault := range d.faults[node] {
 		if err := d.bed.Fleet.ClearFault(ctx, node, fault); err != nil {
 			return fmt.Errorf("clearing fault %s of %s: %w", fault, node, err)
 		}
 
-		d.note(inc, fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", node, fault))
+		d.console.Note(key, fmt.Sprintf("  The demo repaired %s (cleared the emulated %s fault).", node, fault))
 	}
 
 	delete(d.faults, node)
@@ -482,112 +457,28 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--endpoint", d.bed.Endpoint()},
 	}
 	d.incidents[clusterID] = inc
+	d.console.Drop(clusterID) // the notes of an incident it replaces
 
-	d.note(inc, fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
+	d.console.Note(clusterID, fmt.Sprintf("✗ %s failed: %s", m, strings.TrimPrefix(tus.Error, m+": ")),
 		"  No new machine of "+clusterID+" starts until you retry, skip or revert it.")
 
-	if err := d.repair(ctx, inc, m); err != nil {
+	if err := d.repair(ctx, clusterID, m); err != nil {
 		return err
 	}
 
-	d.note(inc, "  Retry it from another terminal:",
+	d.console.Note(clusterID, "  Retry it from another terminal:",
 		"    upshift "+strings.Join(inc.command, " "),
 		fmt.Sprintf("  or the demo runs it in %s.", d.flags.retryAfter))
 
 	return nil
 }
 
-// note shows lines below the live view, as part of an open incident or (inc nil) for good; in plain mode it
-// prints them at once.
-func (d *demo) note(inc *incident, lines ...string) {
-	switch {
-	case d.screen == nil:
-		for _, l := range lines {
-			d.printf("%9s %s\n", "", l)
-		}
-	case inc != nil:
-		inc.notes = append(inc.notes, lines...)
-	default:
-		d.notes = append(d.notes, lines...)
-	}
-}
-
-func (d *demo) redraw() {
-	if d.screen == nil {
-		return
-	}
-
-	width, height := d.screen.size()
-	header := fmt.Sprintf("upshift demo  %s  engine %s", time.Since(d.start).Round(time.Second), d.bed.Endpoint())
-	notes := slices.Clone(d.notes)
-
-	for _, id := range d.bed.Fleet.Clusters() {
-		if inc := d.incidents[id]; inc != nil {
-			notes = append(notes, inc.notes...)
-		}
-	}
-
-	if len(notes) > height/3 {
-		notes = notes[len(notes)-height/3:]
-	}
-
-	frame := append([]string{header}, d.view.Screen(width, height-len(notes)-2)...)
-
-	frame = append(frame, notes...)
-	d.screen.draw(frame, width)
-}
-
 // finish prints the summary, and returns err or, when some machine is not on the target, why not.
 func (d *demo) finish(err error) error {
-	width := 80
-	if d.screen != nil {
-		width, _ = d.screen.size()
-	}
-
-	d.printf("\n%s\n", strings.Join(d.view.Summary(width), "\n"))
-
-	for _, id := range d.bed.Fleet.Clusters() {
-		versions := d.view.Versions(id)
-
-		for _, m := range slices.Sorted(maps.Keys(versions)) {
-			if v := versions[m]; strings.TrimPrefix(v, "v") != strings.TrimPrefix(d.target(), "v") && err == nil {
-				err = fmt.Errorf("machine %s runs %s, not %s", m, v, d.target())
-			}
-		}
-	}
-
-	clusters, ep := d.bed.Fleet.Clusters(), d.endpointFlag()
-
-	// The history of a machine that failed tells the most; else the first control plane's.
-	machine := clusters[0] + "-cp-1"
-	if failed := d.view.Failed(clusters[0]); len(failed) > 0 {
-		machine = failed[0]
-	}
-
-	d.printf("\nEvent log (every transition above, with its time and writer):\n  %s\n", filepath.Join(d.bed.EngineDir(), upshift.StateFileName))
-
-	if d.flags.keep {
-		d.printf("Look deeper, from another terminal, while the engine serves (until Ctrl-C):\n")
-	} else {
-		d.printf("Look deeper: the engine stopped with the demo (--keep keeps it up).\n"+
-			"Serve its state again:\n  upshift serve --data-dir %s\nand, from another terminal:\n", d.bed.EngineDir())
-		ep = "" // the default address of `upshift serve`
-	}
-
-	for _, command := range []string{
-		"history machineupgradestatus " + machine,
-		"get machineupgradestatuses",
-		"get talosupgradestatus " + clusters[0] + " -o yaml",
-		"status " + clusters[0],
-	} {
-		d.printf("  %s\n", strings.TrimSpace("upshift "+command+" "+ep))
-	}
-
-	if err == nil {
-		d.printf("\nEvery machine runs Talos %s.\n", d.target())
-	}
-
-	return err
+	return d.console.Finish(demoview.Closing{
+		Clusters: d.bed.Fleet.Clusters(), Target: d.target(), Endpoint: d.bed.Endpoint(),
+		EngineDir: d.bed.EngineDir(), StateFile: d.stateFile(), Keep: d.flags.keep,
+	}, err)
 }
 
 // self is this binary, which the demo runs to show a command a user would type.
@@ -597,52 +488,4 @@ func self() string {
 	}
 
 	return os.Args[0]
-}
-
-// screen redraws a frame of lines in place on a terminal with ANSI cursor movements.
-type screen struct {
-	w     io.Writer
-	fd    int
-	lines int // of the last frame
-}
-
-// size is the terminal's width and height, 80x24 when unknown.
-func (s *screen) size() (width, height int) {
-	width, height, err := term.GetSize(s.fd)
-	if err != nil || width < 1 || height < 1 {
-		return 80, 24
-	}
-
-	return width, height
-}
-
-func (s *screen) draw(frame []string, width int) {
-	var b strings.Builder
-
-	if s.lines > 0 {
-		fmt.Fprintf(&b, "\x1b[%dA", s.lines)
-	}
-
-	for _, l := range frame {
-		b.WriteString("\r\x1b[2K")
-		b.WriteString(demoview.Cut(l, width-1))
-		b.WriteString("\n")
-	}
-
-	b.WriteString("\x1b[J")
-	s.lines = len(frame)
-
-	_, _ = io.WriteString(s.w, b.String()) //nolint:errcheck // a terminal that fails us has no one to tell
-}
-
-func (s *screen) hideCursor() {
-	if s != nil {
-		_, _ = io.WriteString(s.w, "\x1b[?25l") //nolint:errcheck // cosmetic
-	}
-}
-
-func (s *screen) showCursor() {
-	if s != nil {
-		_, _ = io.WriteString(s.w, "\x1b[?25h") //nolint:errcheck // cosmetic
-	}
 }

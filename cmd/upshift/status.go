@@ -12,6 +12,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 
+	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -201,7 +202,8 @@ func (v *clusterView) printTree(w io.Writer) error {
 	return err
 }
 
-// machineLine is one machine's summary: name, role, version, upgrade phase.
+// machineLine is one machine's summary: name, role, version, upgrade phase; the version and reachability are
+// paired with the phase as every view pairs them (machineview.Pair).
 func (v *clusterView) machineLine(m *cluster.Machine) string {
 	id := m.Metadata().ID()
 	role := "worker"
@@ -210,19 +212,30 @@ func (v *clusterView) machineLine(m *cluster.Machine) string {
 		role = "cp"
 	}
 
-	version := "?"
-	if s, ok := v.statuses[id]; ok {
-		version = s.TypedSpec().TalosVersion
+	var (
+		status *observe.MachineStatusSpec
+		up     *upgrade.MachineUpgradeStatusSpec
+	)
 
-		if !s.TypedSpec().Reachable {
-			version += " (unreachable)"
-		}
+	if s, ok := v.statuses[id]; ok {
+		status = s.TypedSpec()
 	}
 
 	phase := "-"
 	if u, ok := v.upgrades[id]; ok {
-		us := u.TypedSpec()
-		phase = fmt.Sprintf("%s -> %s", us.Phase, us.ToVersion)
+		up = u.TypedSpec()
+		phase = fmt.Sprintf("%s -> %s", up.Phase, up.ToVersion)
+	}
+
+	shown := machineview.Pair(status, up)
+
+	version := shown.Version
+	if version == "" {
+		version = "?"
+	}
+
+	if shown.Unreachable {
+		version += " (unreachable)"
 	}
 
 	return fmt.Sprintf("%-14s %-6s %-22s %s", id, role, version, phase)

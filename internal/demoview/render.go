@@ -2,6 +2,7 @@ package demoview
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -30,7 +31,7 @@ func (v *View) Screen(width, height int) []string {
 	}
 
 	for i, l := range lines {
-		lines[i] = Cut(l, width)
+		lines[i] = cut(l, width)
 	}
 
 	return lines
@@ -91,11 +92,12 @@ func (v *View) clusterScreen(id string, width int) []string {
 			}
 		}
 
-		if m.status != nil && !m.status.Reachable && note == "" {
+		shown := m.shown()
+		if shown.Unreachable && note == "" {
 			note = "unreachable"
 		}
 
-		lines = append(lines, row(m.id, orUnknown(m.version()), phase, bar, steps, note))
+		lines = append(lines, row(m.id, orUnknown(shown.Version), phase, bar, steps, note))
 	}
 
 	return lines
@@ -138,8 +140,8 @@ func progressBar(done, total int) string {
 	return strings.Repeat("█", full) + strings.Repeat("░", barWidth-full)
 }
 
-// Cut shortens s to width columns (runes; the view prints no wide characters), marking the cut with "…".
-func Cut(s string, width int) string {
+// cut shortens s to width columns (runes; the view prints no wide characters), marking the cut with "…".
+func cut(s string, width int) string {
 	r := []rune(s)
 	if width < 1 || len(r) <= width {
 		return s
@@ -163,7 +165,7 @@ func wrap(s, indent string, width, maxLines int) []string {
 		rest = append([]rune(indent), rest[width:]...)
 	}
 
-	return append(lines, Cut(string(rest), width))
+	return append(lines, cut(string(rest), width))
 }
 
 // PhaseTime is the time machines spent in one step of their upgrade, over every machine and hop.
@@ -217,7 +219,7 @@ func (v *View) PhaseTimes() []PhaseTime {
 	return out
 }
 
-// phaseOrder ranks the phases as design section 4 orders them (the lifecycle flow of a control plane).
+// phaseOrder ranks the phases in the order a machine goes through them (the lifecycle flow of a control plane).
 func phaseOrder(p upgrade.MachinePhase) int {
 	order := []upgrade.MachinePhase{
 		upgrade.MachineQueued, upgrade.MachinePullingImage, upgrade.MachineInstalling, upgrade.MachineCheckingEtcd,
@@ -366,7 +368,8 @@ func (v *View) Failed(clusterID string) []string {
 	return out
 }
 
-// OnVersion reports whether the cluster has machines and every one was last seen running Talos version.
+// OnVersion reports whether the cluster has machines and every one runs Talos version, as far as the engine knows
+// (its observation, or what its upgrade confirmed since).
 func (v *View) OnVersion(clusterID, version string) bool {
 	machines := v.machinesOf(clusterID)
 
@@ -379,7 +382,7 @@ func (v *View) OnVersion(clusterID, version string) bool {
 	return len(machines) > 0
 }
 
-// Versions returns the Talos version each machine of the cluster was last seen running, by machine ID.
+// Versions returns the Talos version each machine of the cluster runs as far as the engine knows, by machine ID.
 func (v *View) Versions(clusterID string) map[string]string {
 	out := map[string]string{}
 
@@ -388,4 +391,18 @@ func (v *View) Versions(clusterID string) map[string]string {
 	}
 
 	return out
+}
+
+// offVersion says which machine of the cluster, first in name order, does not run Talos version as far as the
+// engine knows; nil when every one does.
+func (v *View) offVersion(clusterID, version string) error {
+	versions := v.Versions(clusterID)
+
+	for _, m := range slices.Sorted(maps.Keys(versions)) {
+		if got := versions[m]; strings.TrimPrefix(got, "v") != strings.TrimPrefix(version, "v") {
+			return fmt.Errorf("machine %s runs %s, not %s", m, got, version)
+		}
+	}
+
+	return nil
 }

@@ -1,7 +1,10 @@
 // Package demoview turns the engine's resources into what `upshift demo` shows: a live screen (one row per
 // machine with its phase and a progress bar, the cluster's phase and hop, etcd's health), plain progress lines
-// (one per transition, for a log or CI) and the closing summary (versions, time per phase). It is pure: it folds
-// resources in as the demo's watches deliver them and renders text, so every line of it is unit-tested.
+// (one per transition, for a log or CI) and the closing summary (versions, time per phase). The View is pure: it
+// folds resources in as the demo's watches deliver them and renders text, so every line of it is unit-tested. The
+// Console writes it: redrawn in place on a terminal, as plain lines elsewhere, with the demo's own messages and
+// the closing pointers to the event log; the demo's command only starts the engine and the fleet and drives the
+// run.
 //
 // Each cluster-wide upgrade is a track of the view. The Talos upgrade is the first; the Kubernetes upgrade and the
 // manifest sync slot in as further tracks of the same cluster section.
@@ -16,6 +19,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource"
 
+	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
@@ -248,13 +252,14 @@ func (m *machineState) progress() (done, total int) {
 	return 0, total
 }
 
-// version is the Talos version the machine was last seen running.
-func (m *machineState) version() string {
-	if m.status == nil {
-		return ""
-	}
+// shown is the machine's version and reachability as the view shows them next to its upgrade phase.
+func (m *machineState) shown() machineview.Machine {
+	return machineview.Pair(m.status, m.upgrade)
+}
 
-	return m.status.TalosVersion
+// version is the Talos version the machine runs as far as the engine knows.
+func (m *machineState) version() string {
+	return m.shown().Version
 }
 
 // clusterIDs are the clusters in name order.

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -24,6 +25,18 @@ func fleet(t *testing.T) *demoview.View {
 
 	v := demoview.New(t0)
 
+	for _, r := range fleetResources("v1.11.6") {
+		v.Update(r)
+	}
+
+	return v
+}
+
+// fleetResources are the resources of cluster c1 with 3 control planes and 3 workers observed on version at t0,
+// its etcd healthy.
+func fleetResources(version string) []resource.Resource {
+	var out []resource.Resource
+
 	for _, id := range []string{"c1-w-1", "c1-w-2", "c1-w-3", "c1-cp-1", "c1-cp-2", "c1-cp-3"} {
 		m := cluster.NewMachine(id)
 		m.TypedSpec().Cluster = "c1"
@@ -33,8 +46,9 @@ func fleet(t *testing.T) *demoview.View {
 			m.TypedSpec().Role = cluster.RoleControlPlane
 		}
 
-		v.Update(m)
-		observed(v, id, "v1.11.6")
+		s := observe.NewMachineStatus(id)
+		s.TypedSpec().Cluster, s.TypedSpec().TalosVersion, s.TypedSpec().Reachable, s.TypedSpec().ObservedAt = "c1", version, true, t0
+		out = append(out, m, s)
 	}
 
 	etcd := observe.NewEtcdStatus("c1")
@@ -45,14 +59,13 @@ func fleet(t *testing.T) *demoview.View {
 			observe.EtcdMember{ID: id, Machine: fmt.Sprintf("c1-cp-%d", i+1), Started: true, Healthy: true})
 	}
 
-	v.Update(etcd)
-
-	return v
+	return append(out, etcd)
 }
 
-func observed(v *demoview.View, id, version string) {
+// observed folds in an observation of machine id, reachable on version, made at at.
+func observed(v *demoview.View, id, version string, at time.Time) {
 	s := observe.NewMachineStatus(id)
-	s.TypedSpec().Cluster, s.TypedSpec().TalosVersion, s.TypedSpec().Reachable = "c1", version, true
+	s.TypedSpec().Cluster, s.TypedSpec().TalosVersion, s.TypedSpec().Reachable, s.TypedSpec().ObservedAt = "c1", version, true, at
 	v.Update(s)
 }
 
@@ -208,7 +221,7 @@ func TestSummaryListsVersionsHopsAndPhaseTimes(t *testing.T) {
 	assert.False(t, v.OnVersion("c1", "v1.14.1"))
 
 	for _, id := range []string{"c1-cp-1", "c1-cp-2", "c1-cp-3", "c1-w-1", "c1-w-2", "c1-w-3"} {
-		observed(v, id, "v1.14.1")
+		observed(v, id, "v1.14.1", t0.Add(110*time.Second))
 	}
 
 	talos(v, t0.Add(112*time.Second), func(s *upgrade.TalosUpgradeStatusSpec) {
@@ -240,4 +253,39 @@ func TestSummaryListsVersionsHopsAndPhaseTimes(t *testing.T) {
 	for _, l := range summary {
 		assert.LessOrEqual(t, utf8.RuneCountInString(l), 80, "line %q", l)
 	}
+}
+
+// The poll made while a worker rebooted says it is unreachable on the old version; its upgrade confirmed the new
+// version since and is Done. The row shows what the upgrade confirmed, not the older observation.
+func TestScreenPairsAFinishedUpgradeWithAnOlderObservation(t *testing.T) {
+	v := fleet(t)
+	talos(v, t0, func(s *upgrade.TalosUpgradeStatusSpec) { s.Target = "v1.12.6" })
+
+	duringReboot := observe.NewMachineStatus("c1-w-2")
+	*duringReboot.TypedSpec() = observe.MachineStatusSpec{
+		Cluster: "c1", TalosVersion: "v1.11.6", Reachable: false, Error: "unreachable: connection refused", ObservedAt: t0.Add(10 * time.Second),
+	}
+	v.Update(duringReboot)
+
+	machine(v, "c1-w-2", upgrade.MachineWaitingReady, t0.Add(5*time.Second))
+
+	row := func() string {
+		for _, l := range v.Screen(80, 0) {
+			if strings.HasPrefix(l, "  c1-w-2 ") {
+				return l
+			}
+		}
+
+		t.Fatalf("no row of c1-w-2 in %q", v.Screen(80, 0))
+
+		return ""
+	}
+
+	assert.Contains(t, row(), "v1.11.6", "while the upgrade waits, the observation is the latest word")
+	assert.Contains(t, row(), "→ v1.12.6")
+
+	machine(v, "c1-w-2", upgrade.MachineDone, t0.Add(20*time.Second))
+
+	assert.Regexp(t, `^  c1-w-2  v1\.12\.6  Done +█+ +6/6$`, row())
+	assert.Equal(t, "v1.12.6", v.Versions("c1")["c1-w-2"])
 }

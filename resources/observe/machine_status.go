@@ -3,6 +3,8 @@
 package observe
 
 import (
+	"time"
+
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
@@ -43,6 +45,10 @@ type MachineStatusSpec struct {
 	Cordoned bool `yaml:"cordoned,omitempty" protobuf:"11"`
 	// KubernetesError says why the node could not be read from Kubernetes, if it could not.
 	KubernetesError string `yaml:"kubernetesError,omitempty" protobuf:"12"`
+	// ObservedAt is when an observation last changed this status, or last came after the machine's upgrade entered
+	// a new phase: an upgrade phase entered later has not been observed yet, and views pair the two accordingly
+	// (internal/machineview). A poll that finds nothing new keeps it, so that it writes nothing.
+	ObservedAt time.Time `yaml:"observedAt,omitempty" protobuf:"13"`
 }
 
 // NewMachineStatus returns an empty MachineStatus for the machine named id.
