@@ -208,7 +208,7 @@ func TestRolloutExecutorError(t *testing.T) {
 			if tc.lasts {
 				rtestutils.AssertResource(ctx, t, st, "w-1", func(mus *upgrade.MachineUpgradeStatus, a *assert.Assertions) {
 					a.Equal(upgrade.MachineFailed, mus.TypedSpec().Phase, "%+v", mus.TypedSpec())
-					a.Contains(mus.TypedSpec().Error, "PullingImage: reading Talos upgrade status: "+errInjected.Error())
+					a.Contains(mus.TypedSpec().Error, "PullingImage: reading Talos upgrade status of cluster \"c1\": "+errInjected.Error())
 				}, rtestutils.WithNamespace(resources.Namespace))
 
 				core.fault.Store(false)

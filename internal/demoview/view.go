@@ -237,7 +237,12 @@ func (m *machineState) progress() (done, total int) {
 		return 0, 0
 	}
 
-	steps := rollout.Steps(rollout.FlowOf(m.upgrade.FromVersion, m.upgrade.ToVersion), m.role)
+	role := cluster.RoleWorker // until its Machine is seen, a machine is shown with a worker's steps
+	if m.role == cluster.RoleControlPlane {
+		role = cluster.RoleControlPlane
+	}
+
+	steps := rollout.Steps(rollout.FlowOf(m.upgrade.FromVersion, m.upgrade.ToVersion), role)
 	total = len(steps) - 1
 
 	phase := m.upgrade.Phase
