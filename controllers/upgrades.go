@@ -142,7 +142,7 @@ func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
 			}
 		}
 
-		return nil
+		return engine.RegisterController(NewTalosReleasesController(cfg.Catalogue))
 	}
 }
 
