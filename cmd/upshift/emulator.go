@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ type emulatorFlags struct {
 	controlPlanes     int
 	workers           int
 	talosVersion      string
+	nodeVersions      []string
 	kubernetesVersion string
 	lite              bool
 	rebootDowntime    time.Duration
@@ -59,6 +61,7 @@ func init() {
 	f.IntVar(&flags.controlPlanes, "control-planes", 3, "control-plane nodes per cluster")
 	f.IntVar(&flags.workers, "workers", 3, "worker nodes per cluster")
 	f.StringVar(&flags.talosVersion, "talos", talosemu.DefaultTalosVersion, "Talos version every node runs at start")
+	f.StringArrayVar(&flags.nodeVersions, "node-talos", nil, "run one node on its own Talos version at start, NODE=VERSION (repeatable), e.g. c1-w-1=v1.14.1")
 	f.StringVar(&flags.kubernetesVersion, "kubernetes", talosemu.DefaultKubernetesVersion, "Kubernetes version of the clusters")
 	f.BoolVar(&flags.lite, "lite", false, "no etcd and no Kubernetes: thousands of nodes in one process")
 	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
@@ -105,6 +108,15 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 		opts = append(opts, talosemu.WithKubernetes(realkube.Runner{}))
 	}
 
+	for _, spec := range flags.nodeVersions {
+		node, version, ok := strings.Cut(spec, "=")
+		if !ok || node == "" || version == "" {
+			return fmt.Errorf("--node-talos %q: expected NODE=VERSION", spec)
+		}
+
+		opts = append(opts, talosemu.WithNodeVersion(node, version))
+	}
+
 	for _, spec := range flags.faults {
 		nf, err := talosemu.ParseNodeFault(spec)
 		if err != nil {
@@ -132,6 +144,12 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 	}
 
 	fmt.Fprintf(out, "nodes:       %d in %d cluster(s), Talos v%s\n", len(fleet.Nodes()), len(fleet.Clusters()), fleet.TalosVersion())
+
+	for _, n := range fleet.Nodes() {
+		if n.Version() != fleet.TalosVersion() {
+			fmt.Fprintf(out, "node:        %s on Talos v%s\n", n.Name(), n.Version())
+		}
+	}
 
 	if flags.register != "" {
 		if err = registerFleet(ctx, fleet, flags.register); err != nil {

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -122,7 +124,9 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 		return err
 	}
 
-	contract, err := talosconfig.ParseContractFromVersion("v" + f.opts.talosVersion)
+	// The machine configs are generated for the oldest version any node runs, so that every node of a mixed fleet
+	// can read its config, as a cluster's configs are generated for the release it was created with.
+	contract, err := talosconfig.ParseContractFromVersion("v" + f.opts.oldestVersion())
 	if err != nil {
 		return fmt.Errorf("parsing version contract: %w", err)
 	}
@@ -143,6 +147,12 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 		}
 
 		f.clusters = append(f.clusters, c)
+	}
+
+	for _, node := range slices.Sorted(maps.Keys(f.opts.nodeVersions)) {
+		if _, ok := f.nodes[node]; !ok {
+			return fmt.Errorf("talos version %s for unknown node %q", f.opts.nodeVersions[node], node)
+		}
 	}
 
 	for _, nf := range f.opts.faults {
@@ -206,7 +216,7 @@ func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosco
 			controlPlane:  controlPlane,
 			fleet:         f,
 			st:            newNodeState(meta),
-			running:       f.opts.talosVersion,
+			running:       f.opts.versionOf(name),
 			bootID:        newBootID(),
 			cfg:           cfg,
 			faults:        map[Fault]bool{},
@@ -550,7 +560,8 @@ func (f *Fleet) Kubeconfig(clusterName string) ([]byte, error) {
 	return c.kubeconfig, nil
 }
 
-// TalosVersion is the Talos version the fleet's nodes started with.
+// TalosVersion is the Talos version the fleet's nodes started with, except those given their own by
+// WithNodeVersion (Node.Version says what each one runs).
 func (f *Fleet) TalosVersion() string { return f.opts.talosVersion }
 
 // KubernetesVersion is the Kubernetes version of the fleet's machine configs at start.

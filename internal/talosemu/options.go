@@ -2,6 +2,7 @@ package talosemu
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -17,6 +18,7 @@ type options struct {
 	controlPlanes     int
 	workers           int
 	talosVersion      string
+	nodeVersions      map[string]string // node name -> the version it runs at start instead of talosVersion
 	kubernetesVersion string
 	lite              bool
 	rebootDowntime    time.Duration
@@ -115,6 +117,51 @@ func WithTalosVersion(v string) Option {
 
 		return nil
 	}
+}
+
+// WithNodeVersion makes one node run version v at start instead of the fleet's version (WithTalosVersion), as a
+// node reinstalled or upgraded on its own does in a real cluster, so a rollout can be tested on a cluster whose
+// machines do not all start from the same release. v must be one of SupportedVersions; the node must exist in the
+// fleet, which New checks.
+func WithNodeVersion(node, v string) Option {
+	return func(o *options) error {
+		if node == "" {
+			return fmt.Errorf("node version %q: the node name is empty", v)
+		}
+
+		normalized, err := normalizeVersion(v)
+		if err != nil {
+			return fmt.Errorf("version of node %q: %w", node, err)
+		}
+
+		if o.nodeVersions == nil {
+			o.nodeVersions = map[string]string{}
+		}
+
+		o.nodeVersions[node] = normalized
+
+		return nil
+	}
+}
+
+// versionOf is the Talos version node runs at start.
+func (o *options) versionOf(node string) string {
+	if v, ok := o.nodeVersions[node]; ok {
+		return v
+	}
+
+	return o.talosVersion
+}
+
+// oldestVersion is the oldest version any node runs at start.
+func (o *options) oldestVersion() string {
+	oldest := slices.Index(supportedVersions, o.talosVersion)
+
+	for _, v := range o.nodeVersions {
+		oldest = min(oldest, slices.Index(supportedVersions, v))
+	}
+
+	return supportedVersions[oldest]
 }
 
 // WithKubernetesVersion sets the Kubernetes version of every cluster's machine configs.

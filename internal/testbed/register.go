@@ -7,6 +7,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -18,7 +19,9 @@ import (
 
 // Register creates (or updates) the fleet's Cluster, Credentials and Machine resources in st: each cluster wants
 // the version its nodes run now (so nothing starts until a user asks), with its own talosconfig and kubeconfig
-// (none for a lite fleet); each machine points at the fleet's endpoint.
+// (none for a lite fleet); each machine points at the fleet's endpoint. A cluster whose nodes run different
+// versions (talosemu.WithNodeVersion) has no such version: it wants the newest one its nodes run and is registered
+// paused, so nothing starts there either until a user resumes it.
 func Register(ctx context.Context, st state.State, fleet *talosemu.Fleet) error {
 	for _, name := range fleet.Clusters() {
 		if err := registerCluster(ctx, st, fleet, name); err != nil {
@@ -40,9 +43,20 @@ func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet,
 		return fmt.Errorf("encoding the talosconfig of cluster %q: %w", name, err)
 	}
 
+	nodes, err := fleet.ClusterNodes(name)
+	if err != nil {
+		return err
+	}
+
+	version, mixed := clusterVersion(nodes)
+
 	if err = register(ctx, st, cluster.NewCluster(name), func(r *cluster.Cluster) {
-		r.TypedSpec().TalosVersion = "v" + fleet.TalosVersion()
+		r.TypedSpec().TalosVersion = "v" + version
 		r.TypedSpec().KubernetesVersion = "v" + fleet.KubernetesVersion()
+
+		if mixed {
+			r.TypedSpec().Paused = true
+		}
 	}); err != nil {
 		return err
 	}
@@ -56,11 +70,6 @@ func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet,
 		r.TypedSpec().Talosconfig = string(talosconfig)
 		r.TypedSpec().Kubeconfig = string(kubeconfig)
 	}); err != nil {
-		return err
-	}
-
-	nodes, err := fleet.ClusterNodes(name)
-	if err != nil {
 		return err
 	}
 
@@ -81,6 +90,28 @@ func registerCluster(ctx context.Context, st state.State, fleet *talosemu.Fleet,
 	}
 
 	return nil
+}
+
+// clusterVersion is the newest Talos version the nodes run, and whether some of them run another one.
+func clusterVersion(nodes []*talosemu.Node) (newest string, mixed bool) {
+	supported := talosemu.SupportedVersions()
+
+	for _, n := range nodes {
+		v := n.Version()
+
+		switch {
+		case newest == "":
+			newest = v
+		case v != newest:
+			mixed = true
+
+			if slices.Index(supported, v) > slices.Index(supported, newest) {
+				newest = v
+			}
+		}
+	}
+
+	return newest, mixed
 }
 
 // register creates a resource or updates the existing one with set.
