@@ -113,39 +113,3 @@ func TestMachineStatusKeepsTheConfirmedVersionOfAnUnreachableMachine(t *testing.
 		a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
 	}, rtestutils.WithNamespace(resources.Namespace))
 }
-
-// The cluster's etcd: members with their machines, the leader, health, and whether one member may leave.
-func TestEtcdStatus(t *testing.T) {
-	t.Parallel()
-
-	f := newFakeFleet(v13, 3, 1)
-	ctx, st := startUpgrades(t, f)
-	createUpgradeFleet(ctx, t, st, f, v13, nil)
-
-	rtestutils.AssertResource(ctx, t, st, "c1", func(s *observe.EtcdStatus, a *assert.Assertions) {
-		a.Equal(observe.EtcdStatusSpec{
-			Members: []observe.EtcdMember{
-				{ID: "0000000000000001", Machine: "cp-1", Started: true, Healthy: true},
-				{ID: "0000000000000002", Machine: "cp-2", Started: true, Healthy: true},
-				{ID: "0000000000000003", Machine: "cp-3", Started: true, Healthy: true},
-			},
-			Leader: "0000000000000001", Healthy: true, CanLoseMember: true,
-		}, *s.TypedSpec())
-	}, rtestutils.WithNamespace(resources.Namespace))
-
-	f.set("cp-3", func(n *fakeNode) { n.etcdUnhealthy = true })
-
-	rtestutils.AssertResource(ctx, t, st, "c1", func(s *observe.EtcdStatus, a *assert.Assertions) {
-		a.False(s.TypedSpec().Healthy)
-		a.False(s.TypedSpec().CanLoseMember)
-		a.Contains(s.TypedSpec().Reason, "0000000000000003 (cp-3) is not healthy")
-		a.False(s.TypedSpec().Members[2].Healthy)
-	}, rtestutils.WithNamespace(resources.Namespace))
-
-	f.set("cp-3", func(n *fakeNode) { n.down = true })
-
-	rtestutils.AssertResource(ctx, t, st, "c1", func(s *observe.EtcdStatus, a *assert.Assertions) {
-		a.Len(s.TypedSpec().Members, 3, "the others still list the member of the unreachable control plane")
-		a.False(s.TypedSpec().Members[2].Healthy)
-	}, rtestutils.WithNamespace(resources.Namespace))
-}

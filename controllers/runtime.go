@@ -26,7 +26,7 @@ type Registrar func(controller.Engine) error
 
 // Builtin registers the controllers every upshift engine runs.
 func Builtin(engine controller.Engine) error {
-	return engine.RegisterQController(NewClusterSummaryController())
+	return engine.RegisterQController(sweepOrphans(NewClusterSummaryController()))
 }
 
 // Runtime is a supervised controller runtime: Run keeps a COSI runtime with every registered controller running

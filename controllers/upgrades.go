@@ -137,7 +137,7 @@ func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
 			NewTalosUpgradeStatusController(cfg),
 			NewMachineUpgradeStatusController(conn, cfg),
 		} {
-			if err := engine.RegisterQController(ctrl); err != nil {
+			if err := engine.RegisterQController(sweepOrphans(ctrl)); err != nil {
 				return err
 			}
 		}

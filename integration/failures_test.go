@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -147,20 +149,53 @@ func waitJournal(ctx context.Context, bed *testbed.Bed, from, n int, match func(
 	return err
 }
 
-// waitStatus polls `upshift status` until its output mentions want, and returns it.
+// statusRecheck bounds how long waitStatus waits for a change before it runs `upshift status` again anyway (a CLI
+// run that failed, or saw the status just before the change).
+const statusRecheck = time.Second
+
+// waitStatus waits until `upshift status` mentions want, and returns its output. What status prints about the
+// rollout (its error, what it waits for) comes from the cluster's TalosUpgradeStatus, so it watches that and runs
+// the CLI when a new version of it mentions want, or after statusRecheck without one.
 func waitStatus(t *testing.T, bed *testbed.Bed, clusterID string, timeout time.Duration, want string) string {
 	t.Helper()
 
-	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+
+	var (
+		seen uint64 // the newest version of the TalosUpgradeStatus that mentioned want
+		out  string
+	)
 
 	for {
-		out, _, err := cli(t, bed, "status", clusterID)
-		if err == nil && strings.Contains(out, want) {
-			return out
+		waitCtx, waitCancel := context.WithTimeout(ctx, statusRecheck)
+		r, err := bed.State().WatchFor(waitCtx, upgrade.NewTalosUpgradeStatus(clusterID).Metadata(),
+			state.WithCondition(func(r resource.Resource) (bool, error) {
+				tus, ok := r.(*upgrade.TalosUpgradeStatus)
+
+				return ok && r.Metadata().Version().Value() > seen &&
+					(strings.Contains(tus.TypedSpec().Error, want) || strings.Contains(tus.TypedSpec().Reason, want)), nil
+			}))
+
+		if err == nil {
+			seen = r.Metadata().Version().Value()
+		} else {
+			<-waitCtx.Done() // a watch that failed at once (the engine restarting) must not turn this into a spin
 		}
 
-		if time.Now().After(deadline) {
-			require.FailNowf(t, "status never said why", "want %q in:\n%s", want, out)
+		waitCancel()
+
+		stdout, _, err := cli(t, bed, "status", clusterID)
+		if err == nil {
+			out = stdout
+
+			if strings.Contains(out, want) {
+				return out
+			}
+		}
+
+		if ctx.Err() != nil {
+			require.FailNowf(t, "status never said why", "want %q within %s in:\n%s", want, timeout, out)
 		}
 	}
 }

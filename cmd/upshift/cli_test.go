@@ -107,10 +107,11 @@ type serverProcess struct {
 
 var servingLine = regexp.MustCompile(`^upshift serving on (\S+) `)
 
-func startServer(t *testing.T, dataDir string) *serverProcess {
+// startServer starts `upshift serve` on dataDir and a free port, with more flags if given.
+func startServer(t *testing.T, dataDir string, flags ...string) *serverProcess {
 	t.Helper()
 
-	cmd := exec.Command(binary, "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	cmd := exec.Command(binary, append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, flags...)...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 

@@ -11,7 +11,7 @@ import (
 // rootCmd is the top of the command tree; every subcommand registers itself on it from its own file's init.
 var rootCmd = &cobra.Command{
 	Use:           "upshift",
-	Short:         "Keep Talos Linux clusters up to date: rolling OS and Kubernetes upgrades as persisted state transitions",
+	Short:         "Keep Talos Linux clusters up to date: rolling Talos OS upgrades as persisted state transitions",
 	SilenceUsage:  true,
 	SilenceErrors: true,
 }

@@ -6,30 +6,50 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift"
+	"github.com/upshift-io/upshift/state/store"
+)
+
+// The event log's retention by default: a year of history (long enough to compare this year's upgrades with
+// last year's), and at most a million events (about 630 MB of log; see README.md, "Disk use of the event log"),
+// which only a fleet of thousands of machines, or one whose machines flap all year, reaches first.
+const (
+	defaultRetentionEvents = 1_000_000
+	defaultRetentionAge    = 365 * 24 * time.Hour
 )
 
 func init() {
 	var dataDir, listen string
 
+	retention := store.Retention{MaxEvents: defaultRetentionEvents, MaxAge: defaultRetentionAge}
+
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the engine and serve its gRPC API",
 		Long: "Run the engine (durable state, validation, controllers) and serve the gRPC API that the client commands use.\n" +
-			"The state lives in DATA-DIR/" + upshift.StateFileName + "; only one server may use a data dir at a time.",
+			"The state lives in DATA-DIR/" + upshift.StateFileName + "; only one server may use a data dir at a time.\n" +
+			"The event log keeps the events younger than --history-retention-age, at most --history-retention-events of them;\n" +
+			"older ones are folded into a snapshot, so the state stays whole and `upshift history` says where the log begins.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), dataDir, listen)
+			return serve(cmd.Context(), dataDir, listen, retention)
 		},
 	}
 
 	cmd.Flags().StringVar(&dataDir, "data-dir", defaultDataDir(), "directory holding the engine's state")
 	cmd.Flags().StringVar(&listen, "listen", upshift.DefaultListenAddress, "address of the gRPC API (host:port; port 0 picks a free one)")
+	cmd.Flags().Var((*retentionEvents)(&retention.MaxEvents), "history-retention-events",
+		"keep at most this many of the newest events in the event log; older ones are folded into a snapshot (0: no limit)")
+	cmd.Flags().Var((*retentionAge)(&retention.MaxAge), "history-retention-age",
+		"keep only the events younger than this in the event log, e.g. 720h or 90d; older ones are folded into a snapshot (0: no limit)")
 	rootCmd.AddCommand(cmd)
 }
 
@@ -43,7 +63,7 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".upshift")
 }
 
-func serve(ctx context.Context, dataDir, listen string) error {
+func serve(ctx context.Context, dataDir, listen string, retention store.Retention) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -57,13 +77,84 @@ func serve(ctx context.Context, dataDir, listen string) error {
 
 	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
 
-	engine, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger))
+	engine, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
+		upshift.WithStoreOptions(store.WithRetention(retention)))
 	if err != nil {
 		return err
 	}
+
+	logger.Info("event log retention", zap.Uint64("max_events", retention.MaxEvents), zap.Duration("max_age", retention.MaxAge))
 
 	// Scripts and tests read the address from this line (it matters with --listen 127.0.0.1:0).
 	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), filepath.Join(dataDir, upshift.StateFileName))
 
 	return engine.Run(ctx)
+}
+
+// retentionEvents is the --history-retention-events flag: a count of events, 0 for no limit.
+type retentionEvents uint64
+
+func (e *retentionEvents) String() string { return strconv.FormatUint(uint64(*e), 10) }
+
+func (e *retentionEvents) Type() string { return "count" }
+
+func (e *retentionEvents) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%q is not a number of events (a whole number, 0 for no limit)", s)
+	}
+
+	*e = retentionEvents(n)
+
+	return nil
+}
+
+// retentionAge is the --history-retention-age flag: a Go duration or a whole number of days ("90d", which Go
+// durations lack and which is how people say a retention), 0 for no limit.
+type retentionAge time.Duration
+
+func (a *retentionAge) String() string {
+	d := time.Duration(*a)
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+
+	return d.String()
+}
+
+func (a *retentionAge) Type() string { return "age" }
+
+func (a *retentionAge) Set(s string) error {
+	d, err := parseRetentionAge(strings.TrimSpace(s))
+	if err != nil {
+		return err
+	}
+
+	*a = retentionAge(d)
+
+	return nil
+}
+
+func parseRetentionAge(s string) (time.Duration, error) {
+	bad := fmt.Errorf("%q is not an age like 720h or 90d (0 for no limit)", s)
+
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16) // at most 65,535 days: beyond that, say 0
+		if err != nil {
+			return 0, bad
+		}
+
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, bad
+	}
+
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative: an age must be positive (0 for no limit)", s)
+	}
+
+	return d, nil
 }

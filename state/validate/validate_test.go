@@ -103,6 +103,8 @@ func TestCreateRules(t *testing.T) {
 		{"too many percent", clusterWith(func(s *cluster.ClusterSpec) { s.Parallelism = "150%" }), "spec.parallelism", "percentage from 1% to 100%"},
 		{"bad drain timeout", clusterWith(func(s *cluster.ClusterSpec) { s.DrainTimeout = "-1m" }), "spec.drainTimeout", "positive duration"},
 		{"bad sync mode", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = "sometimes" }), "spec.manifestSync", "not a sync mode"},
+		{"manual sync mode", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = cluster.ManifestSyncManual }), "", ""},
+		{"auto sync mode, not built yet", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = cluster.ManifestSyncAuto }), "spec.manifestSync", `"auto" is not available yet`},
 		{"valid machine", machineWith("w-2", func(*cluster.MachineSpec) {}), "", ""},
 		{"machine without cluster", machineWith("w-2", func(s *cluster.MachineSpec) { s.Cluster = "" }), "spec.cluster", "is required"},
 		{"machine of unknown cluster", machineWith("w-2", func(s *cluster.MachineSpec) { s.Cluster = "nope" }), "spec.cluster", `cluster "nope" does not exist`},
