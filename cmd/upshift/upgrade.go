@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -60,12 +61,19 @@ func upgradeTalosCmd() *cobra.Command {
 	return cmd
 }
 
-// upgradeTalos plans the change of cluster id to version to, prints the plan, and (unless dryRun) requests it.
-// A change that cannot be planned (Kubernetes unsupported by the target, no path) is refused with the reason.
+// upgradeTalos plans the change of cluster id to version to, prints what the rollout will do, and (unless dryRun)
+// requests it. The plan and the order of starts come from rollout.Simulate over the cluster as the engine reads it
+// and with the engine's own release catalogue, so the dry run shows what the engine will do. A change that cannot
+// be planned (Kubernetes unsupported by the target, no path) is refused with the reason.
 func upgradeTalos(ctx context.Context, st state.State, w io.Writer, id, to string, dryRun bool) error {
 	target, err := versions.Parse(to)
 	if err != nil {
 		return fmt.Errorf("--to: %w", err)
+	}
+
+	sim, err := simulate(ctx, st, id, target.Tag())
+	if err != nil {
+		return err
 	}
 
 	view, err := loadCluster(ctx, st, id)
@@ -73,17 +81,7 @@ func upgradeTalos(ctx context.Context, st state.State, w io.Writer, id, to strin
 		return err
 	}
 
-	hosts, err := view.hostVersions()
-	if err != nil {
-		return err
-	}
-
-	plan, err := versions.Shipped().Plan(hosts, view.cluster.TypedSpec().KubernetesVersion, target.String())
-	if err != nil {
-		return fmt.Errorf("refusing to change cluster %q to Talos %s: %w", id, target.Tag(), err)
-	}
-
-	if err = view.printPlan(w, plan); err != nil {
+	if err = view.printPlan(w, sim); err != nil {
 		return err
 	}
 
@@ -102,114 +100,98 @@ func upgradeTalos(ctx context.Context, st state.State, w io.Writer, id, to strin
 	return err
 }
 
-// hostVersions are the Talos versions the cluster's machines were last seen running.
-func (v *clusterView) hostVersions() ([]string, error) {
-	if len(v.machines) == 0 {
-		return nil, fmt.Errorf("cluster %q has no machines", v.cluster.Metadata().ID())
+// simulate runs the engine's rollout rules over cluster id going to target, with the engine's release catalogue.
+func simulate(ctx context.Context, st state.State, id, target string) (rollout.Simulation, error) {
+	releases, err := safe.StateGetByID[*upgrade.TalosReleases](ctx, st, upgrade.TalosReleasesID)
+	if err != nil {
+		return rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
 	}
 
-	hosts := make([]string, 0, len(v.machines))
+	catalogue, err := controllers.CatalogueOf(releases.TypedSpec())
+	if err != nil {
+		return rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
+	}
 
-	for _, m := range v.machines {
-		s, ok := v.statuses[m.Metadata().ID()]
-		if !ok || s.TypedSpec().TalosVersion == "" {
-			return nil, fmt.Errorf("machine %q has not been observed yet: its Talos version is unknown, try again shortly", m.Metadata().ID())
+	view, err := controllers.ReadClusterView(ctx, st, id)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return rollout.Simulation{}, fmt.Errorf("cluster %q not found", id)
 		}
 
-		hosts = append(hosts, s.TypedSpec().TalosVersion)
+		return rollout.Simulation{}, err
 	}
 
-	return hosts, nil
+	sim, err := rollout.Simulate(rollout.Policy{Catalogue: catalogue}, view, target)
+
+	switch {
+	case errors.Is(err, rollout.ErrNoPlan):
+		return sim, fmt.Errorf("refusing to change cluster %q to Talos %s: %s", id, target, sim.Status.Error)
+	case err != nil:
+		return sim, fmt.Errorf("planning cluster %q to Talos %s: %w", id, target, err)
+	case sim.Status.Phase == upgrade.PhasePending && len(sim.Status.Plan) == 0:
+		return sim, fmt.Errorf("cluster %q cannot be planned yet: %s; try again shortly", id, sim.Status.Reason)
+	}
+
+	return sim, nil
 }
 
-// printPlan prints what a change to plan would do: the direction and hops, then the order machines go in.
-func (v *clusterView) printPlan(w io.Writer, plan versions.Plan) error {
+// printPlan prints what the simulated rollout does: the direction and hops, then every machine start in order.
+func (v *clusterView) printPlan(w io.Writer, sim rollout.Simulation) error {
 	var b strings.Builder
 
-	id := v.cluster.Metadata().ID()
+	id, status := v.cluster.Metadata().ID(), sim.Status
 
-	if len(plan.Hops) == 0 {
-		fmt.Fprintf(&b, "cluster %s: nothing to do, every machine runs Talos %s\n", id, plan.To.Version.Tag())
+	if len(sim.Starts) == 0 && status.Phase == upgrade.PhaseDone {
+		fmt.Fprintf(&b, "cluster %s: nothing to do, every machine runs Talos %s\n", id, status.ToVersion)
 		_, err := io.WriteString(w, b.String())
 
 		return err
 	}
 
-	fmt.Fprintf(&b, "cluster %s: %s\n", id, plan)
+	steps := []string{strings.ReplaceAll(strings.TrimPrefix(status.FromVersion, "v"), ",v", ",")}
+	for _, hop := range status.Plan {
+		steps = append(steps, strings.TrimPrefix(hop, "v"))
+	}
 
-	if !plan.Direct() {
-		hops := make([]string, 0, len(plan.Hops)-1)
-		for _, h := range plan.Hops[:len(plan.Hops)-1] {
-			hops = append(hops, h.Version.Tag())
-		}
+	fmt.Fprintf(&b, "cluster %s: %s %s\n", id, status.Direction, strings.Join(steps, " -> "))
 
-		fmt.Fprintf(&b, "  no direct path: every machine goes through %s first\n", strings.Join(hops, ", then "))
+	if len(status.Plan) > 1 {
+		fmt.Fprintf(&b, "  no direct path: machines go through %s first (each from where it is)\n", strings.Join(status.Plan[:len(status.Plan)-1], ", then "))
 	}
 
 	fmt.Fprintf(&b, "  kubernetes %s is supported by every release on the way\n", v.cluster.TypedSpec().KubernetesVersion)
-
-	controlPlanes, workers, locked := v.order()
 
 	parallelism, err := cluster.ParseParallelism(v.cluster.TypedSpec().Parallelism)
 	if err != nil {
 		return fmt.Errorf("cluster %q: parallelism: %w", id, err)
 	}
 
-	slots := parallelism.Of(len(workers))
+	workers := 0
 
-	fmt.Fprintf(&b, "  order: %d control plane(s) one at a time, then %d worker(s) %d at a time\n", len(controlPlanes), len(workers), slots)
-
-	step := 1
-
-	for _, cp := range controlPlanes {
-		fmt.Fprintf(&b, "    %d. %s\n", step, cp)
-		step++
+	for _, m := range v.machines {
+		if m.TypedSpec().Role == cluster.RoleWorker {
+			workers++
+		}
 	}
 
-	for batch := range slices.Chunk(workers, slots) {
-		fmt.Fprintf(&b, "    %d. %s\n", step, strings.Join(batch, ", "))
-		step++
+	fmt.Fprintf(&b, "  order: control planes one at a time (the etcd leader last), workers %d at a time, each next machine\n", parallelism.Of(workers))
+	fmt.Fprintf(&b, "  starting when one in flight finishes:\n")
+
+	for i, start := range sim.Starts {
+		fmt.Fprintf(&b, "    %d. %s → %s\n", i+1, start.Machine, start.To)
 	}
 
-	for _, m := range locked {
+	for _, m := range sim.End.WaitingOnLock {
 		fmt.Fprintf(&b, "  waits for locked machine %s (%s): it upgrades once unlocked\n", m, orNone(v.locks[m].TypedSpec().Reason))
+	}
+
+	for _, m := range sim.End.Skipped {
+		fmt.Fprintf(&b, "  leaves out skipped machine %s\n", m)
 	}
 
 	_, err = io.WriteString(w, b.String())
 
 	return err
-}
-
-// order splits the machines as the rollout takes them: control planes (the etcd leader last, so leadership moves
-// once), unlocked workers, and locked machines, which wait.
-func (v *clusterView) order() (controlPlanes, workers, locked []string) {
-	leader := ""
-	if v.etcd != nil {
-		leader = v.etcd.TypedSpec().Leader
-	}
-
-	var leaderMachine string
-
-	for _, m := range v.machines {
-		id := m.Metadata().ID()
-
-		switch {
-		case v.locks[id] != nil:
-			locked = append(locked, id)
-		case m.TypedSpec().Role != cluster.RoleControlPlane:
-			workers = append(workers, id)
-		case leader != "" && v.statuses[id] != nil && v.statuses[id].TypedSpec().EtcdMember == leader:
-			leaderMachine = id
-		default:
-			controlPlanes = append(controlPlanes, id)
-		}
-	}
-
-	if leaderMachine != "" {
-		controlPlanes = append(controlPlanes, leaderMachine+" (etcd leader, last)")
-	}
-
-	return controlPlanes, workers, locked
 }
 
 // modifyCluster changes the Cluster named id.

@@ -28,6 +28,9 @@ type Simulation struct {
 	End upgrade.TalosUpgradeStatusSpec
 }
 
+// ErrNoPlan is wrapped by Simulate when no plan leads to the target; the simulation's Status says why.
+var ErrNoPlan = errors.New("no plan to the target")
+
 // errNoProgress stops a simulation that neither starts nor finishes a machine, which a rule change could cause.
 var errNoProgress = errors.New("the simulated rollout stopped making progress")
 
@@ -60,7 +63,7 @@ func Simulate(policy Policy, view ClusterView, target string) (Simulation, error
 		}
 
 		if next.Phase == upgrade.PhaseBlocked && len(next.Plan) == 0 {
-			return sim, fmt.Errorf("no plan to Talos %s: %s", target, next.Error)
+			return sim, fmt.Errorf("%w Talos %s: %s", ErrNoPlan, target, next.Error)
 		}
 
 		started := 0
