@@ -20,8 +20,9 @@ import (
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
-// MachineUpgradeStatusController drives each machine the rollout admitted through the steps of design section 4,
-// recording every step in its MachineUpgradeStatus before the step's side effect.
+// MachineUpgradeStatusController drives each machine the rollout admitted through its steps (docs/architecture.md,
+// "One machine's upgrade: the step machine"), recording every step in its MachineUpgradeStatus before the step's
+// side effect.
 //
 // A reconcile never waits on a machine: it starts (or, after a restart, resumes) one executor goroutine per
 // machine in flight, which runs the steps one after the other and reports back by writing the resource. So a slow

@@ -1,6 +1,6 @@
 // Package integration runs the engine against the emulated fleet (real Talos API, real etcd members, a real
-// kube-apiserver with its controller manager and scheduler) and proves the rollout rules of issue 4 from the
-// fleet's journal and the Kubernetes API, and the CLI from the built binary.
+// kube-apiserver with its controller manager and scheduler) and proves the rollout rules (docs/architecture.md)
+// from the fleet's journal and the Kubernetes API, and the CLI from the built binary.
 package integration
 
 import (

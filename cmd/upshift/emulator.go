@@ -20,7 +20,8 @@ import (
 	"github.com/upshift-io/upshift/state/server"
 )
 
-// emulatorFlags are the `upshift emulator` flags (design section 7).
+// emulatorFlags are the `upshift emulator` flags; scripts and tests rely on them and on the fleet's conventions
+// (README.md, "Command reference"; docs/architecture.md, "The test bed").
 type emulatorFlags struct {
 	stateDir          string
 	listen            string

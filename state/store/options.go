@@ -7,7 +7,8 @@ import (
 )
 
 // Defaults chosen for a management plane: fail fast on a held lock, and keep enough watch history that a burst
-// of a fleet's status updates does not overrun a controller's watch (cosi.md surprise 1).
+// of a fleet's status updates does not overrun a controller's watch (a lapped watch stops the COSI controller
+// runtime; docs/architecture.md, "The store: durable write path").
 const (
 	DefaultOpenTimeout     = 5 * time.Second
 	DefaultHistoryCapacity = 10000
