@@ -52,7 +52,7 @@ type TalosReleasesExtension struct{}
 func (TalosReleasesExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 	return meta.ResourceDefinitionSpec{
 		Type:             TalosReleasesType,
-		Aliases:          []resource.Type{"talosreleases", "releases"},
+		Aliases:          []resource.Type{"releases"},
 		DefaultNamespace: resources.Namespace,
 	}
 }
