@@ -71,6 +71,11 @@ func TestUpgradeCLI(t *testing.T) {
 
 	for _, n := range bed.Fleet.Nodes() {
 		assert.Equal(t, newest, n.Version(), n.Name())
+
+		// Attempt counts tries of one target: a clean rollout through two hops ends at attempt 1, not 2.
+		mus, err := bed.State().Get(t.Context(), upgrade.NewMachineUpgradeStatus(n.Name()).Metadata())
+		require.NoError(t, err)
+		assert.Equal(t, 1, mus.(*upgrade.MachineUpgradeStatus).TypedSpec().Attempt, n.Name()) //nolint:forcetypeassert
 	}
 
 	status := mustCLI(t, bed, "status", "c1")
