@@ -182,10 +182,9 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 			}
 		}
 
-		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, next.Plan) {
-			// Admitted but not yet taken up by its controller: it holds its slot already.
-			hop := NextHop(next.Plan, rm.Version)
-			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, hop
+		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, next.Target) {
+			// Admitted toward the hop of the last decision but not yet taken up by its controller: it holds its slot.
+			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, next.Target
 			admitted = append(admitted, m.ID)
 		}
 
@@ -193,6 +192,10 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 	}
 
 	d := Schedule(in)
+
+	if !SameVersion(d.Hop, next.Target) {
+		admitted = nil // the pending starts were toward the previous hop; Admitted names machines of one hop
+	}
 
 	for _, id := range d.Start {
 		if i := slices.IndexFunc(view.Machines, func(m MachineView) bool { return m.ID == id }); view.Machines[i].Role == cluster.RoleControlPlane {
@@ -262,19 +265,18 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 	return next, recheck
 }
 
-// pendingStart reports whether an admitted machine has not been taken up by its controller yet.
-func pendingStart(m MachineView, plan []string) bool {
-	hop := NextHop(plan, m.Version())
-	if m.Locked || hop == "" {
+// pendingStart reports whether a machine admitted toward hop has not been taken up by its controller yet.
+func pendingStart(m MachineView, hop string) bool {
+	if m.Locked || SameVersion(m.Version(), hop) {
 		return false
 	}
 
 	u := m.Upgrade
 
 	switch {
-	case u == nil, u.Phase == upgrade.MachineQueued, u.Phase == upgrade.MachineDone:
+	case u == nil, u.Phase == upgrade.MachineQueued:
 		return true
-	case u.Phase == upgrade.MachineFailed:
+	case u.Phase == upgrade.MachineDone, u.Phase == upgrade.MachineFailed:
 		return !SameVersion(u.ToVersion, hop)
 	default:
 		return false
