@@ -184,7 +184,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 
 		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, next.Target) {
 			// Admitted toward the hop of the last decision but not yet taken up by its controller: it holds its slot.
-			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, next.Target
+			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, NextHop(next.Plan, rm.Version)
 			admitted = append(admitted, m.ID)
 		}
 
