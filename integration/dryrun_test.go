@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/internal/talosemu"
-	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -24,11 +23,7 @@ func TestDryRunOrderIsTheEngines(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	oldest, newest := supported[0], supported[len(supported)-1]
 
-	bed := startBed(t, testbed.WithLite(), testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(3), talosemu.WithWorkers(4), talosemu.WithTalosVersion(oldest),
-		talosemu.WithRebootDowntime(0),
-	))
-	logOnFailure(t, bed, "c1")
+	bed := startLiteBed(t, 3, 4, oldest)
 
 	st := bed.State()
 	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) { s.Parallelism = "2" })

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -83,6 +84,20 @@ func startBed(t *testing.T, opts ...testbed.Option) *testbed.Bed {
 	require.NoError(t, err)
 
 	t.Cleanup(func() { require.NoError(t, bed.Close()) })
+
+	return bed
+}
+
+// startLiteBed starts a bed of one lite cluster (no etcd, no kube-apiserver, no reboot downtime) of cps control
+// planes and workers workers on Talos version, logging the cluster's state if the test fails.
+func startLiteBed(t *testing.T, cps, workers int, version string, opts ...talosemu.Option) *testbed.Bed {
+	t.Helper()
+
+	bed := startBed(t, testbed.WithLite(), testbed.WithFleetOptions(append([]talosemu.Option{
+		talosemu.WithControlPlanes(cps), talosemu.WithWorkers(workers), talosemu.WithTalosVersion(version),
+		talosemu.WithRebootDowntime(0),
+	}, opts...)...))
+	logOnFailure(t, bed, "c1")
 
 	return bed
 }

@@ -39,11 +39,7 @@ func TestStagedRolloutWithLockedWorkers(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	oldest, newest := supported[0], supported[len(supported)-1]
 
-	bed := startBed(t, testbed.WithLite(), testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(3), talosemu.WithWorkers(4), talosemu.WithTalosVersion(oldest),
-		talosemu.WithRebootDowntime(0),
-	))
-	logOnFailure(t, bed, "c1")
+	bed := startLiteBed(t, 3, 4, oldest)
 
 	st := bed.State()
 	locked := []string{"c1-w-2", "c1-w-4"}
