@@ -228,14 +228,16 @@ func (d *demo) fleetOptions() ([]talosemu.Option, error) {
 	return opts, nil
 }
 
-// upgradeOptions make the engine react within a second or so, and give up on a machine within a minute rather
-// than the production quarter of an hour, so a fault shows quickly.
+// upgradeOptions make the engine react within a second or so, give up on a machine within a minute rather than
+// the production quarter of an hour, and call etcd blocking once a member stays unhealthy for well over what the
+// emulated reboots take to rejoin, so a fault shows quickly.
 func (d *demo) upgradeOptions() []controllers.UpgradeOption {
 	return []controllers.UpgradeOption{
 		controllers.WithPollInterval(time.Second),
 		controllers.WithRetryDelay(250 * time.Millisecond),
 		controllers.WithStepTimeout(30 * time.Second),
 		controllers.WithRebootTimeout(30*time.Second + 10*d.flags.rebootDowntime),
+		controllers.WithEtcdGrace(20*time.Second + 2*d.flags.rebootDowntime),
 	}
 }
 
