@@ -174,6 +174,8 @@ func retryRequested(machine *cluster.Machine, current *upgrade.MachineUpgradeSta
 type way struct {
 	plan   []string
 	target string
+	// hop is the hop the cluster admits machines toward now (TalosUpgradeStatus.Target).
+	hop string
 }
 
 // wayOf reads the way of the cluster of tus; ok is false while the cluster has no plan (pending or blocked).
@@ -182,7 +184,7 @@ func wayOf(tus *upgrade.TalosUpgradeStatusSpec) (way, bool) {
 		return way{}, false
 	}
 
-	return way{plan: tus.Plan, target: tus.ToVersion}, true
+	return way{plan: tus.Plan, target: tus.ToVersion, hop: tus.Target}, true
 }
 
 // targetFrom is where an upgrade of a machine running version heads.
@@ -191,15 +193,19 @@ func (w way) targetFrom(version string) string {
 }
 
 // startable reports whether an admitted machine whose last upgrade is current may begin a new one: it never had
-// one, a retry queued it, it finished a hop and has another to go, or its failed upgrade is no longer on its way.
+// one, a retry queued it, it finished a hop and the next one is the hop the cluster admits toward now, or its
+// failed upgrade is no longer on its way. The hop check keeps a machine that finished the hop it was admitted to,
+// before the cluster's status dropped it from Admitted, from starting on toward the next hop ahead of its turn.
 func (w way) startable(current *upgrade.MachineUpgradeStatusSpec) bool {
 	switch current.Phase {
 	case "", upgrade.MachineQueued:
 		return true
 	case upgrade.MachineDone:
-		return rollout.NextHop(w.plan, current.ToVersion) != ""
+		return rollout.SameVersion(rollout.NextHop(w.plan, current.ToVersion), w.hop)
 	case upgrade.MachineFailed:
-		return !rollout.SameVersion(current.ToVersion, w.targetFrom(current.FromVersion))
+		way := w.targetFrom(current.FromVersion)
+
+		return !rollout.SameVersion(current.ToVersion, way) && rollout.SameVersion(way, w.hop)
 	default:
 		return false
 	}
