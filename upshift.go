@@ -21,6 +21,8 @@ import (
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/catalog"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/state/labelindex"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 	"github.com/upshift-io/upshift/state/validate"
@@ -64,7 +66,10 @@ func New(opts ...Option) (*Engine, error) {
 		return nil, err
 	}
 
-	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(st.State()))}
+	// A cluster's machines are read with a label query (docs/architecture.md, "Reading a cluster"); the index answers
+	// it without a scan of the fleet.
+	indexed := labelindex.New(st.State(), cluster.LabelCluster)
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(indexed))}
 
 	if err = e.registerDefinitions(); err != nil {
 		return nil, errors.Join(err, e.Close())
