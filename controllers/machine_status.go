@@ -23,8 +23,8 @@ import (
 // boot ID, node name) and Kubernetes (kubelet version, cordon) into a MachineStatus, again every poll interval.
 // A machine that cannot be reached is reported as such, with the error and its last known state; that is an
 // observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
-// holds one worker for that long at most. A machine whose upgrade enters a new phase is observed again at once, so
-// the observation catches up with what the upgrade's steps confirmed without waiting for the next poll.
+// holds one worker for that long at most. A machine whose upgrade finishes is observed again at once, so the
+// observation catches up with what the upgrade's steps confirmed without waiting for the next poll.
 type MachineStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
@@ -48,15 +48,15 @@ func (ctrl *MachineStatusController) Settings() controller.QSettings {
 }
 
 // MapInput implements controller.QController: new credentials re-observe the cluster's machines at once, and so
-// does an upgrade that entered a phase its machine's observation is older than; etcd changes and the upgrade's
-// other updates (what a step waits for) are picked up by the next poll.
+// does an upgrade that finished after its machine's last observation; etcd changes and the upgrade's other
+// updates are picked up by the next poll.
 func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
 	switch ptr.Type() {
 	case cluster.CredentialsType:
 		return machinePointers(ctx, r, ptr.ID())
 	case upgrade.MachineUpgradeStatusType:
 		status, up, err := readObservedUpgrade(ctx, r, ptr.ID())
-		if err != nil || up == nil || !machineview.Stale(status, up) {
+		if err != nil || !finishedSince(status, up) {
 			return nil, err
 		}
 
@@ -158,11 +158,11 @@ func (ctrl *MachineStatusController) observe(ctx context.Context, r controller.R
 
 // date sets the ObservedAt of spec, an observation started at observedAt over prev, given the machine's upgrade
 // (nil without one). A poll that finds nothing new keeps the old date, so it writes nothing; one that comes after
-// the upgrade entered a phase is dated, since views tell from the date whether the phase was observed
+// the upgrade finished is dated, since views tell from the date whether the end of the upgrade was observed
 // (machineview.Stale). A machine that cannot be reached keeps its last known version, and after an upgrade that
 // finished since the last observation that is the version the upgrade confirmed.
 func date(prev observe.MachineStatusSpec, spec *observe.MachineStatusSpec, up *upgrade.MachineUpgradeStatusSpec, observedAt time.Time) {
-	stale := machineview.Stale(&prev, up)
+	stale := finishedSince(&prev, up)
 
 	if !spec.Reachable && stale && up.Phase == upgrade.MachineDone {
 		spec.TalosVersion = up.ToVersion
@@ -173,6 +173,13 @@ func date(prev observe.MachineStatusSpec, spec *observe.MachineStatusSpec, up *u
 	if *spec != prev || stale {
 		spec.ObservedAt = observedAt
 	}
+}
+
+// finishedSince reports whether the machine's upgrade finished (Done or Failed) after status was observed: only
+// then is the machine observed again at once and the observation dated anew, one observation per machine and hop
+// rather than one per step, which would double a rollout's writes.
+func finishedSince(status *observe.MachineStatusSpec, up *upgrade.MachineUpgradeStatusSpec) bool {
+	return up != nil && (up.Phase == upgrade.MachineDone || up.Phase == upgrade.MachineFailed) && machineview.Stale(status, up)
 }
 
 func (ctrl *MachineStatusController) observeTalos(ctx context.Context, access ClusterAccess, id string, spec *observe.MachineStatusSpec) error {
