@@ -68,10 +68,7 @@ func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger
 
 // readObservedUpgrade reads the observation and the upgrade of machine id, each nil when there is none.
 func readObservedUpgrade(ctx context.Context, r controller.Reader, id string) (*observe.MachineStatusSpec, *upgrade.MachineUpgradeStatusSpec, error) {
-	var (
-		status *observe.MachineStatusSpec
-		up     *upgrade.MachineUpgradeStatusSpec
-	)
+	var status *observe.MachineStatusSpec
 
 	if s, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
 		status = s.TypedSpec()
@@ -79,13 +76,23 @@ func readObservedUpgrade(ctx context.Context, r controller.Reader, id string) (*
 		return nil, nil, fmt.Errorf("reading status of machine %q: %w", id, err)
 	}
 
-	if u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {
-		up = u.TypedSpec()
-	} else if !state.IsNotFoundError(err) {
-		return nil, nil, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
-	}
+	up, err := readUpgrade(ctx, r, id)
 
-	return status, up, nil
+	return status, up, err
+}
+
+// readUpgrade reads the upgrade of machine id, nil when it has none.
+func readUpgrade(ctx context.Context, r controller.Reader, id string) (*upgrade.MachineUpgradeStatusSpec, error) {
+	u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id)
+
+	switch {
+	case err == nil:
+		return u.TypedSpec(), nil
+	case state.IsNotFoundError(err):
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
+	}
 }
 
 // Reconcile implements controller.QController.
@@ -99,7 +106,7 @@ func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logge
 		return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
 	}
 
-	_, up, err := readObservedUpgrade(ctx, r, ptr.ID())
+	up, err := readUpgrade(ctx, r, ptr.ID()) // the observation itself comes with the write below
 	if err != nil {
 		return err
 	}

@@ -77,7 +77,10 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 	}
 
 	if recheck > 0 {
-		return controller.NewRequeueInterval(recheck)
+		// At most a poll interval: a requeued item stays in the controller's queue until it fires, and every event
+		// queued meanwhile is checked against it, so long delays for a thousand waiting clusters would slow every
+		// event; a cluster that waits on etcd is decided again each poll until the grace period ends.
+		return controller.NewRequeueInterval(min(recheck, ctrl.cfg.PollInterval))
 	}
 
 	return nil
@@ -98,6 +101,18 @@ func ReadClusterView(ctx context.Context, r controller.Reader, id string) (rollo
 
 	view := rollout.ClusterView{Cluster: c.TypedSpec()}
 
+	observed, err := safe.ReaderListAll[*observe.MachineStatus](ctx, r, state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
+	if err != nil {
+		return view, fmt.Errorf("listing machine observations of cluster %q: %w", id, err)
+	}
+
+	statuses := make(map[string]*observe.MachineStatusSpec, observed.Len())
+
+	for st := range observed.All() {
+		view.Observed = append(view.Observed, st.Metadata().ID())
+		statuses[st.Metadata().ID()] = st.TypedSpec()
+	}
+
 	machines, err := clusterMachines(ctx, r, id)
 	if err != nil {
 		return view, err
@@ -109,16 +124,8 @@ func ReadClusterView(ctx context.Context, r controller.Reader, id string) (rollo
 			return view, err
 		}
 
+		mv.Status = statuses[mv.ID]
 		view.Machines = append(view.Machines, mv)
-	}
-
-	observed, err := safe.ReaderListAll[*observe.MachineStatus](ctx, r, state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
-	if err != nil {
-		return view, fmt.Errorf("listing machine observations of cluster %q: %w", id, err)
-	}
-
-	for st := range observed.All() {
-		view.Observed = append(view.Observed, st.Metadata().ID())
 	}
 
 	if e, err := safe.ReaderGetByID[*observe.EtcdStatus](ctx, r, id); err == nil {
@@ -130,7 +137,7 @@ func ReadClusterView(ctx context.Context, r controller.Reader, id string) (rollo
 	return view, nil
 }
 
-// readMachineView reads machine m with its lock, observation and upgrade.
+// readMachineView reads machine m with its lock and upgrade; its observation comes from the cluster's list.
 func readMachineView(ctx context.Context, r controller.Reader, m *cluster.Machine) (rollout.MachineView, error) {
 	id := m.Metadata().ID()
 	skip, _ := m.Metadata().Annotations().Get(upgrade.SkipAnnotation)
@@ -140,12 +147,6 @@ func readMachineView(ctx context.Context, r controller.Reader, m *cluster.Machin
 		view.Locked = true
 	} else if !state.IsNotFoundError(err) {
 		return view, fmt.Errorf("reading lock of machine %q: %w", id, err)
-	}
-
-	if st, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
-		view.Status = st.TypedSpec()
-	} else if !state.IsNotFoundError(err) {
-		return view, fmt.Errorf("reading status of machine %q: %w", id, err)
 	}
 
 	if u, err := safe.ReaderGetByID[*upgrade.MachineUpgradeStatus](ctx, r, id); err == nil {

@@ -22,8 +22,12 @@ func NextHop(plan []string, version string) string {
 		return plan[i+1]
 	}
 
+	if len(plan) == 1 {
+		return plan[0]
+	}
+
 	v, err := versions.Parse(version)
-	if err != nil || len(plan) == 1 {
+	if err != nil {
 		return plan[0]
 	}
 

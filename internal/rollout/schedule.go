@@ -161,6 +161,7 @@ func Schedule(in Input) Decision {
 		cpInFlight               string
 		lockedCPNeedsTarget      bool
 		candidates               []Machine
+		candidateHops            []int
 		hop                      = len(p.hops) - 1
 	)
 
@@ -194,8 +195,8 @@ func Schedule(in Input) Decision {
 			d.WaitingOnLock = append(d.WaitingOnLock, m.ID)
 			lockedCPNeedsTarget = lockedCPNeedsTarget || isCP
 		case stateCandidate:
-			candidates = append(candidates, m)
-			hop = min(hop, p.hopIndex(m))
+			candidates, candidateHops = append(candidates, m), append(candidateHops, p.hopIndex(m))
+			hop = min(hop, candidateHops[len(candidateHops)-1])
 		}
 	}
 
@@ -203,9 +204,9 @@ func Schedule(in Input) Decision {
 
 	var cpCandidates, wkCandidates []string
 
-	for _, m := range candidates {
+	for i, m := range candidates {
 		switch {
-		case p.hopIndex(m) != hop: // it waits for the machines behind it
+		case candidateHops[i] != hop: // it waits for the machines behind it
 		case m.Role == cluster.RoleControlPlane:
 			cpCandidates = append(cpCandidates, m.ID)
 		default:
