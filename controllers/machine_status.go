@@ -55,30 +55,33 @@ func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger
 	case cluster.CredentialsType:
 		return machinePointers(ctx, r, ptr.ID())
 	case upgrade.MachineUpgradeStatusType:
-		status, up, err := readObservedUpgrade(ctx, r, ptr.ID())
-		if err != nil || !finishedSince(status, up) {
-			return nil, err
-		}
-
-		return []resource.Pointer{cluster.NewMachine(ptr.ID()).Metadata()}, nil
+		return ctrl.mapUpgrade(ctx, r, ptr.ID())
 	default:
 		return nil, nil
 	}
 }
 
-// readObservedUpgrade reads the observation and the upgrade of machine id, each nil when there is none.
-func readObservedUpgrade(ctx context.Context, r controller.Reader, id string) (*observe.MachineStatusSpec, *upgrade.MachineUpgradeStatusSpec, error) {
+// mapUpgrade re-observes machine id when its upgrade finished after its last observation. The upgrade is read
+// first: most of its writes are steps, and only a finished one needs the observation read too.
+func (ctrl *MachineStatusController) mapUpgrade(ctx context.Context, r controller.Reader, id string) ([]resource.Pointer, error) {
+	up, err := readUpgrade(ctx, r, id)
+	if err != nil || !finished(up) {
+		return nil, err
+	}
+
 	var status *observe.MachineStatusSpec
 
 	if s, err := safe.ReaderGetByID[*observe.MachineStatus](ctx, r, id); err == nil {
 		status = s.TypedSpec()
 	} else if !state.IsNotFoundError(err) {
-		return nil, nil, fmt.Errorf("reading status of machine %q: %w", id, err)
+		return nil, fmt.Errorf("reading status of machine %q: %w", id, err)
 	}
 
-	up, err := readUpgrade(ctx, r, id)
+	if !finishedSince(status, up) {
+		return nil, nil
+	}
 
-	return status, up, err
+	return []resource.Pointer{cluster.NewMachine(id).Metadata()}, nil
 }
 
 // readUpgrade reads the upgrade of machine id, nil when it has none.
@@ -186,7 +189,12 @@ func date(prev observe.MachineStatusSpec, spec *observe.MachineStatusSpec, up *u
 // then is the machine observed again at once and the observation dated anew, one observation per machine and hop
 // rather than one per step, which would double a rollout's writes.
 func finishedSince(status *observe.MachineStatusSpec, up *upgrade.MachineUpgradeStatusSpec) bool {
-	return up != nil && (up.Phase == upgrade.MachineDone || up.Phase == upgrade.MachineFailed) && machineview.Stale(status, up)
+	return finished(up) && machineview.Stale(status, up)
+}
+
+// finished reports whether the upgrade up (nil for none) has ended, Done or Failed.
+func finished(up *upgrade.MachineUpgradeStatusSpec) bool {
+	return up != nil && (up.Phase == upgrade.MachineDone || up.Phase == upgrade.MachineFailed)
 }
 
 func (ctrl *MachineStatusController) observeTalos(ctx context.Context, access ClusterAccess, id string, spec *observe.MachineStatusSpec) error {

@@ -25,7 +25,7 @@ type State struct {
 
 	keys []string
 
-	mu          sync.Mutex
+	mu          sync.Mutex // guards collections only; each collection has its own lock
 	collections map[collectionKey]*collection
 }
 
@@ -36,6 +36,8 @@ type collectionKey struct {
 
 // collection is the index of one (namespace, type).
 type collection struct {
+	mu sync.Mutex
+
 	// built is set once a full list of the collection has been merged in; until then Lists scan.
 	built bool
 	// ids is, per label key and value, the IDs that may carry it.
@@ -52,6 +54,9 @@ func New(st state.CoreState, keys ...string) *State {
 func (s *State) collection(kind resource.Kind) *collection {
 	key := collectionKey{ns: kind.Namespace(), typ: kind.Type()}
 
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
 	c, ok := s.collections[key]
 	if !ok {
 		c = &collection{ids: map[string]map[string]map[resource.ID]struct{}{}, gen: map[resource.ID]uint64{}}
@@ -61,7 +66,7 @@ func (s *State) collection(kind resource.Kind) *collection {
 	return c
 }
 
-// add records r's values of the indexed keys; the caller holds mu.
+// add records r's values of the indexed keys; the caller holds c.mu.
 func (s *State) add(c *collection, r resource.Resource) {
 	id := r.Metadata().ID()
 	c.gen[id]++
@@ -84,16 +89,19 @@ func (s *State) add(c *collection, r resource.Resource) {
 	}
 }
 
-// remember adds r to the index before it is written.
+// remember adds r to the index before it is written. A resource with none of the keys costs nothing: it has no
+// entry a destroy could race with.
 func (s *State) remember(r resource.Resource) {
-	if len(s.keys) == 0 {
+	if !slices.ContainsFunc(s.keys, func(key string) bool { _, ok := r.Metadata().Labels().Get(key); return ok }) {
 		return
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	c := s.collection(r.Metadata())
 
-	s.add(s.collection(r.Metadata()), r)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	s.add(c, r)
 }
 
 // Create implements state.CoreState.
@@ -113,17 +121,18 @@ func (s *State) Update(ctx context.Context, r resource.Resource, opts ...state.U
 // Destroy implements state.CoreState: once the resource is gone, its entries go too, unless it was written again
 // meanwhile.
 func (s *State) Destroy(ctx context.Context, ptr resource.Pointer, opts ...state.DestroyOption) error {
-	s.mu.Lock()
 	c := s.collection(ptr)
-	gen := c.gen[ptr.ID()]
-	s.mu.Unlock()
 
-	if err := s.CoreState.Destroy(ctx, ptr, opts...); err != nil {
+	c.mu.Lock()
+	gen, indexed := c.gen[ptr.ID()]
+	c.mu.Unlock()
+
+	if err := s.CoreState.Destroy(ctx, ptr, opts...); err != nil || !indexed {
 		return err
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 
 	if c.gen[ptr.ID()] != gen {
 		return nil
@@ -198,10 +207,11 @@ func (s *State) indexed(options state.ListOptions) (key, value string, ok bool) 
 // candidates returns, sorted, the IDs that may carry key=value, building the collection's index on first use from
 // a full list merged with what writes recorded meanwhile.
 func (s *State) candidates(ctx context.Context, kind resource.Kind, key, value string) ([]resource.ID, error) {
-	s.mu.Lock()
 	c := s.collection(kind)
+
+	c.mu.Lock()
 	built := c.built
-	s.mu.Unlock()
+	c.mu.Unlock()
 
 	if !built {
 		all, err := s.CoreState.List(ctx, kind)
@@ -209,17 +219,17 @@ func (s *State) candidates(ctx context.Context, kind resource.Kind, key, value s
 			return nil, err
 		}
 
-		s.mu.Lock()
+		c.mu.Lock()
 		for _, r := range all.Items {
 			s.add(c, r)
 		}
 
 		c.built = true
-		s.mu.Unlock()
+		c.mu.Unlock()
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 
 	ids := make([]resource.ID, 0, len(c.ids[key][value]))
 	for id := range c.ids[key][value] {

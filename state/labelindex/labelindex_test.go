@@ -1,6 +1,7 @@
 package labelindex_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -135,4 +136,45 @@ func TestConcurrentWrites(t *testing.T) {
 	list, err := st.List(ctx, cluster.NewMachine("").Metadata(), state.WithLabelQuery(resource.LabelEqual(key, "c1")))
 	require.NoError(t, err)
 	assert.Len(t, list.Items, 4*(200-67))
+}
+
+// countingState counts the Lists that reach the wrapped state.
+type countingState struct {
+	state.CoreState
+
+	lists int
+}
+
+func (c *countingState) List(ctx context.Context, kind resource.Kind, opts ...state.ListOption) (resource.List, error) {
+	c.lists++
+
+	return c.CoreState.List(ctx, kind, opts...)
+}
+
+// An equality query on the indexed key is answered from the index: after the one full list that builds it, no List
+// reaches the wrapped state; any other query is passed on.
+func TestIndexedQueryDoesNotScan(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	inner := &countingState{CoreState: namespaced.NewState(inmem.Build)}
+	st := state.WrapCore(labelindex.New(inner, key))
+
+	for i := range 10 {
+		r := cluster.NewMachine(fmt.Sprintf("m-%d", i))
+		r.Metadata().Labels().Set(key, fmt.Sprintf("c%d", i%2))
+		require.NoError(t, st.Create(ctx, r))
+	}
+
+	for range 3 {
+		list, err := st.List(ctx, cluster.NewMachine("").Metadata(), state.WithLabelQuery(resource.LabelEqual(key, "c1")))
+		require.NoError(t, err)
+		assert.Equal(t, []string{"m-1", "m-3", "m-5", "m-7", "m-9"}, ids(list))
+	}
+
+	assert.Equal(t, 1, inner.lists, "one list builds the index, then none")
+
+	_, err := st.List(ctx, cluster.NewMachine("").Metadata(), state.WithLabelQuery(resource.LabelExists(key)))
+	require.NoError(t, err)
+	assert.Equal(t, 2, inner.lists, "a query the index does not answer is passed on")
 }
