@@ -71,17 +71,12 @@ func upgradeTalos(ctx context.Context, st state.State, w io.Writer, id, to strin
 		return fmt.Errorf("--to: %w", err)
 	}
 
-	sim, err := simulate(ctx, st, id, target.Tag())
+	view, sim, err := simulate(ctx, st, id, target.Tag())
 	if err != nil {
 		return err
 	}
 
-	view, err := loadCluster(ctx, st, id)
-	if err != nil {
-		return err
-	}
-
-	if err = view.printPlan(w, sim); err != nil {
+	if err = printPlan(ctx, st, w, id, view, sim); err != nil {
 		return err
 	}
 
@@ -101,45 +96,47 @@ func upgradeTalos(ctx context.Context, st state.State, w io.Writer, id, to strin
 }
 
 // simulate runs the engine's rollout rules over cluster id going to target, with the engine's release catalogue.
-func simulate(ctx context.Context, st state.State, id, target string) (rollout.Simulation, error) {
+// It returns the cluster as it read it, too.
+func simulate(ctx context.Context, st state.State, id, target string) (rollout.ClusterView, rollout.Simulation, error) {
 	releases, err := safe.StateGetByID[*upgrade.TalosReleases](ctx, st, upgrade.TalosReleasesID)
 	if err != nil {
-		return rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
+		return rollout.ClusterView{}, rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
 	}
 
 	catalogue, err := controllers.CatalogueOf(releases.TypedSpec())
 	if err != nil {
-		return rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
+		return rollout.ClusterView{}, rollout.Simulation{}, fmt.Errorf("reading the engine's Talos releases: %w", err)
 	}
 
 	view, err := controllers.ReadClusterView(ctx, st, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
-			return rollout.Simulation{}, fmt.Errorf("cluster %q not found", id)
+			return view, rollout.Simulation{}, fmt.Errorf("cluster %q not found", id)
 		}
 
-		return rollout.Simulation{}, err
+		return view, rollout.Simulation{}, err
 	}
 
 	sim, err := rollout.Simulate(rollout.Policy{Catalogue: catalogue}, view, target)
 
 	switch {
 	case errors.Is(err, rollout.ErrNoPlan):
-		return sim, fmt.Errorf("refusing to change cluster %q to Talos %s: %s", id, target, sim.Status.Error)
+		return view, sim, fmt.Errorf("refusing to change cluster %q to Talos %s: %s", id, target, sim.Status.Error)
 	case err != nil:
-		return sim, fmt.Errorf("planning cluster %q to Talos %s: %w", id, target, err)
+		return view, sim, fmt.Errorf("planning cluster %q to Talos %s: %w", id, target, err)
 	case sim.Status.Phase == upgrade.PhasePending && len(sim.Status.Plan) == 0:
-		return sim, fmt.Errorf("cluster %q cannot be planned yet: %s; try again shortly", id, sim.Status.Reason)
+		return view, sim, fmt.Errorf("cluster %q cannot be planned yet: %s; try again shortly", id, sim.Status.Reason)
 	}
 
-	return sim, nil
+	return view, sim, nil
 }
 
-// printPlan prints what the simulated rollout does: the direction and hops, then every machine start in order.
-func (v *clusterView) printPlan(w io.Writer, sim rollout.Simulation) error {
+// printPlan prints what the simulated rollout of cluster id (as view) does: the direction and hops, then every
+// machine start in order, then the locked machines that wait, each with its lock's reason.
+func printPlan(ctx context.Context, st state.State, w io.Writer, id string, view rollout.ClusterView, sim rollout.Simulation) error {
 	var b strings.Builder
 
-	id, status := v.cluster.Metadata().ID(), sim.Status
+	status := sim.Status
 
 	if len(sim.Starts) == 0 && status.Phase == upgrade.PhaseDone {
 		fmt.Fprintf(&b, "cluster %s: nothing to do, every machine runs Talos %s\n", id, status.ToVersion)
@@ -159,17 +156,17 @@ func (v *clusterView) printPlan(w io.Writer, sim rollout.Simulation) error {
 		fmt.Fprintf(&b, "  no direct path: machines go through %s first (each from where it is)\n", strings.Join(status.Plan[:len(status.Plan)-1], ", then "))
 	}
 
-	fmt.Fprintf(&b, "  kubernetes %s is supported by every release on the way\n", v.cluster.TypedSpec().KubernetesVersion)
+	fmt.Fprintf(&b, "  kubernetes %s is supported by every release on the way\n", view.Cluster.KubernetesVersion)
 
-	parallelism, err := cluster.ParseParallelism(v.cluster.TypedSpec().Parallelism)
+	parallelism, err := cluster.ParseParallelism(view.Cluster.Parallelism)
 	if err != nil {
 		return fmt.Errorf("cluster %q: parallelism: %w", id, err)
 	}
 
 	workers := 0
 
-	for _, m := range v.machines {
-		if m.TypedSpec().Role == cluster.RoleWorker {
+	for _, m := range view.Machines {
+		if m.Role == cluster.RoleWorker {
 			workers++
 		}
 	}
@@ -182,7 +179,12 @@ func (v *clusterView) printPlan(w io.Writer, sim rollout.Simulation) error {
 	}
 
 	for _, m := range sim.End.WaitingOnLock {
-		fmt.Fprintf(&b, "  waits for locked machine %s (%s): it upgrades once unlocked\n", m, orNone(v.locks[m].TypedSpec().Reason))
+		lock, err := safe.StateGetByID[*cluster.MachineLock](ctx, st, m)
+		if err != nil {
+			return fmt.Errorf("reading the lock of machine %q: %w", m, err)
+		}
+
+		fmt.Fprintf(&b, "  waits for locked machine %s (%s): it upgrades once unlocked\n", m, orNone(lock.TypedSpec().Reason))
 	}
 
 	for _, m := range sim.End.Skipped {
