@@ -22,10 +22,11 @@ import (
 // Namespace is the one namespace every upshift resource lives in, so users never have to name it.
 const Namespace resource.Namespace = "upshift"
 
-// Getter reads one resource. Validation rules get only this, so they can check references but never write;
-// state.CoreState satisfies it.
+// Getter reads resources: one, or a list (a ConfigPatch is checked against the machines it targets). Validation
+// rules get only this, so they can check references but never write; state.CoreState satisfies it.
 type Getter interface {
 	Get(ctx context.Context, ptr resource.Pointer, opts ...state.GetOption) (resource.Resource, error)
+	List(ctx context.Context, kind resource.Kind, opts ...state.ListOption) (resource.List, error)
 }
 
 // Validator is implemented by the spec of every input type (the types users write). A type whose spec does not

@@ -18,12 +18,16 @@ import (
 
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/catalog"
+	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/validate"
 )
 
 func init() {
-	var file string
+	var (
+		file   string
+		dryRun bool
+	)
 
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
@@ -38,6 +42,7 @@ func init() {
 	endpoint := endpointFlag(cmd)
 	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML file of resources (- for stdin)")
 	cmd.MarkFlagRequired("file") //nolint:errcheck // the flag exists
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check the documents and show, per machine, what each config patch would change; write nothing")
 
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		docs, problems, err := readDocuments(file, cmd.InOrStdin())
@@ -52,7 +57,7 @@ func init() {
 
 		defer c.Close() //nolint:errcheck
 
-		return explain(*endpoint, apply(cmd.Context(), c, cmd.OutOrStdout(), docs, problems))
+		return explain(*endpoint, apply(cmd.Context(), c, cmd.OutOrStdout(), docs, problems, dryRun))
 	}
 
 	rootCmd.AddCommand(cmd)
@@ -270,13 +275,53 @@ func (o overlay) Get(ctx context.Context, ptr resource.Pointer, opts ...state.Ge
 	return o.server.Get(ctx, ptr, opts...)
 }
 
+// List lists the server's resources of kind with the file's documents of that kind put over them, each document
+// labelled as the server will label it, then filtered by the options' queries.
+func (o overlay) List(ctx context.Context, kind resource.Kind, opts ...state.ListOption) (resource.List, error) {
+	var options state.ListOptions
+	for _, opt := range opts {
+		opt(&options)
+	}
+
+	list, err := o.server.List(ctx, kind, opts...)
+	if err != nil {
+		return list, err
+	}
+
+	items := slices.DeleteFunc(list.Items, func(r resource.Resource) bool {
+		_, replaced := o.docs[pointerKey(r.Metadata())]
+
+		return replaced
+	})
+
+	for _, r := range o.docs {
+		md := r.Metadata()
+		if md.Namespace() != kind.Namespace() || md.Type() != kind.Type() {
+			continue
+		}
+
+		if labeller, ok := r.Spec().(resources.Labeller); ok {
+			for k, v := range labeller.Labels() {
+				md.Labels().Set(k, v)
+			}
+		}
+
+		if options.LabelQueries.Matches(*md.Labels()) && options.IDQuery.Matches(*md) {
+			items = append(items, r)
+		}
+	}
+
+	return resource.List{Items: items}, nil
+}
+
 func pointerKey(ptr resource.Pointer) string {
 	return ptr.Namespace() + "/" + ptr.Type() + "/" + ptr.ID()
 }
 
 // apply checks every document, then, if none has a problem (problems holds those found while decoding), writes
-// them in dependency order (clusters before their machines).
-func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applied, problems []error) error {
+// them in dependency order (clusters before their machines). A dry run writes nothing and shows what each config
+// patch would change on each machine it targets.
+func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applied, problems []error, dryRun bool) error {
 	view := overlay{server: c.State(), docs: map[string]resource.Resource{}}
 	for _, doc := range docs {
 		view.docs[pointerKey(doc.resource.Metadata())] = doc.resource
@@ -306,6 +351,10 @@ func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applied, p
 	slices.SortStableFunc(docs, func(a, b applied) int {
 		return catalog.Rank(a.resource.Metadata().Type()) - catalog.Rank(b.resource.Metadata().Type())
 	})
+
+	if dryRun {
+		return showDryRun(ctx, w, view, docs)
+	}
 
 	for _, doc := range docs {
 		outcome, err := write(ctx, c.State(), doc.resource)
@@ -364,4 +413,43 @@ func replaceAll(kv keyValues, want map[string]string) {
 	for k, v := range want {
 		kv.Set(k, v)
 	}
+}
+
+// showDryRun prints what applying docs would do: each document's name, and for a config patch the change of every
+// targeted machine's effective config (secrets redacted), as the engine will compute it.
+func showDryRun(ctx context.Context, w io.Writer, view overlay, docs []applied) error {
+	for _, doc := range docs {
+		md := doc.resource.Metadata()
+		fmt.Fprintf(w, "%s/%s would be applied (dry run: nothing was written)\n", strings.ToLower(resources.DisplayType(md.Type())), md.ID())
+
+		patch, ok := doc.resource.Spec().(*cluster.ConfigPatchSpec)
+		if !ok {
+			continue
+		}
+
+		effects, err := patch.Effect(ctx, md, view)
+		if err != nil {
+			return err
+		}
+
+		if len(effects) == 0 {
+			fmt.Fprintln(w, "  no machine whose config the engine has seen is targeted")
+		}
+
+		for _, e := range effects {
+			if e.Diff == "" {
+				fmt.Fprintf(w, "  %s: no change\n", e.Machine)
+
+				continue
+			}
+
+			fmt.Fprintf(w, "  %s:\n", e.Machine)
+
+			for line := range strings.Lines(e.Diff) {
+				fmt.Fprintf(w, "    %s", line)
+			}
+		}
+	}
+
+	return nil
 }

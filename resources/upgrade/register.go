@@ -11,7 +11,7 @@ import (
 
 // Resources returns an empty value of every type of this package.
 func Resources() []meta.ResourceWithRD {
-	return []meta.ResourceWithRD{NewTalosUpgradeStatus(""), NewMachineUpgradeStatus(""), NewKubernetesUpgradeStatus(""), NewTalosReleases()}
+	return []meta.ResourceWithRD{NewTalosUpgradeStatus(""), NewMachineUpgradeStatus(""), NewMachineConfigStatus(""), NewConfigRolloutStatus(""), NewKubernetesUpgradeStatus(""), NewTalosReleases()}
 }
 
 // Register adds the definitions of this package's types to the engine's registry.

@@ -12,8 +12,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/siderolabs/talos/pkg/machinery/config/machine"
+
+	"github.com/upshift-io/upshift/internal/machineconfig/machineconfigtest"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
 	"github.com/upshift-io/upshift/state/validate"
 )
 
@@ -241,4 +245,46 @@ func TestOutputUpdateNeedsItsOwner(t *testing.T) {
 		return nil
 	}, state.WithUpdateOwner("ClusterSummaryController"))
 	require.NoError(t, err)
+}
+
+// A config patch is applied, at write time, to the base config of every machine it targets: one that yields an
+// invalid config for a machine is refused naming the machine and the reason, and nothing is written; one that fits
+// every machine is written. Machines whose config the engine has not seen yet are not judged.
+func TestConfigPatchCheckedAgainstEachTargetedMachine(t *testing.T) {
+	t.Parallel()
+
+	ctx := t.Context()
+	st := newState(t)
+
+	for id, typ := range map[string]machine.Type{"cp-1": machine.TypeControlPlane, "w-1": machine.TypeWorker} {
+		status := upgrade.NewMachineConfigStatus(id)
+		*status.TypedSpec() = upgrade.MachineConfigStatusSpec{Cluster: "prod", Base: string(machineconfigtest.Config(t, "prod", typ))}
+		require.NoError(t, st.Create(ctx, status, state.WithCreateOwner("MachineConfigStatusController")))
+	}
+
+	bad := patchWith(func(s *cluster.ConfigPatchSpec) {
+		s.Role = cluster.RoleWorker
+		s.Patch = "cluster:\n  network:\n    podSubnets: [\"not-a-cidr\"]\n"
+	})
+
+	err := st.Create(ctx, bad)
+	require.Error(t, err)
+	assert.True(t, validate.IsError(err), "%v", err)
+	assert.Contains(t, err.Error(), `machine "w-1"`, "the refusal names the machine")
+	assert.NotContains(t, err.Error(), `machine "cp-1"`, "a control plane is not targeted by a worker patch")
+	assert.Contains(t, err.Error(), "cluster network config is already set", "the refusal says why: the config's own validation")
+
+	_, err = st.Get(ctx, bad.Metadata())
+	assert.True(t, state.IsNotFoundError(err), "nothing was written: %v", err)
+
+	good := patchWith(func(s *cluster.ConfigPatchSpec) { s.Patch = "machine:\n  sysctls:\n    vm.max_map_count: \"262144\"\n" })
+	require.NoError(t, st.Create(ctx, good))
+
+	// An update is judged with the cluster's other patches: a second patch that breaks what the first one set up
+	// is refused too.
+	breaking := cluster.NewConfigPatch("later")
+	*breaking.TypedSpec() = cluster.ConfigPatchSpec{Cluster: "prod", Machine: "cp-1", Order: 10, Patch: "machine:\n  type: toaster\n"}
+	err = st.Create(ctx, breaking)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `machine "cp-1"`)
 }

@@ -1,0 +1,93 @@
+package upgrade
+
+import (
+	"time"
+
+	"github.com/cosi-project/runtime/pkg/resource"
+	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
+
+	"github.com/upshift-io/upshift/resources"
+)
+
+// MachineConfigStatusType is the type of MachineConfigStatus resources.
+const MachineConfigStatusType = resource.Type("MachineConfigStatuses.upshift.dev")
+
+// MachineApplyingConfig is the step of a config rollout that applies a machine's effective config without a
+// reboot (ApplyConfiguration, checked first with a dry run, then NO_REBOOT).
+const MachineApplyingConfig MachinePhase = "ApplyingConfig"
+
+// MachineConfigStatus is the config rollout of one machine (same ID as the Machine): the config it runs, the one
+// its cluster's patches make of its base, and the step of the change between them.
+type MachineConfigStatus = typed.Resource[MachineConfigStatusSpec, MachineConfigStatusExtension]
+
+// MachineConfigStatusSpec is where one machine's config stands. Configs are named by their version
+// (machineconfig.Version), diffs have their secrets redacted.
+type MachineConfigStatusSpec struct {
+	// Cluster is the ID of the machine's Cluster.
+	Cluster string `yaml:"cluster" protobuf:"1"`
+	// Phase is the step of the current or last change: empty before the first, then Queued, ApplyingConfig, Done
+	// or Failed.
+	Phase MachinePhase `yaml:"phase,omitempty" protobuf:"2"`
+	// AppliedVersion is the version of the config the machine runs, as the engine applied or first saw it.
+	AppliedVersion string `yaml:"appliedVersion,omitempty" protobuf:"3"`
+	// TargetVersion is the version of the machine's effective config: its base with its patches, in order.
+	TargetVersion string `yaml:"targetVersion,omitempty" protobuf:"4"`
+	// Pending says the machine does not run its effective config yet.
+	Pending bool `yaml:"pending,omitempty" protobuf:"5"`
+	// Diff is the pending change, from the applied config to the effective one, with secrets redacted.
+	Diff string `yaml:"diff,omitempty" protobuf:"6"`
+	// Patches are the IDs of the patches of the effective config, in the order they apply.
+	Patches []string `yaml:"patches,omitempty" protobuf:"7"`
+	// Error says why the last change failed, or why the effective config cannot be computed.
+	Error string `yaml:"error,omitempty" protobuf:"8"`
+	// Waiting says what the current step waits for.
+	Waiting string `yaml:"waiting,omitempty" protobuf:"9"`
+	// PhaseChangedAt is when Phase was entered.
+	PhaseChangedAt time.Time `yaml:"phaseChangedAt,omitempty" protobuf:"10"`
+	// ChangeVersion is the version the change in flight (or the last one) applies; it is recorded before the
+	// change is sent, so a restart applies the same config, or sees it applied.
+	ChangeVersion string `yaml:"changeVersion,omitempty" protobuf:"11"`
+	// Base is the machine's config as the engine first saw it, the config its patches apply to. It holds the
+	// machine's secrets, so it is never shown (no YAML); it is stored in the clear until the store encrypts
+	// secrets at rest (the same as Credentials).
+	Base string `yaml:"-" protobuf:"12"`
+	// Applied is the config the machine runs (AppliedVersion); secret like Base.
+	Applied string `yaml:"-" protobuf:"13"`
+	// Change is the config the change in flight applies (ChangeVersion); secret like Base.
+	Change string `yaml:"-" protobuf:"14"`
+}
+
+// NewMachineConfigStatus returns an empty MachineConfigStatus for the machine named id.
+func NewMachineConfigStatus(id resource.ID) *MachineConfigStatus {
+	return resources.NewTyped[MachineConfigStatusSpec, MachineConfigStatusExtension](MachineConfigStatusType, id)
+}
+
+// DeepCopy implements typed.DeepCopyable.
+func (s MachineConfigStatusSpec) DeepCopy() MachineConfigStatusSpec {
+	s.Patches = append([]string(nil), s.Patches...)
+
+	return s
+}
+
+// MachineConfigStatusExtension gives MachineConfigStatus its resource definition.
+type MachineConfigStatusExtension struct{}
+
+// ResourceDefinition implements typed.Extension.
+func (MachineConfigStatusExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
+	return meta.ResourceDefinitionSpec{
+		Type:             MachineConfigStatusType,
+		Aliases:          []resource.Type{"machineconfig"},
+		DefaultNamespace: resources.Namespace,
+		PrintColumns: []meta.PrintColumn{
+			{Name: "Phase", JSONPath: "{.phase}"},
+			{Name: "Applied", JSONPath: "{.appliedVersion}"},
+			{Name: "Target", JSONPath: "{.targetVersion}"},
+			{Name: "Pending", JSONPath: "{.pending}"},
+		},
+	}
+}
+
+func init() {
+	resources.MustRegisterType[MachineConfigStatusSpec, MachineConfigStatusExtension](MachineConfigStatusType)
+}
