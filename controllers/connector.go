@@ -9,6 +9,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 
 	"github.com/upshift-io/upshift/internal/kube"
@@ -244,6 +245,16 @@ func (tc *talosConn) EtcdMemberStatus(ctx context.Context, node string) (talos.E
 // EtcdForfeitLeadership implements talos.Etcd.
 func (tc *talosConn) EtcdForfeitLeadership(ctx context.Context, node string) error {
 	return talosDo(tc, node, "forfeiting etcd leadership", func(api talos.API) error { return api.EtcdForfeitLeadership(ctx, node) })
+}
+
+// MachineConfig implements talos.Configurer.
+func (tc *talosConn) MachineConfig(ctx context.Context, node string) ([]byte, error) {
+	return talosCall(tc, node, "reading machine config", func(api talos.API) ([]byte, error) { return api.MachineConfig(ctx, node) })
+}
+
+// ApplyConfiguration implements talos.Configurer.
+func (tc *talosConn) ApplyConfiguration(ctx context.Context, node string, cfg []byte, mode machineapi.ApplyConfigurationRequest_Mode, dryRun bool) (string, error) {
+	return talosCall(tc, node, "applying config", func(api talos.API) (string, error) { return api.ApplyConfiguration(ctx, node, cfg, mode, dryRun) })
 }
 
 // Close does nothing: the connector owns its clients, and callers never close what they get.

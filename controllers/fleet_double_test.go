@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
+	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -336,6 +337,17 @@ func (t fakeTalos) LegacyUpgrade(_ context.Context, node, image string) error {
 
 		return nil
 	})
+}
+
+// MachineConfig serves no config: the doubles of these tests model upgrades; config rollouts are tested on the
+// emulated fleet. It records no call, so the upgrade tests' call lists are the upgrades'.
+func (t fakeTalos) MachineConfig(_ context.Context, node string) ([]byte, error) {
+	return nil, &talos.Error{Node: node, Op: "MachineConfig", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
+}
+
+// ApplyConfiguration refuses, like MachineConfig.
+func (t fakeTalos) ApplyConfiguration(_ context.Context, node string, _ []byte, _ machineapi.ApplyConfigurationRequest_Mode, _ bool) (string, error) {
+	return "", &talos.Error{Node: node, Op: "ApplyConfiguration", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
 }
 
 func (t fakeTalos) Reboot(_ context.Context, node string) error {

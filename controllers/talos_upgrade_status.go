@@ -23,6 +23,10 @@ import (
 // dry run shows. A machine starts when it is added to TalosUpgradeStatus.Admitted, a durable decision: it holds its
 // slot until MachineUpgradeStatusController has taken it to its end, so no restart can start more machines than
 // allowed.
+//
+// It decides the cluster's config rollout in the same reconcile (rollout.DecideConfig, written to its
+// ConfigRolloutStatus), right after the Talos decision and from the same view: one decision per cluster at a time
+// is what keeps a Talos upgrade and a config rollout of one cluster from ever starting machines at once.
 type TalosUpgradeStatusController struct {
 	cfg UpgradeConfig
 	now func() time.Time
@@ -40,8 +44,11 @@ func (ctrl *TalosUpgradeStatusController) Name() string { return "TalosUpgradeSt
 func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
 		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
-			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType),
-		Outputs:     []controller.Output{{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive}},
+			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.MachineConfigStatusType),
+		Outputs: []controller.Output{
+			{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive},
+			{Type: upgrade.ConfigRolloutStatusType, Kind: controller.OutputExclusive},
+		},
 		Concurrency: ctrl.cfg.concurrency(),
 	}
 }
@@ -58,6 +65,10 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 	view, err := ReadClusterView(ctx, r, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
+			if err = destroyIfExists(ctx, r, upgrade.NewConfigRolloutStatus(id).Metadata()); err != nil {
+				return err
+			}
+
 			return destroyIfExists(ctx, r, upgrade.NewTalosUpgradeStatus(id).Metadata())
 		}
 
@@ -66,14 +77,36 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 
 	view.Now = ctrl.now()
 
-	var recheck time.Duration
+	var prevConfig upgrade.ConfigRolloutStatusSpec
+
+	if crs, err := safe.ReaderGetByID[*upgrade.ConfigRolloutStatus](ctx, r, id); err == nil {
+		prevConfig = crs.TypedSpec().DeepCopy()
+	} else if !state.IsNotFoundError(err) {
+		return fmt.Errorf("reading config rollout status of cluster %q: %w", id, err)
+	}
+
+	view.ConfigBusy = rollout.ConfigBusy(view, prevConfig)
+
+	var (
+		recheck time.Duration
+		talos   upgrade.TalosUpgradeStatusSpec
+	)
 
 	if err = safe.WriterModify(ctx, r, upgrade.NewTalosUpgradeStatus(id), func(s *upgrade.TalosUpgradeStatus) error {
 		*s.TypedSpec(), recheck = rollout.Decide(ctrl.cfg.policy(), view, s.TypedSpec().DeepCopy())
+		talos = s.TypedSpec().DeepCopy()
 
 		return nil
 	}); err != nil {
 		return fmt.Errorf("writing Talos upgrade status of cluster %q: %w", id, err)
+	}
+
+	if err = safe.WriterModify(ctx, r, upgrade.NewConfigRolloutStatus(id), func(s *upgrade.ConfigRolloutStatus) error {
+		*s.TypedSpec() = rollout.DecideConfig(view, talos, prevConfig)
+
+		return nil
+	}); err != nil {
+		return fmt.Errorf("writing config rollout status of cluster %q: %w", id, err)
 	}
 
 	if recheck > 0 {
@@ -153,6 +186,12 @@ func readMachineView(ctx context.Context, r controller.Reader, m *cluster.Machin
 		view.Upgrade = u.TypedSpec()
 	} else if !state.IsNotFoundError(err) {
 		return view, fmt.Errorf("reading upgrade of machine %q: %w", id, err)
+	}
+
+	if c, err := safe.ReaderGetByID[*upgrade.MachineConfigStatus](ctx, r, id); err == nil {
+		view.Config = c.TypedSpec()
+	} else if !state.IsNotFoundError(err) {
+		return view, fmt.Errorf("reading config status of machine %q: %w", id, err)
 	}
 
 	return view, nil

@@ -27,6 +27,8 @@ type MachineView struct {
 	Status *observe.MachineStatusSpec
 	// Upgrade is the machine's current or last upgrade; nil when it never had one.
 	Upgrade *upgrade.MachineUpgradeStatusSpec
+	// Config is the machine's config rollout; nil before the engine read its config.
+	Config *upgrade.MachineConfigStatusSpec
 }
 
 // Version is the Talos version the machine runs: the one its finished upgrade verified, else the observed one.
@@ -57,6 +59,9 @@ type ClusterView struct {
 	Etcd *observe.EtcdStatusSpec
 	// Now is the time of the decision; it only dates waits (EtcdWaitSince) and is compared with them.
 	Now time.Time
+	// ConfigBusy lists the machines changing their config (ConfigBusy): while any is listed no machine starts its
+	// Talos upgrade, so a Talos upgrade and a config rollout of one cluster never run at once.
+	ConfigBusy []string
 }
 
 // Policy is the engine's side of a decision: the releases it may install and how patient it is.
@@ -192,6 +197,10 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 	}
 
 	d := Schedule(in)
+
+	if len(view.ConfigBusy) > 0 && len(d.Start) > 0 {
+		d.Start, d.Reason = nil, "waiting for the config rollout on "+strings.Join(view.ConfigBusy, ", ")
+	}
 
 	if !SameVersion(d.Hop, next.Target) {
 		admitted = nil // the pending starts were toward the previous hop; Admitted names machines of one hop

@@ -20,6 +20,8 @@ import (
 	machineapi "github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/encoder"
+	"github.com/siderolabs/talos/pkg/machinery/resources/config"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 	"golang.org/x/sync/errgroup"
@@ -98,11 +100,22 @@ type Etcd interface {
 	EtcdForfeitLeadership(ctx context.Context, node string) error
 }
 
+// Configurer reads and changes a machine's config.
+type Configurer interface {
+	// MachineConfig returns the config the machine runs (its config.MachineConfig resource), canonically encoded.
+	MachineConfig(ctx context.Context, node string) ([]byte, error)
+	// ApplyConfiguration sends cfg in mode (machineapi.ApplyConfigurationRequest_NO_REBOOT, ...), only checking it
+	// when dryRun is set, and returns Talos' account of what it did or would do. A change the mode cannot make (a
+	// NO_REBOOT of a change that needs a reboot) is refused (KindRefused).
+	ApplyConfiguration(ctx context.Context, node string, cfg []byte, mode machineapi.ApplyConfigurationRequest_Mode, dryRun bool) (string, error)
+}
+
 // API is everything the engine does with one cluster's Talos machines.
 type API interface {
 	Observer
 	Installer
 	Etcd
+	Configurer
 	io.Closer
 }
 
@@ -375,6 +388,36 @@ func (c *Client) LegacyUpgrade(ctx context.Context, node, image string) error {
 // Reboot implements Installer.
 func (c *Client) Reboot(ctx context.Context, node string) error {
 	return wrap(node, "rebooting", c.c.Reboot(client.WithNode(ctx, node)))
+}
+
+// MachineConfig implements Configurer.
+func (c *Client) MachineConfig(ctx context.Context, node string) ([]byte, error) {
+	res, err := safe.StateGetByID[*config.MachineConfig](client.WithNode(ctx, node), c.c.COSI, config.ActiveID)
+	if err != nil {
+		return nil, wrap(node, "reading machine config", err)
+	}
+
+	out, err := res.Provider().EncodeBytes(encoder.WithComments(encoder.CommentsDisabled))
+	if err != nil {
+		return nil, fmt.Errorf("node %q: encoding its machine config: %w", node, err)
+	}
+
+	return out, nil
+}
+
+// ApplyConfiguration implements Configurer.
+func (c *Client) ApplyConfiguration(ctx context.Context, node string, cfg []byte, mode machineapi.ApplyConfigurationRequest_Mode, dryRun bool) (string, error) {
+	resp, err := c.c.ApplyConfiguration(client.WithNode(ctx, node), &machineapi.ApplyConfigurationRequest{Data: cfg, Mode: mode, DryRun: dryRun})
+	if err != nil {
+		return "", wrap(node, "applying config ("+mode.String()+")", err)
+	}
+
+	var details []string
+	for _, m := range resp.GetMessages() {
+		details = append(details, m.GetModeDetails())
+	}
+
+	return strings.Join(details, "; "), nil
 }
 
 // EtcdMembers implements Etcd: the member list as the control plane node sees it.

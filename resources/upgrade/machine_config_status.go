@@ -56,6 +56,8 @@ type MachineConfigStatusSpec struct {
 	Applied string `yaml:"-" protobuf:"13"`
 	// Change is the config the change in flight applies (ChangeVersion); secret like Base.
 	Change string `yaml:"-" protobuf:"14"`
+	// Effective is the machine's effective config (TargetVersion); secret like Base.
+	Effective string `yaml:"-" protobuf:"15"`
 }
 
 // NewMachineConfigStatus returns an empty MachineConfigStatus for the machine named id.
