@@ -62,6 +62,8 @@ type clusterView struct {
 	locks    map[string]*cluster.MachineLock
 	etcd     *observe.EtcdStatus         // nil until observed
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
+	configs  map[string]*upgrade.MachineConfigStatus
+	rollout  *upgrade.ConfigRolloutStatus // nil until the controller wrote it
 }
 
 // loadCluster reads the cluster named id and its machines with what was observed of them.
@@ -107,6 +109,14 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 	}
 
 	if v.talos, err = optional[*upgrade.TalosUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.configs, err = byID[*upgrade.MachineConfigStatus](ctx, st); err != nil {
+		return nil, err
+	}
+
+	if v.rollout, err = optional[*upgrade.ConfigRolloutStatus](ctx, st, id); err != nil {
 		return nil, err
 	}
 
@@ -182,6 +192,21 @@ func (v *clusterView) printTree(w io.Writer) error {
 		b.WriteString("├─ talos upgrade: not planned yet\n")
 	}
 
+	if r := v.rollout; r != nil {
+		rs := r.TypedSpec()
+		fmt.Fprintf(&b, "├─ config rollout: %s %d/%d\n", rs.Phase, rs.Done, rs.Total)
+
+		for _, line := range []struct{ label, text string }{{"error", rs.Error}, {"waiting", rs.Reason}} {
+			if line.text != "" {
+				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
+			}
+		}
+	}
+
+	if waiting := v.waitingOnLock(); len(waiting) > 0 {
+		fmt.Fprintf(&b, "├─ %d machines waiting on a lock: %s\n", len(waiting), strings.Join(waiting, ", "))
+	}
+
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
 
 	for i, m := range v.machines {
@@ -249,6 +274,28 @@ func (v *clusterView) machineDetails(m *cluster.Machine) []string {
 
 	if l, ok := v.locks[id]; ok {
 		out = append(out, "locked: "+orNone(l.TypedSpec().Reason))
+
+		if t := v.talos; t != nil && slices.Contains(t.TypedSpec().WaitingOnLock, id) {
+			from := "?"
+			if s, ok := v.statuses[id]; ok {
+				from = s.TypedSpec().TalosVersion
+			}
+
+			out = append(out, fmt.Sprintf("pending: talos %s -> %s", from, t.TypedSpec().ToVersion))
+		}
+
+		if c, ok := v.configs[id]; ok && c.TypedSpec().Pending {
+			out = append(out, fmt.Sprintf("pending: config %s -> %s", c.TypedSpec().AppliedVersion, c.TypedSpec().TargetVersion))
+			for line := range strings.Lines(c.TypedSpec().Diff) {
+				out = append(out, "  "+strings.TrimRight(line, "\n"))
+			}
+		}
+	}
+
+	if c, ok := v.configs[id]; ok {
+		if e := c.TypedSpec().Error; e != "" {
+			out = append(out, "config error: "+e)
+		}
 	}
 
 	if u, ok := v.upgrades[id]; ok {
@@ -258,6 +305,27 @@ func (v *clusterView) machineDetails(m *cluster.Machine) []string {
 
 		if wt := u.TypedSpec().Waiting; wt != "" {
 			out = append(out, "waiting: "+wt)
+		}
+	}
+
+	return out
+}
+
+// waitingOnLock lists the locked machines with a pending change of any rollout (Talos, config), in ID order.
+func (v *clusterView) waitingOnLock() []string {
+	var out []string
+
+	for _, m := range v.machines {
+		id := m.Metadata().ID()
+		if _, locked := v.locks[id]; !locked {
+			continue
+		}
+
+		talos := v.talos != nil && slices.Contains(v.talos.TypedSpec().WaitingOnLock, id)
+		config := v.configs[id] != nil && v.configs[id].TypedSpec().Pending
+
+		if talos || config {
+			out = append(out, id)
 		}
 	}
 

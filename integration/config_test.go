@@ -1,0 +1,215 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// sysctlPatch is a cluster-wide patch Talos applies without a reboot.
+const sysctlPatch = `metadata:
+  type: ConfigPatch
+  id: sysctl
+spec:
+  cluster: c1
+  patch: |
+    machine:
+      sysctls:
+        vm.max_map_count: "262144"
+`
+
+// TestConfigPatchRolloutWithLockedWorkers applies a cluster-wide patch to 3 control planes and 4 workers, 2 of them
+// locked: the 5 others get it without a reboot (journal: a dry run, then NO_REBOOT, no reboot), the locked ones get
+// no call that changes them and keep their config; the rollout is Blocked naming both, with their pending diff;
+// unlocked one by one, each gets the patch next, and the rollout is Done. Removing the patch takes it back out.
+func TestConfigPatchRolloutWithLockedWorkers(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startLiteBed(t, 3, 4, version)
+	st := bed.State()
+	locked := []string{"c1-w-2", "c1-w-4"}
+	unlocked := nodesExcept(bed, locked)
+
+	waitObserved(t, bed, version)
+
+	for _, id := range bed.Fleet.Nodes() {
+		waitFor(t, st, upgrade.NewMachineConfigStatus(id.Name()).Metadata(), time.Minute, id.Name()+"'s config read",
+			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+	}
+
+	for _, id := range locked {
+		mustCLI(t, bed, "lock", id, "--reason", "staged config test")
+	}
+
+	file := filepath.Join(t.TempDir(), "patch.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(sysctlPatch), 0o600))
+
+	dry := mustCLI(t, bed, "apply", "-f", file, "--dry-run")
+	assert.Contains(t, dry, "c1-w-1:")
+	assert.Contains(t, dry, `+        vm.max_map_count: "262144"`, "the dry run shows the change per machine")
+	_, err := st.Get(t.Context(), cluster.NewConfigPatch("sysctl").Metadata())
+	require.Error(t, err, "the dry run wrote nothing")
+
+	from := len(bed.Fleet.Journal().Entries())
+	mustCLI(t, bed, "apply", "-f", file)
+
+	blocked := waitConfig(t, bed, "the rollout blocked on the locks", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseBlocked
+	})
+	assert.Equal(t, locked, sorted(blocked.WaitingOnLock))
+	assert.Contains(t, blocked.Error, "waiting on locked machines")
+	assert.Equal(t, 5, blocked.Done)
+
+	for _, id := range unlocked {
+		assert.Equal(t, "262144", sysctl(t, bed, id), "%s got the patch", id)
+		assert.Equal(t, []string{"NO_REBOOT dry-run", "NO_REBOOT"}, applies(bed, id, from), "%s: a dry run, then the change, once", id)
+	}
+
+	for _, id := range locked {
+		assert.Empty(t, sysctl(t, bed, id), "%s keeps its config while locked", id)
+		assert.Empty(t, changingCalls(bed, id, 0), "nothing that changes %s is sent while it is locked", id)
+
+		mcs, err := st.Get(t.Context(), upgrade.NewMachineConfigStatus(id).Metadata())
+		require.NoError(t, err)
+
+		spec := mcs.(*upgrade.MachineConfigStatus).TypedSpec() //nolint:forcetypeassert
+		assert.True(t, spec.Pending, "%s has a pending change", id)
+		assert.Contains(t, spec.Diff, "vm.max_map_count", "%s shows its pending change", id)
+	}
+
+	assert.Empty(t, rebootsSince(bed, from), "a patch Talos applies live reboots nothing")
+
+	status := mustCLI(t, bed, "status", "c1")
+	assert.Contains(t, status, "2 machines waiting on a lock")
+
+	// Unlocked one by one: each gets the patch next.
+	mustCLI(t, bed, "unlock", locked[1])
+	waitFor(t, st, upgrade.NewMachineConfigStatus(locked[1]).Metadata(), time.Minute, locked[1]+" patched once unlocked",
+		func(s *upgrade.MachineConfigStatus) bool { return !s.TypedSpec().Pending })
+	assert.Equal(t, "262144", sysctl(t, bed, locked[1]))
+	assert.Empty(t, sysctl(t, bed, locked[0]), "%s, still locked, keeps its config", locked[0])
+
+	mustCLI(t, bed, "unlock", locked[0])
+
+	done := waitConfig(t, bed, "the rollout done once unlocked", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseDone
+	})
+	assert.Equal(t, 7, done.Done)
+	assert.Equal(t, "262144", sysctl(t, bed, locked[0]))
+
+	// Removing the patch takes its change back out, again without a reboot.
+	removed := len(bed.Fleet.Journal().Entries())
+	require.NoError(t, st.Destroy(t.Context(), cluster.NewConfigPatch("sysctl").Metadata()))
+
+	for _, n := range bed.Fleet.Nodes() {
+		waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+" back on its base config",
+			func(s *upgrade.MachineConfigStatus) bool {
+				return !s.TypedSpec().Pending && len(s.TypedSpec().Patches) == 0 && s.TypedSpec().Phase == upgrade.MachineDone
+			})
+		assert.Empty(t, sysctl(t, bed, n.Name()), "%s no longer has the patch", n.Name())
+	}
+
+	assert.Empty(t, rebootsSince(bed, removed))
+}
+
+// TestConfigPatchRefusedAtWriteTime: a patch that yields an invalid config is refused naming the machine, from the
+// CLI and the Go API, and nothing is written; locking a control plane is refused with the reason from both.
+func TestConfigPatchRefusedAtWriteTime(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startLiteBed(t, 1, 2, version)
+	st := bed.State()
+
+	waitObserved(t, bed, version)
+	waitFor(t, st, upgrade.NewMachineConfigStatus("c1-w-2").Metadata(), time.Minute, "c1-w-2's config read",
+		func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+
+	bad := strings.Replace(sysctlPatch, "  cluster: c1\n", "  cluster: c1\n  machine: c1-w-2\n", 1)
+	bad = strings.Replace(bad, "    machine:\n      sysctls:\n        vm.max_map_count: \"262144\"\n", "    machine:\n      type: toaster\n", 1)
+	file := filepath.Join(t.TempDir(), "bad.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(bad), 0o600))
+
+	_, errOut, err := cli(t, bed, "apply", "-f", file)
+	require.Error(t, err)
+	assert.Contains(t, errOut, `machine "c1-w-2"`, "the CLI names the machine")
+
+	p := cluster.NewConfigPatch("sysctl")
+	*p.TypedSpec() = cluster.ConfigPatchSpec{Cluster: "c1", Machine: "c1-w-2", Patch: "machine:\n  type: toaster\n"}
+	err = st.Create(t.Context(), p)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `machine "c1-w-2"`, "the Go API names the machine")
+
+	_, err = st.Get(t.Context(), p.Metadata())
+	require.Error(t, err, "nothing was written")
+
+	_, errOut, err = cli(t, bed, "lock", "c1-cp-1")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "control planes cannot be locked")
+
+	err = st.Create(t.Context(), cluster.NewMachineLock("c1-cp-1"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "control planes cannot be locked")
+
+	_, err = st.Get(t.Context(), cluster.NewMachineLock("c1-cp-1").Metadata())
+	require.Error(t, err, "no lock was written")
+}
+
+func waitConfig(t *testing.T, bed *testbed.Bed, what string, cond func(*upgrade.ConfigRolloutStatusSpec) bool) *upgrade.ConfigRolloutStatusSpec {
+	t.Helper()
+
+	return waitFor(t, bed.State(), upgrade.NewConfigRolloutStatus("c1").Metadata(), rolloutTimeout, what,
+		func(s *upgrade.ConfigRolloutStatus) bool { return cond(s.TypedSpec()) }).TypedSpec()
+}
+
+// sysctl is the node's vm.max_map_count as its running config sets it.
+func sysctl(t *testing.T, bed *testbed.Bed, id string) string {
+	t.Helper()
+
+	n, err := bed.Fleet.Node(id)
+	require.NoError(t, err)
+
+	return n.Config().Machine().Sysctls()["vm.max_map_count"]
+}
+
+// applies lists the ApplyConfiguration calls node received from the from-th journal entry on, as "MODE[ dry-run]".
+func applies(bed *testbed.Bed, node string, from int) []string {
+	var out []string
+
+	for _, e := range bed.Fleet.Journal().Entries()[from:] {
+		if e.Node == node && strings.HasSuffix(e.Method, "/ApplyConfiguration") {
+			call := e.Mode
+			if e.DryRun != nil && *e.DryRun {
+				call += " dry-run"
+			}
+
+			out = append(out, call)
+		}
+	}
+
+	return out
+}
+
+// rebootsSince lists the nodes that went down for a reboot from the from-th journal entry on.
+func rebootsSince(bed *testbed.Bed, from int) []string {
+	var out []string
+
+	for _, e := range bed.Fleet.Journal().Entries()[from:] {
+		if e.Event == talosemu.EventRebootDown {
+			out = append(out, e.Node)
+		}
+	}
+
+	return out
+}
