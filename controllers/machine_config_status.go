@@ -202,7 +202,9 @@ func (run configRun) target(ctx context.Context, spec *upgrade.MachineConfigStat
 		return fmt.Errorf("listing config patches of cluster %q: %w", spec.Cluster, err)
 	}
 
-	patches := cluster.PatchesFor(run.id, run.machine.TypedSpec().Role, slices.Collect(list.All()))
+	all := slices.Collect(list.All())
+	patches := cluster.PatchesFor(run.id, run.machine.TypedSpec().Role, all)
+	spec.PatchSet = cluster.PatchSet(all)
 
 	spec.Patches = spec.Patches[:0]
 	for _, p := range patches {

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -44,7 +45,7 @@ func (ctrl *TalosUpgradeStatusController) Name() string { return "TalosUpgradeSt
 func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
 		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
-			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.MachineConfigStatusType),
+			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.MachineConfigStatusType, cluster.ConfigPatchType),
 		Outputs: []controller.Output{
 			{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive},
 			{Type: upgrade.ConfigRolloutStatusType, Kind: controller.OutputExclusive},
@@ -85,6 +86,12 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 		return fmt.Errorf("reading config rollout status of cluster %q: %w", id, err)
 	}
 
+	patches, err := safe.ReaderListAll[*cluster.ConfigPatch](ctx, r, state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
+	if err != nil {
+		return fmt.Errorf("listing config patches of cluster %q: %w", id, err)
+	}
+
+	view.PatchSet = cluster.PatchSet(slices.Collect(patches.All()))
 	view.ConfigBusy = rollout.ConfigBusy(view, prevConfig)
 
 	var (

@@ -63,7 +63,7 @@ func DecideConfig(view ClusterView, talos upgrade.TalosUpgradeStatusSpec, prev u
 			return next
 		}
 
-		if c == nil || c.TargetVersion == "" {
+		if c == nil || c.TargetVersion == "" || c.PatchSet != view.PatchSet {
 			unseen = append(unseen, m.ID)
 
 			continue
@@ -89,7 +89,7 @@ func DecideConfig(view ClusterView, talos upgrade.TalosUpgradeStatusSpec, prev u
 	}
 
 	if len(unseen) > 0 {
-		next.Phase, next.Reason = upgrade.PhasePending, "waiting for the configs of the machines to be read: "+strings.Join(unseen, ", ")
+		next.Phase, next.Reason = upgrade.PhasePending, "waiting for the effective configs of the machines to be computed: "+strings.Join(unseen, ", ")
 		next.Admitted = prev.Admitted
 
 		return next

@@ -101,6 +101,18 @@ func TestDecideConfig(t *testing.T) {
 		assert.Contains(t, talos.Reason, "config rollout")
 	})
 
+	t.Run("no decision from a status computed from other patches than the cluster's now", func(t *testing.T) {
+		t.Parallel()
+
+		machines := []rollout.MachineView{configView("w-1", cluster.RoleWorker, false, false), configView("w-2", cluster.RoleWorker, true, true)}
+		v := configCluster(machines)
+		v.PatchSet = "sysctl@1" // w-1's status was computed before the patch was written
+
+		got := rollout.DecideConfig(v, talosDone, upgrade.ConfigRolloutStatusSpec{})
+		assert.Equal(t, upgrade.PhasePending, got.Phase, "not Blocked on w-2's lock: w-1 may have the patch to apply")
+		assert.Contains(t, got.Reason, "w-1")
+	})
+
 	t.Run("a failed change halts the rollout until its config changes", func(t *testing.T) {
 		t.Parallel()
 

@@ -59,6 +59,9 @@ type ClusterView struct {
 	Etcd *observe.EtcdStatusSpec
 	// Now is the time of the decision; it only dates waits (EtcdWaitSince) and is compared with them.
 	Now time.Time
+	// PatchSet names the state of the cluster's config patches (cluster.PatchSet): a machine whose config status was
+	// computed from another is not decided from yet.
+	PatchSet string
 	// ConfigBusy lists the machines changing their config (ConfigBusy): while any is listed no machine starts its
 	// Talos upgrade, so a Talos upgrade and a config rollout of one cluster never run at once.
 	ConfigBusy []string

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -79,6 +80,20 @@ func PatchesFor(id string, role Role, patches []*ConfigPatch) []machineconfig.Pa
 	}
 
 	return out
+}
+
+// PatchSet names the state of a cluster's patches (every ID with its resource version), so a decision made from
+// machines' config statuses can tell whether each was computed from the patches as they are now: a status of an
+// older set is not decided from (the rollout would call a machine up to date whose patch it has not seen yet).
+func PatchSet(patches []*ConfigPatch) string {
+	keys := make([]string, 0, len(patches))
+	for _, p := range patches {
+		keys = append(keys, p.Metadata().ID()+"@"+p.Metadata().Version().String())
+	}
+
+	slices.Sort(keys)
+
+	return strings.Join(keys, ",")
 }
 
 // Validate implements resources.Validator. Besides its fields, the patch is applied, with the cluster's other

@@ -58,6 +58,8 @@ type MachineConfigStatusSpec struct {
 	Change string `yaml:"-" protobuf:"14"`
 	// Effective is the machine's effective config (TargetVersion); secret like Base.
 	Effective string `yaml:"-" protobuf:"15"`
+	// PatchSet names the state of the cluster's patches TargetVersion was computed from (cluster.PatchSet).
+	PatchSet string `yaml:"patchSet,omitempty" protobuf:"16"`
 }
 
 // NewMachineConfigStatus returns an empty MachineConfigStatus for the machine named id.
