@@ -50,12 +50,12 @@ func (k *Kubelet) syncPod(ctx context.Context, key string, cfg NodeConfig, nodeR
 		return nil
 	}
 
-	starting := k.startingFor(pod, cfg.StaticPodRestart)
-	if starting > 0 {
-		k.queue.AddAfter(key, starting)
+	starting, wait := k.starting(pod, cfg.StaticPodRestart)
+	if wait > 0 {
+		k.queue.AddAfter(key, wait)
 	}
 
-	status := runningPodStatus(pod, cfg.InternalIP, nodeReady && starting == 0, time.Now())
+	status := runningPodStatus(pod, cfg.InternalIP, nodeReady && !starting, time.Now())
 	if apiequality.Semantic.DeepEqual(pod.Status, status) {
 		return nil
 	}
@@ -74,21 +74,26 @@ func (k *Kubelet) syncPod(ctx context.Context, key string, cfg NodeConfig, nodeR
 	return nil
 }
 
-// startingFor is how much longer a mirror pod this kubelet created stays not Ready while its containers start (0
-// once started, and for every other pod).
-func (k *Kubelet) startingFor(pod *corev1.Pod, restart time.Duration) time.Duration {
+// starting reports whether a mirror pod this kubelet created is still starting (reported not Ready) and how much
+// longer it starts. Such a pod is first reported not Ready even when its start time has already passed, as a
+// kubelet reports a new pod's containers starting before they are ready; the status update queues it again.
+func (k *Kubelet) starting(pod *corev1.Pod, restart time.Duration) (bool, time.Duration) {
 	started, ok := k.starts[pod.UID]
 	if !ok {
-		return 0
+		return false, 0
 	}
 
 	if wait := time.Until(started.Add(restart)); wait > 0 {
-		return wait
+		return true, wait
+	}
+
+	if pod.Status.Phase == "" {
+		return true, 0
 	}
 
 	delete(k.starts, pod.UID)
 
-	return 0
+	return false, 0
 }
 
 // finishTermination deletes a terminating pod for good (grace 0) once its own grace period has run from the moment
