@@ -283,6 +283,8 @@ func TestKubernetesUpgradeSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	applied := time.Now()
+
 	for _, item := range manifest.TypedSpec().Items {
 		if item.Object["kind"] != "DaemonSet" {
 			continue
@@ -301,6 +303,11 @@ func TestKubernetesUpgradeSteps(t *testing.T) {
 	}
 
 	waitKubeProxyRollout(ctx, t, b.clientset, proxyImage, 2)
+
+	// kube-proxy exits on SIGTERM: replacing it does not wait out its grace period (30 s) on every node.
+	if took := time.Since(applied); took >= 30*time.Second {
+		t.Fatalf("the kube-proxy rollout over 2 nodes took %s, as long as a grace period per node", took)
+	}
 }
 
 // waitKubeProxyRollout waits until the kube-proxy DaemonSet runs image on every one of nodes: its status shows
