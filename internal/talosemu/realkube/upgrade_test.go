@@ -38,20 +38,21 @@ const (
 	restart = 2 * time.Second
 )
 
-// upgradeBed is a one control plane, one worker cluster on Kubernetes fromVersion with its Talos and Kubernetes
-// clients.
-type upgradeBed struct {
+// bed is a fleet of one cluster with one control plane and one worker, with its Talos and Kubernetes clients.
+type bed struct {
 	fleet     *talosemu.Fleet
 	talos     *client.Client
 	clientset kubernetes.Interface
 }
 
-func startUpgradeBed(ctx context.Context, t *testing.T) upgradeBed {
+// startBed starts a bed's fleet with opts and real Kubernetes; it closes at the end of the test.
+func startBed(ctx context.Context, t *testing.T, opts ...talosemu.Option) bed {
 	t.Helper()
 
-	fleet, err := talosemu.New(ctx, talosemu.WithStateDir(t.TempDir()), talosemu.WithControlPlanes(1), talosemu.WithWorkers(1),
-		talosemu.WithTalosVersion("1.14.1"), talosemu.WithKubernetesVersion(fromVersion), talosemu.WithStaticPodRestart(restart),
-		talosemu.WithKubernetes(realkube.Runner{KubeletOptions: []kubeemu.KubeletOption{kubeemu.WithHeartbeatInterval(time.Second)}}))
+	fleet, err := talosemu.New(ctx, append([]talosemu.Option{
+		talosemu.WithStateDir(t.TempDir()), talosemu.WithControlPlanes(1), talosemu.WithWorkers(1),
+		talosemu.WithKubernetes(realkube.Runner{KubeletOptions: []kubeemu.KubeletOption{kubeemu.WithHeartbeatInterval(time.Second)}}),
+	}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +85,11 @@ func startUpgradeBed(ctx context.Context, t *testing.T) upgradeBed {
 		t.Fatal(err)
 	}
 
-	return upgradeBed{fleet: fleet, talos: talos, clientset: clientset}
+	return bed{fleet: fleet, talos: talos, clientset: clientset}
 }
 
-// apply patches a node's machine config like talosctl upgrade-k8s and applies it with NO_REBOOT.
-func (b upgradeBed) apply(ctx context.Context, t *testing.T, node string, patch func(talosconfig.Container) ([]byte, error)) {
+// apply patches a node's machine config like talosctl upgrade-k8s, read through COSI, and applies it.
+func (b bed) apply(ctx context.Context, t *testing.T, node string, patch func(talosconfig.Container) ([]byte, error)) {
 	t.Helper()
 
 	active, err := safe.StateGetByID[*config.MachineConfig](client.WithNode(ctx, node), b.talos.COSI, config.ActiveID)
@@ -96,12 +97,21 @@ func (b upgradeBed) apply(ctx context.Context, t *testing.T, node string, patch 
 		t.Fatal(err)
 	}
 
-	p, err := stdpatches.PreparePatch(patch(active.Container()))
+	applyPatch(ctx, t, b.talos, node, active.Provider(), patch)
+}
+
+// applyPatch applies a machinery standard patch to cfg and sends the result to node with NO_REBOOT.
+func applyPatch(ctx context.Context, t *testing.T, talos *client.Client, node string, cfg talosconfig.Provider,
+	patch func(talosconfig.Container) ([]byte, error),
+) {
+	t.Helper()
+
+	p, err := stdpatches.PreparePatch(patch(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	patched, err := configpatcher.Apply(configpatcher.WithConfig(active.Provider()), []configpatcher.Patch{p})
+	patched, err := configpatcher.Apply(configpatcher.WithConfig(cfg), []configpatcher.Patch{p})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +121,7 @@ func (b upgradeBed) apply(ctx context.Context, t *testing.T, node string, patch 
 		t.Fatal(err)
 	}
 
-	if _, err = b.talos.ApplyConfiguration(client.WithNode(ctx, node), &machine.ApplyConfigurationRequest{Data: data, Mode: machine.ApplyConfigurationRequest_NO_REBOOT}); err != nil {
+	if _, err = talos.ApplyConfiguration(client.WithNode(ctx, node), &machine.ApplyConfigurationRequest{Data: data, Mode: machine.ApplyConfigurationRequest_NO_REBOOT}); err != nil {
 		t.Fatalf("applying to %s: %v", node, err)
 	}
 }
@@ -147,7 +157,7 @@ func TestKubernetesUpgradeSteps(t *testing.T) {
 		worker = "c1-w-1"
 	)
 
-	b := startUpgradeBed(ctx, t)
+	b := startBed(ctx, t, talosemu.WithTalosVersion("1.14.1"), talosemu.WithKubernetesVersion(fromVersion), talosemu.WithStaticPodRestart(restart))
 	pods := b.clientset.CoreV1().Pods("kube-system")
 
 	// At start: mirror pods, Nodes and the kube-proxy DaemonSet are on fromVersion.
