@@ -112,6 +112,7 @@ func Decide(policy Policy, view ClusterView, prev upgrade.TalosUpgradeStatusSpec
 		}
 
 		next.ToVersion, next.Direction, next.Plan = target, plan.Direction.String(), []string{target}
+		next.LastControlPlane = etcdLeader(view.Etcd)
 		if len(plan.Hops) > 0 {
 			next.Plan = next.Plan[:0]
 			for _, hop := range plan.Hops {
@@ -157,7 +158,6 @@ func unready(view ClusterView) string {
 func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSpec) (upgrade.TalosUpgradeStatusSpec, time.Duration) {
 	var (
 		in       = Input{Plan: next.Plan, Target: next.ToVersion, Paused: view.Cluster.Paused}
-		leader   = etcdLeader(view.Etcd)
 		admitted []string
 		etcdWait string
 		started  bool
@@ -169,7 +169,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 
 	for _, m := range view.Machines {
 		rm := Machine{
-			ID: m.ID, Role: m.Role, Locked: m.Locked, EtcdLeader: m.ID == leader, Version: m.Version(),
+			ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == next.LastControlPlane, Version: m.Version(),
 			Skipped: m.SkipVersion != "" && SameVersion(m.SkipVersion, next.ToVersion),
 		}
 

@@ -211,3 +211,43 @@ func TestDecide(t *testing.T) {
 		assert.Empty(t, got.Current)
 	})
 }
+
+// The control plane that goes last is the etcd leader when the plan was made, for every hop: leadership moves
+// during a rollout to a member no one can predict, and the dry run shows the order the engine keeps.
+func TestDecideKeepsTheLastControlPlaneOfThePlan(t *testing.T) {
+	t.Parallel()
+
+	spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+	fleet := []rollout.MachineView{
+		view("cp-1", cluster.RoleControlPlane, "v1.10.0"), view("cp-2", cluster.RoleControlPlane, "v1.10.0"),
+		view("cp-3", cluster.RoleControlPlane, "v1.10.0"),
+	}
+
+	etcd := healthyEtcd("cp-1", "cp-2", "cp-3")
+	etcd.Leader = etcd.Members[0].ID // cp-1 leads when the plan is made
+
+	planned := decide(spec, fleet, etcd, upgrade.TalosUpgradeStatusSpec{})
+	assert.Equal(t, "cp-1", planned.LastControlPlane)
+	assert.Equal(t, []string{"cp-2"}, planned.Admitted, "the leader goes last")
+
+	// cp-2 and cp-3 finished the first hop; leadership moved to cp-3 meanwhile.
+	hop := planned.Plan[0]
+	for i := range 2 {
+		m := &fleet[i+1]
+		m.Status = &observe.MachineStatusSpec{Cluster: "c1", TalosVersion: hop, Reachable: true}
+		m.Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: "v1.10.0", ToVersion: hop}
+	}
+
+	etcd.Leader = etcd.Members[2].ID
+
+	next := decide(spec, fleet, etcd, planned)
+	assert.Equal(t, "cp-1", next.LastControlPlane, "the plan keeps its last control plane")
+	assert.Equal(t, []string{"cp-1"}, next.Admitted, "cp-1 is the one left on the first hop")
+
+	// Every control plane on the first hop: the second hop still ends with cp-1, not with the new leader cp-3.
+	fleet[0].Status = &observe.MachineStatusSpec{Cluster: "c1", TalosVersion: hop, Reachable: true}
+	fleet[0].Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: "v1.10.0", ToVersion: hop}
+
+	second := decide(spec, fleet, etcd, next)
+	assert.Equal(t, []string{"cp-2"}, second.Admitted, "the second hop starts with the first control plane that is not last")
+}

@@ -83,6 +83,10 @@ type TalosUpgradeStatusSpec struct {
 	// EtcdWaitSince is when the rollout started waiting on the etcd gate (a control plane waiting to leave); the
 	// wait is routine (Upgrading) for a grace period, then the cluster is Blocked. Zero when nothing waits on etcd.
 	EtcdWaitSince time.Time `yaml:"etcdWaitSince,omitempty" protobuf:"18"`
+	// LastControlPlane is the control plane that goes last in every hop of the plan: the etcd leader when the plan
+	// was made, so leadership moves once. It is fixed with the plan, not followed, because leadership moves during a
+	// rollout to a member no one can predict, and the dry run must show the order the engine keeps.
+	LastControlPlane string `yaml:"lastControlPlane,omitempty" protobuf:"20"`
 }
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
