@@ -62,6 +62,7 @@ type clusterView struct {
 	locks    map[string]*cluster.MachineLock
 	etcd     *observe.EtcdStatus         // nil until observed
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
+	kube     *upgrade.KubernetesUpgradeStatus
 }
 
 // loadCluster reads the cluster named id and its machines with what was observed of them.
@@ -107,6 +108,10 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 	}
 
 	if v.talos, err = optional[*upgrade.TalosUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.kube, err = optional[*upgrade.KubernetesUpgradeStatus](ctx, st, id); err != nil {
 		return nil, err
 	}
 
@@ -178,9 +183,14 @@ func (v *clusterView) printTree(w io.Writer) error {
 				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
 			}
 		}
+		if len(ts.AvailableVersions) > 0 {
+			fmt.Fprintf(&b, "│  newer Talos available: %s\n", strings.Join(ts.AvailableVersions, ", "))
+		}
 	} else {
 		b.WriteString("├─ talos upgrade: not planned yet\n")
 	}
+
+	v.printKubernetes(&b)
 
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
 
@@ -270,4 +280,49 @@ func orNone(s string) string {
 	}
 
 	return s
+}
+
+// printKubernetes adds the Kubernetes upgrade beside the Talos one: phase, progress, the current step, what it waits
+// for, and the newer versions a user may pick.
+func (v *clusterView) printKubernetes(b *strings.Builder) {
+	if v.kube == nil {
+		b.WriteString("├─ kubernetes upgrade: not planned yet\n")
+
+		return
+	}
+
+	ks := v.kube.TypedSpec()
+
+	fmt.Fprintf(b, "├─ kubernetes upgrade: %s %d/%d", ks.Phase, ks.Done, ks.Total)
+
+	if ks.FromVersion != "" || ks.ToVersion != "" {
+		fmt.Fprintf(b, "  %s -> %s", ks.FromVersion, ks.ToVersion)
+	}
+
+	b.WriteString("\n")
+
+	if len(ks.Plan) > 1 {
+		fmt.Fprintf(b, "│  plan: %s\n", strings.Join(ks.Plan, " -> "))
+	}
+
+	var running []string
+
+	for _, s := range ks.Steps {
+		if s.State == upgrade.StepRunning {
+			running = append(running, strings.TrimSpace(s.String()+" "+s.Progress))
+		}
+	}
+
+	for _, line := range []struct{ label, text string }{
+		{"step", strings.Join(running, "; ")},
+		{"error", ks.Error},
+		{"waiting", ks.Reason},
+		{"locked", strings.Join(ks.WaitingOnLock, ", ")},
+		{"checks skipped", strings.Join(ks.SkippedChecks, ", ")},
+		{"newer Kubernetes available", strings.Join(ks.AvailableVersions, ", ")},
+	} {
+		if line.text != "" {
+			fmt.Fprintf(b, "│  %s: %s\n", line.label, line.text)
+		}
+	}
 }
