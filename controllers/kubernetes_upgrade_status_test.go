@@ -6,41 +6,45 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
-	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/internal/talos"
-	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 const k8sTarget = "1.34.3"
 
+// kubernetesFleet starts the engine over f and registers it on Talos talosVersion and Kubernetes fakeKubernetes;
+// it returns once the Talos rollout is done there, so a Kubernetes upgrade asked for next starts on a quiet cluster.
+func kubernetesFleet(t *testing.T, f *fakeFleet, talosVersion string) (context.Context, state.State) {
+	t.Helper()
+
+	ctx, st := startUpgrades(t, f)
+	createUpgradeFleet(ctx, t, st, f, talosVersion, func(c *cluster.ClusterSpec) { c.KubernetesVersion = "v" + fakeKubernetes })
+	assertDone(ctx, t, st, talosVersion)
+
+	return ctx, st
+}
+
 // setKubernetes asks for version, changing the Cluster with change.
 func setKubernetes(ctx context.Context, t *testing.T, st state.State, version string, change func(*cluster.Cluster)) {
 	t.Helper()
 
-	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster("c1").Metadata(), func(c *cluster.Cluster) error {
+	updateCluster(ctx, t, st, func(c *cluster.Cluster) {
 		c.TypedSpec().KubernetesVersion = version
 		if change != nil {
 			change(c)
 		}
-
-		return nil
 	})
-	require.NoError(t, err)
 }
 
 func assertKubernetes(ctx context.Context, t *testing.T, st state.State, check func(*upgrade.KubernetesUpgradeStatusSpec, *assert.Assertions)) {
 	t.Helper()
 
-	rtestutils.AssertResource(ctx, t, st, "c1", func(s *upgrade.KubernetesUpgradeStatus, a *assert.Assertions) {
-		check(s.TypedSpec(), a)
-	}, rtestutils.WithNamespace(resources.Namespace))
+	assertClusterStatus[upgrade.KubernetesUpgradeStatusSpec, upgrade.KubernetesUpgradeStatusExtension](ctx, t, st, check)
 }
 
 func assertKubernetesDone(ctx context.Context, t *testing.T, st state.State) {
@@ -60,9 +64,7 @@ func TestKubernetesUpgradeSteps(t *testing.T) {
 	t.Parallel()
 
 	f := newFakeFleet(v14, 2, 2)
-	ctx, st := startUpgrades(t, f)
-	createUpgradeFleet(ctx, t, st, f, v14, func(c *cluster.ClusterSpec) { c.KubernetesVersion = "v" + fakeKubernetes })
-	assertDone(ctx, t, st, v14)
+	ctx, st := kubernetesFleet(t, f, v14)
 	assertKubernetes(ctx, t, st, func(s *upgrade.KubernetesUpgradeStatusSpec, a *assert.Assertions) {
 		a.Equal(upgrade.PhaseDone, s.Phase)
 		a.Contains(s.AvailableVersions, k8sTarget)
@@ -115,9 +117,7 @@ func TestKubernetesUpgradePullFailsThenRetry(t *testing.T) {
 	image := "ghcr.io/siderolabs/kubelet:v" + k8sTarget
 	f.set("w-2", func(n *fakeNode) { n.k8sOf().pullFails[image] = true })
 
-	ctx, st := startUpgrades(t, f)
-	createUpgradeFleet(ctx, t, st, f, v14, func(c *cluster.ClusterSpec) { c.KubernetesVersion = "v" + fakeKubernetes })
-	assertDone(ctx, t, st, v14)
+	ctx, st := kubernetesFleet(t, f, v14)
 	setKubernetes(ctx, t, st, "v"+k8sTarget, nil)
 
 	assertKubernetes(ctx, t, st, func(s *upgrade.KubernetesUpgradeStatusSpec, a *assert.Assertions) {
@@ -146,9 +146,7 @@ func TestKubernetesUpgradePreCheckSkipped(t *testing.T) {
 	f := newFakeFleet(v14, 1, 1)
 	f.findings = []talos.Finding{{Check: "removed-feature-gates", Node: "cp-1", Component: "kube-apiserver", Value: "SomeGate"}}
 
-	ctx, st := startUpgrades(t, f)
-	createUpgradeFleet(ctx, t, st, f, v14, func(c *cluster.ClusterSpec) { c.KubernetesVersion = "v" + fakeKubernetes })
-	assertDone(ctx, t, st, v14)
+	ctx, st := kubernetesFleet(t, f, v14)
 	setKubernetes(ctx, t, st, "v"+k8sTarget, nil)
 
 	assertKubernetes(ctx, t, st, func(s *upgrade.KubernetesUpgradeStatusSpec, a *assert.Assertions) {
@@ -182,9 +180,7 @@ func TestTalosWaitsForKubernetes(t *testing.T) {
 		}
 	})
 
-	ctx, st := startUpgrades(t, f)
-	createUpgradeFleet(ctx, t, st, f, v13, func(c *cluster.ClusterSpec) { c.KubernetesVersion = "v" + fakeKubernetes })
-	assertDone(ctx, t, st, v13)
+	ctx, st := kubernetesFleet(t, f, v13)
 	setKubernetes(ctx, t, st, "v"+k8sTarget, nil)
 
 	assertKubernetes(ctx, t, st, func(s *upgrade.KubernetesUpgradeStatusSpec, a *assert.Assertions) {
