@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upshift-io/upshift/internal/machineview"
+	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -183,9 +184,8 @@ func (v *clusterView) printTree(w io.Writer) error {
 				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
 			}
 		}
-		if len(ts.AvailableVersions) > 0 {
-			fmt.Fprintf(&b, "│  newer Talos available: %s\n", strings.Join(ts.AvailableVersions, ", "))
-		}
+
+		printChoices(&b, "newer Talos available", newerTalos(ts.AvailableVersions, spec.TalosVersion))
 	} else {
 		b.WriteString("├─ talos upgrade: not planned yet\n")
 	}
@@ -319,10 +319,59 @@ func (v *clusterView) printKubernetes(b *strings.Builder) {
 		{"waiting", ks.Reason},
 		{"locked", strings.Join(ks.WaitingOnLock, ", ")},
 		{"checks skipped", strings.Join(ks.SkippedChecks, ", ")},
-		{"newer Kubernetes available", strings.Join(ks.AvailableVersions, ", ")},
 	} {
 		if line.text != "" {
 			fmt.Fprintf(b, "│  %s: %s\n", line.label, line.text)
 		}
 	}
+
+	printChoices(b, "newer Kubernetes available", ks.AvailableVersions) // kuberollout.Available lists newer ones only
+}
+
+// statusWidth is the width of the terminal status is written for.
+const statusWidth = 80
+
+// printChoices adds "│  label: a, b, c" when there are choices, going on over indented lines so that the status
+// keeps to statusWidth however many releases the catalogue holds.
+func printChoices(b *strings.Builder, label string, choices []string) {
+	if len(choices) == 0 {
+		return
+	}
+
+	line := "│  " + label + ":"
+
+	for i, c := range choices {
+		item := " " + c
+		if i < len(choices)-1 {
+			item += ","
+		}
+
+		if len([]rune(line+item)) > statusWidth {
+			b.WriteString(line + "\n")
+			line = "│   "
+		}
+
+		line += item
+	}
+
+	b.WriteString(line + "\n")
+}
+
+// newerTalos keeps the Talos releases of available (every release the cluster may pick, older ones too) that are
+// newer than current, the cluster's Talos version; all of them when current does not parse.
+func newerTalos(available []string, current string) []string {
+	cur, err := versions.Parse(current)
+	if err != nil {
+		return available
+	}
+
+	var out []string
+
+	for _, a := range available {
+		if v, err := versions.Parse(a); err == nil && v.Compare(cur) > 0 {
+			out = append(out, a)
+		}
+	}
+
+	return out
 }
