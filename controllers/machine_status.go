@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -11,6 +13,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/resources"
@@ -22,18 +25,31 @@ import (
 // MachineStatusController observes every Machine through its cluster's Talos API (version, stage, readiness,
 // boot ID, node name) and Kubernetes (kubelet version, cordon) into a MachineStatus, again every poll interval.
 // A machine that cannot be reached is reported as such, with the error and its last known state; that is an
-// observation, never a controller failure. Each observation is bounded by the observe timeout, so a dead machine
-// holds one worker for that long at most. A machine whose upgrade finishes is observed again at once, so the
+// observation, never a controller failure. A machine whose upgrade finishes is observed again at once, so the
 // observation catches up with what the upgrade's steps confirmed without waiting for the next poll.
+//
+// It reconciles a cluster at a time: a poll is one queued item per cluster, not per machine. COSI's controller
+// queue finds an item by a linear scan, so a per-machine poll of a 10,000-machine fleet made every event scan
+// 10,000 queued polls (docs/benchmarks.md). A cluster's machines are observed at once, each bounded by the observe
+// timeout, so a dead machine delays neither its cluster's other machines nor other clusters.
 type MachineStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
+
+	// polled holds when each machine of each cluster was last observed, so a reconcile that an event brings
+	// between two polls observes only what the event concerns. It is a schedule, not the truth: an entry lost or
+	// dropped only makes the machine observed sooner.
+	mu     sync.Mutex
+	polled map[string]map[string]time.Time
 }
 
 // NewMachineStatusController returns the controller; conn reaches the machines.
 func NewMachineStatusController(conn Connector, cfg UpgradeConfig) *MachineStatusController {
-	return &MachineStatusController{conn: conn, cfg: cfg}
+	return &MachineStatusController{conn: conn, cfg: cfg, polled: map[string]map[string]time.Time{}}
 }
+
+// observeConcurrency bounds how many machines of one cluster are observed at the same time.
+const observeConcurrency = 16
 
 // Name implements controller.QController.
 func (ctrl *MachineStatusController) Name() string { return "MachineStatusController" }
@@ -41,29 +57,54 @@ func (ctrl *MachineStatusController) Name() string { return "MachineStatusContro
 // Settings implements controller.QController.
 func (ctrl *MachineStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
-		Inputs:      qInputs(cluster.MachineType, cluster.CredentialsType, observe.EtcdStatusType, upgrade.MachineUpgradeStatusType),
+		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.CredentialsType, observe.EtcdStatusType,
+			upgrade.MachineUpgradeStatusType),
 		Outputs:     []controller.Output{{Type: observe.MachineStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}
 }
 
-// MapInput implements controller.QController: new credentials re-observe the cluster's machines at once, and so
-// does an upgrade that finished after its machine's last observation; etcd changes and the upgrade's other
-// updates are picked up by the next poll.
+// outputsNamedAfter implements namedAfter: a MachineStatus has the ID of its Machine, not of its Cluster.
+func (ctrl *MachineStatusController) outputsNamedAfter() resource.Type { return cluster.MachineType }
+
+// MapInput implements controller.QController: a Machine written and new credentials have their machines observed
+// again at once, and so does an upgrade that finished after its machine's last observation; etcd changes and the
+// upgrade's other updates are picked up by the next poll.
 func (ctrl *MachineStatusController) MapInput(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
 	switch ptr.Type() {
 	case cluster.CredentialsType:
-		return machinePointers(ctx, r, ptr.ID())
+		ctrl.forget(ptr.ID(), "")
+	case cluster.MachineType:
+		if id, ok := ptr.Labels().Get(cluster.LabelCluster); ok {
+			ctrl.forget(id, ptr.ID())
+		}
 	case upgrade.MachineUpgradeStatusType:
-		return ctrl.mapUpgrade(ctx, r, ptr.ID())
+		return ctrl.mapUpgrade(ctx, r, ptr)
 	default:
 		return nil, nil
 	}
+
+	return mapToCluster(ctx, r, ptr)
 }
 
-// mapUpgrade re-observes machine id when its upgrade finished after its last observation. The upgrade is read
-// first: most of its writes are steps, and only a finished one needs the observation read too.
-func (ctrl *MachineStatusController) mapUpgrade(ctx context.Context, r controller.Reader, id string) ([]resource.Pointer, error) {
+// forget makes machine id of clusterID (every machine of it when id is empty) due for observation.
+func (ctrl *MachineStatusController) forget(clusterID, id string) {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	if id == "" {
+		delete(ctrl.polled, clusterID)
+	} else {
+		delete(ctrl.polled[clusterID], id)
+	}
+}
+
+// mapUpgrade maps the upgrade of a machine to its cluster when the upgrade finished after the machine's last
+// observation. The upgrade is read first: most of its writes are steps, and only a finished one needs the
+// observation read too.
+func (ctrl *MachineStatusController) mapUpgrade(ctx context.Context, r controller.QRuntime, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
+	id := ptr.ID()
+
 	up, err := readUpgrade(ctx, r, id)
 	if err != nil || !finished(up) {
 		return nil, err
@@ -81,7 +122,7 @@ func (ctrl *MachineStatusController) mapUpgrade(ctx context.Context, r controlle
 		return nil, nil
 	}
 
-	return []resource.Pointer{cluster.NewMachine(id).Metadata()}, nil
+	return mapToCluster(ctx, r, ptr)
 }
 
 // readUpgrade reads the upgrade of machine id, nil when it has none.
@@ -98,34 +139,144 @@ func readUpgrade(ctx context.Context, r controller.Reader, id string) (*upgrade.
 	}
 }
 
-// Reconcile implements controller.QController.
+// Reconcile implements controller.QController: it observes the machines of the cluster that are due (a poll
+// interval after their last observation, never observed, or their upgrade finished since), writes the
+// observations that changed, and removes the statuses of machines that are gone.
 func (ctrl *MachineStatusController) Reconcile(ctx context.Context, _ *zap.Logger, r controller.QRuntime, ptr resource.Pointer) error {
-	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, ptr.ID())
-	if err != nil && !state.IsNotFoundError(err) {
-		return fmt.Errorf("reading machine %q: %w", ptr.ID(), err)
-	}
+	id := ptr.ID()
 
-	if machine == nil {
-		return destroyIfExists(ctx, r, observe.NewMachineStatus(ptr.ID()).Metadata())
-	}
-
-	up, err := readUpgrade(ctx, r, ptr.ID()) // the observation itself comes with the write below
+	machines, statuses, err := ctrl.read(ctx, r, id)
 	if err != nil {
 		return err
 	}
 
-	if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(ptr.ID()), func(s *observe.MachineStatus) error {
-		prev, observedAt := s.TypedSpec().DeepCopy(), time.Now()
-		ctrl.observe(ctx, r, machine, s.TypedSpec())
-		date(prev, s.TypedSpec(), up, observedAt)
-		s.Metadata().Labels().Set(cluster.LabelCluster, s.TypedSpec().Cluster)
+	for machine := range statuses {
+		if !slices.ContainsFunc(machines, func(m *cluster.Machine) bool { return m.Metadata().ID() == machine }) {
+			if err = destroyIfExists(ctx, r, observe.NewMachineStatus(machine).Metadata()); err != nil {
+				return err
+			}
+		}
+	}
+
+	if len(machines) == 0 {
+		ctrl.forget(id, "")
 
 		return nil
-	}); err != nil {
-		return fmt.Errorf("writing status of machine %q: %w", ptr.ID(), err)
+	}
+
+	due, err := ctrl.due(ctx, r, id, machines, statuses)
+	if err != nil {
+		return err
+	}
+
+	observed := make([]observe.MachineStatusSpec, len(due))
+	g := new(errgroup.Group)
+	g.SetLimit(observeConcurrency)
+
+	for i, m := range due {
+		prev := statuses[m.machine.Metadata().ID()]
+		observed[i] = prev
+
+		g.Go(func() error {
+			observedAt := time.Now()
+			ctrl.observe(ctx, r, m.machine, &observed[i])
+			date(prev, &observed[i], m.upgrade, observedAt)
+
+			return nil
+		})
+	}
+
+	_ = g.Wait() //nolint:errcheck // an observation reports its errors in the status, never here
+
+	for i, m := range due {
+		if err = safe.WriterModify(ctx, r, observe.NewMachineStatus(m.machine.Metadata().ID()), func(s *observe.MachineStatus) error {
+			*s.TypedSpec() = observed[i]
+			s.Metadata().Labels().Set(cluster.LabelCluster, id)
+
+			return nil
+		}); err != nil {
+			return fmt.Errorf("writing status of machine %q: %w", m.machine.Metadata().ID(), err)
+		}
 	}
 
 	return controller.NewRequeueInterval(ctrl.cfg.PollInterval)
+}
+
+// read lists the Machines of cluster id (none when the cluster is gone: its machines are not observed) and the
+// statuses this controller wrote for it.
+func (ctrl *MachineStatusController) read(ctx context.Context, r controller.Reader, id string) ([]*cluster.Machine, map[string]observe.MachineStatusSpec, error) {
+	list, err := safe.ReaderListAll[*observe.MachineStatus](ctx, r, state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing machine statuses of cluster %q: %w", id, err)
+	}
+
+	statuses := make(map[string]observe.MachineStatusSpec, list.Len())
+	for s := range list.All() {
+		statuses[s.Metadata().ID()] = s.TypedSpec().DeepCopy()
+	}
+
+	if _, err = safe.ReaderGetByID[*cluster.Cluster](ctx, r, id); err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, statuses, nil
+		}
+
+		return nil, nil, fmt.Errorf("reading cluster %q: %w", id, err)
+	}
+
+	machines, err := clusterMachines(ctx, r, id)
+
+	return machines, statuses, err
+}
+
+// dueMachine is a machine to observe now, with its upgrade (nil for none).
+type dueMachine struct {
+	machine *cluster.Machine
+	upgrade *upgrade.MachineUpgradeStatusSpec
+}
+
+// due picks the machines of cluster id to observe now and books them as observed.
+func (ctrl *MachineStatusController) due(ctx context.Context, r controller.Reader, id string, machines []*cluster.Machine,
+	statuses map[string]observe.MachineStatusSpec,
+) ([]dueMachine, error) {
+	now := time.Now()
+
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	polled := ctrl.polled[id]
+	if polled == nil {
+		polled = map[string]time.Time{}
+		ctrl.polled[id] = polled
+	}
+
+	var out []dueMachine
+
+	for _, m := range machines {
+		mid := m.Metadata().ID()
+
+		up, err := readUpgrade(ctx, r, mid) // the observation itself comes with the statuses
+		if err != nil {
+			return nil, err
+		}
+
+		status, seen := statuses[mid]
+		last, booked := polled[mid]
+
+		if seen && booked && now.Sub(last) < ctrl.cfg.PollInterval && !finishedSince(&status, up) {
+			continue
+		}
+
+		polled[mid] = now
+		out = append(out, dueMachine{machine: m, upgrade: up})
+	}
+
+	for mid := range polled {
+		if !slices.ContainsFunc(machines, func(m *cluster.Machine) bool { return m.Metadata().ID() == mid }) {
+			delete(polled, mid)
+		}
+	}
+
+	return out, nil
 }
 
 // observe updates spec with what can be seen of machine now; what cannot be seen keeps its last known value.

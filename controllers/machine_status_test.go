@@ -7,6 +7,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/resources"
@@ -112,4 +113,41 @@ func TestMachineStatusKeepsTheConfirmedVersionOfAnUnreachableMachine(t *testing.
 		a.Equal(v14, s.TypedSpec().TalosVersion)
 		a.False(s.TypedSpec().ObservedAt.Before(finished), "observed at %s, before the upgrade finished at %s", s.TypedSpec().ObservedAt, finished)
 	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
+// Machines are observed a cluster at a time, but an event between two polls observes only what it concerns: a
+// Machine added to the cluster is observed at once and alone, and a deleted one loses its status at once.
+func TestMachineStatusFollowsTheClustersMachines(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeFleet(v13, 1, 2)
+	ctx, st := startUpgrades(t, f, controllers.WithPollInterval(time.Hour))
+	createUpgradeFleet(ctx, t, st, f, v13, nil)
+
+	ns := rtestutils.WithNamespace(resources.Namespace)
+	rtestutils.AssertResources(ctx, t, st, []string{"cp-1", "w-1", "w-2"}, func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.True(s.TypedSpec().Reachable)
+	}, ns)
+
+	before := map[string]int{"cp-1": f.count("cp-1", "MachineStatus"), "w-1": f.count("w-1", "MachineStatus")}
+
+	f.mu.Lock()
+	f.nodes["w-3"] = &fakeNode{name: "w-3", version: v14, bootID: newID(), stage: "running"}
+	f.mu.Unlock()
+
+	m := cluster.NewMachine("w-3")
+	*m.TypedSpec() = cluster.MachineSpec{Cluster: "c1", Role: cluster.RoleWorker, Endpoint: "127.0.0.1:50000"}
+	require.NoError(t, st.Create(ctx, m))
+
+	rtestutils.AssertResource(ctx, t, st, "w-3", func(s *observe.MachineStatus, a *assert.Assertions) {
+		a.Equal(v14, s.TypedSpec().TalosVersion)
+		a.True(s.TypedSpec().Reachable)
+	}, ns)
+
+	require.NoError(t, st.Destroy(ctx, cluster.NewMachine("w-2").Metadata()))
+	rtestutils.AssertNoResource[*observe.MachineStatus](ctx, t, st, "w-2", ns)
+
+	for id, n := range before {
+		assert.Equal(t, n, f.count(id, "MachineStatus"), "%s was observed again for an event that did not concern it", id)
+	}
 }

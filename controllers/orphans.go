@@ -12,6 +12,12 @@ import (
 	"github.com/upshift-io/upshift/resources"
 )
 
+// namedAfter is a controller whose outputs have the IDs of another input than its primary one (the one named),
+// so the sweep looks for that input instead.
+type namedAfter interface {
+	outputsNamedAfter() resource.Type
+}
+
 // sweepOrphans makes every run of ctrl start by destroying the outputs whose primary input is gone.
 //
 // A QController removes an output when the Reconcile of its primary input finds the input deleted. But a fresh
@@ -20,8 +26,9 @@ import (
 // reconciled again, and its outputs would stay forever. The sweep closes that gap at the start of each run.
 //
 // It relies on the convention of every controller in this package: each output has the ID of its primary input
-// (a ClusterSummary, EtcdStatus or TalosUpgradeStatus is named after its Cluster; a MachineStatus or
-// MachineUpgradeStatus after its Machine), both in resources.Namespace. It writes through the controller's own
+// (a ClusterSummary, EtcdStatus or TalosUpgradeStatus is named after its Cluster; a MachineUpgradeStatus after its
+// Machine), both in resources.Namespace, or, for a controller that is namedAfter another input (MachineStatus is
+// reconciled per Cluster and named after its Machine), the ID of that input. It writes through the controller's own
 // QRuntime, so only outputs this controller owns are destroyed. Reconciles wait for the sweep to finish: a primary
 // created during the sweep is reconciled after it, so the sweep can never destroy an output a reconcile just wrote.
 func sweepOrphans(ctrl controller.QController) controller.QController {
@@ -89,6 +96,10 @@ func (w *orphanSweeper) sweep(ctx context.Context, logger *zap.Logger, r control
 
 	if primary == nil {
 		return nil
+	}
+
+	if n, ok := w.QController.(namedAfter); ok {
+		primary = &controller.Input{Namespace: resources.Namespace, Type: n.outputsNamedAfter()}
 	}
 
 	for _, out := range w.settings.Outputs {
