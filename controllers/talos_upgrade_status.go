@@ -40,7 +40,7 @@ func (ctrl *TalosUpgradeStatusController) Name() string { return "TalosUpgradeSt
 func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
 		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
-			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType),
+			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.KubernetesUpgradeStatusType),
 		Outputs:     []controller.Output{{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
 	}
@@ -68,8 +68,15 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 
 	var recheck time.Duration
 
+	kube, err := readKubernetesUpgrade(ctx, r, id)
+	if err != nil {
+		return err
+	}
+
 	if err = safe.WriterModify(ctx, r, upgrade.NewTalosUpgradeStatus(id), func(s *upgrade.TalosUpgradeStatus) error {
-		*s.TypedSpec(), recheck = rollout.Decide(ctrl.cfg.policy(), view, s.TypedSpec().DeepCopy())
+		prev := s.TypedSpec().DeepCopy()
+		*s.TypedSpec(), recheck = rollout.Decide(ctrl.cfg.policy(), view, prev)
+		yieldToKubernetes(view, prev, kube, s.TypedSpec())
 
 		return nil
 	}); err != nil {

@@ -136,6 +136,7 @@ func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
 			NewEtcdStatusController(conn, cfg),
 			NewTalosUpgradeStatusController(cfg),
 			NewMachineUpgradeStatusController(conn, cfg),
+			NewKubernetesUpgradeStatusController(conn, cfg),
 		} {
 			if err := engine.RegisterQController(sweepOrphans(ctrl)); err != nil {
 				return err

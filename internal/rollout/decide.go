@@ -42,6 +42,11 @@ func (m MachineView) Version() string {
 	return ""
 }
 
+// SkippedFor reports whether the machine is left out of the upgrade to target (its upgrade.SkipAnnotation names it).
+func (m MachineView) SkippedFor(target string) bool {
+	return m.SkipVersion != "" && SameVersion(m.SkipVersion, target)
+}
+
 // ClusterView is everything Decide reads about one cluster.
 type ClusterView struct {
 	// Cluster is the cluster's spec.
@@ -93,7 +98,8 @@ func Decide(policy Policy, view ClusterView, prev upgrade.TalosUpgradeStatusSpec
 
 	next.AvailableVersions = availableVersions(policy.Catalogue, hosts, c.KubernetesVersion)
 
-	if len(prev.Plan) == 0 || !SameVersion(prev.Plan[len(prev.Plan)-1], target) || prev.Phase == upgrade.PhaseDone {
+	// A finished upgrade keeps the plan it finished (what it shows) until a machine is off the target again.
+	if len(prev.Plan) == 0 || !SameVersion(prev.Plan[len(prev.Plan)-1], target) || prev.Phase == upgrade.PhaseDone && !settled(view.Machines, target) {
 		plan, err := policy.Catalogue.Plan(hosts, c.KubernetesVersion, target)
 		if err != nil {
 			next.Phase, next.ToVersion, next.Error, next.Reason = upgrade.PhaseBlocked, target, err.Error(), ""
@@ -154,6 +160,17 @@ func unready(view ClusterView) string {
 	}
 }
 
+// settled reports whether every machine runs target or is skipped for it: nothing is left to plan.
+func settled(machines []MachineView, target string) bool {
+	for _, m := range machines {
+		if !SameVersion(m.Version(), target) && !m.SkippedFor(target) {
+			return false
+		}
+	}
+
+	return true
+}
+
 // schedule runs Schedule over the view and fills in the phase and progress.
 func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSpec) (upgrade.TalosUpgradeStatusSpec, time.Duration) {
 	var (
@@ -170,7 +187,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 	for _, m := range view.Machines {
 		rm := Machine{
 			ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == next.LastControlPlane, Version: m.Version(),
-			Skipped: m.SkipVersion != "" && SameVersion(m.SkipVersion, next.ToVersion),
+			Skipped: m.SkippedFor(next.ToVersion),
 		}
 
 		if u := m.Upgrade; u != nil {

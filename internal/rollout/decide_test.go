@@ -1,6 +1,7 @@
 package rollout_test
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -199,6 +200,61 @@ func TestDecide(t *testing.T) {
 		assert.Equal(t, "v1.11.0", got.FromVersion)
 		assert.Equal(t, "downgrade", got.Direction)
 		assert.Equal(t, []string{"cp-1"}, got.Admitted)
+	})
+
+	t.Run("a finished upgrade decided again with nothing new keeps its plan", func(t *testing.T) {
+		t.Parallel()
+
+		// Any input may wake the controller after the upgrade finished (a Kubernetes upgrade's status, an
+		// observation): a decision that finds the cluster unchanged must not rewrite what the upgrade shows.
+		spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+		upgraded := []rollout.MachineView{
+			view("cp-1", cluster.RoleControlPlane, "v1.14.1"), view("w-1", cluster.RoleWorker, "v1.14.1"),
+		}
+		done := upgrade.TalosUpgradeStatusSpec{
+			Phase: upgrade.PhaseDone, FromVersion: "v1.11.6", ToVersion: "v1.14.1", Direction: "upgrade",
+			Plan: []string{"v1.12.6", "v1.13.4", "v1.14.1"}, Target: "v1.14.1", Done: 2, Total: 2,
+		}
+
+		got := decide(spec, upgraded, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseDone, got.Phase)
+		assert.Equal(t, done.Plan, got.Plan)
+		assert.Equal(t, "v1.11.6", got.FromVersion)
+		assert.Equal(t, "upgrade", got.Direction)
+		assert.Equal(t, "v1.14.1", got.Target)
+
+		// A machine left out of the target runs another version, and is nothing new either.
+		skipped := append(slices.Clone(upgraded), view("w-2", cluster.RoleWorker, "v1.13.4"))
+		skipped[2].SkipVersion = "v1.14.1"
+
+		got = decide(spec, skipped, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseDone, got.Phase)
+		assert.Equal(t, []string{"w-2"}, got.Skipped)
+		assert.Equal(t, done.Plan, got.Plan)
+		assert.Equal(t, "v1.11.6", got.FromVersion)
+	})
+
+	t.Run("a finished upgrade is planned anew when a machine is off the target", func(t *testing.T) {
+		t.Parallel()
+
+		spec := &cluster.ClusterSpec{TalosVersion: "v1.11.0", KubernetesVersion: "v1.32.0"}
+		done := upgrade.TalosUpgradeStatusSpec{
+			Phase: upgrade.PhaseDone, FromVersion: "v1.10.0", ToVersion: "v1.11.0", Direction: "upgrade",
+			Plan: []string{"v1.11.0"}, Target: "v1.11.0", Done: 2, Total: 2,
+		}
+		// A machine reinstalled at the old version (or added) after the upgrade finished.
+		drifted := []rollout.MachineView{
+			view("cp-1", cluster.RoleControlPlane, "v1.11.0"), view("w-1", cluster.RoleWorker, "v1.10.0"),
+		}
+
+		got := decide(spec, drifted, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseUpgrading, got.Phase)
+		assert.Equal(t, "v1.10.0", got.FromVersion)
+		assert.Equal(t, []string{"v1.11.0"}, got.Plan)
+		assert.Equal(t, []string{"w-1"}, got.Admitted)
 	})
 
 	t.Run("done", func(t *testing.T) {

@@ -5,6 +5,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,10 @@ const (
 	ManifestSyncAuto ManifestSyncMode = "auto"
 )
 
+// KubernetesChecks are the names of the pre-checks of a Kubernetes upgrade, which --skip-checks takes: component
+// flags, feature gates and admission plugins the target removes, and objects of API versions it no longer serves.
+var KubernetesChecks = []string{"removed-flags", "removed-feature-gates", "removed-admission-plugins", "removed-apis"}
+
 // Cluster is the desired state of one Talos cluster: the versions it should run and how fast to roll them out.
 // Its ID is the cluster name.
 type Cluster = typed.Resource[ClusterSpec, ClusterExtension]
@@ -58,6 +63,9 @@ type ClusterSpec struct {
 	ManifestSync ManifestSyncMode `yaml:"manifestSync,omitempty" protobuf:"5"`
 	// Paused stops new machines from starting an upgrade; machines already upgrading finish their step.
 	Paused bool `yaml:"paused" protobuf:"6"`
+	// SkipKubernetesChecks names the Kubernetes pre-checks whose failure the next Kubernetes upgrade overrides
+	// (`upshift upgrade kubernetes --skip-checks`): kept in this input, so the history shows who skipped what.
+	SkipKubernetesChecks []string `yaml:"skipKubernetesChecks,omitempty" protobuf:"7"`
 }
 
 // NewCluster returns an empty Cluster named id.
@@ -66,7 +74,11 @@ func NewCluster(id resource.ID) *Cluster {
 }
 
 // DeepCopy implements typed.DeepCopyable.
-func (s ClusterSpec) DeepCopy() ClusterSpec { return s }
+func (s ClusterSpec) DeepCopy() ClusterSpec {
+	s.SkipKubernetesChecks = slices.Clone(s.SkipKubernetesChecks)
+
+	return s
+}
 
 // Validate implements resources.Validator.
 func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Getter) error {
@@ -81,6 +93,13 @@ func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Ge
 
 	if _, err := s.DrainTimeoutDuration(); err != nil {
 		v.Add("spec.drainTimeout", "%s", err)
+	}
+
+	for i, name := range s.SkipKubernetesChecks {
+		if !slices.Contains(KubernetesChecks, name) {
+			v.Add(fmt.Sprintf("spec.skipKubernetesChecks[%d]", i), "%q is not a Kubernetes pre-check; the checks are %s",
+				name, strings.Join(KubernetesChecks, ", "))
+		}
 	}
 
 	switch s.ManifestSync {

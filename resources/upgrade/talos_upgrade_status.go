@@ -83,6 +83,10 @@ type TalosUpgradeStatusSpec struct {
 	// EtcdWaitSince is when the rollout started waiting on the etcd gate (a control plane waiting to leave); the
 	// wait is routine (Upgrading) for a grace period, then the cluster is Blocked. Zero when nothing waits on etcd.
 	EtcdWaitSince time.Time `yaml:"etcdWaitSince,omitempty" protobuf:"18"`
+	// YieldsTo names the Kubernetes upgrade the Talos rollout stands aside for (its target): with nothing in
+	// flight, the rollout admits no machine while that upgrade holds the cluster, and the Kubernetes upgrade
+	// changes nothing before it reads this. Empty when the rollout yields to nobody.
+	YieldsTo string `yaml:"yieldsTo,omitempty" protobuf:"19"`
 	// LastControlPlane is the control plane that goes last in every hop of the plan: the etcd leader when the plan
 	// was made, so leadership moves once. It is fixed with the plan, not followed, because leadership moves during a
 	// rollout to a member no one can predict, and the dry run must show the order the engine keeps.
