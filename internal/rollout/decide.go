@@ -199,19 +199,21 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 			}
 		}
 
+		in.Machines = append(in.Machines, rm)
+
 		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, next.Target) {
-			// Admitted toward the hop of the last decision but not yet taken up by its controller: it holds its slot.
-			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, NextHop(next.Plan, rm.Version)
 			admitted = append(admitted, m.ID)
 		}
-
-		in.Machines = append(in.Machines, rm)
 	}
 
-	d := Schedule(in)
+	d := Schedule(holdingSlots(in, admitted, next.Plan))
 
-	if !SameVersion(d.Hop, next.Target) {
-		admitted = nil // the pending starts were toward the previous hop; Admitted names machines of one hop
+	if len(admitted) > 0 && !SameVersion(d.Hop, next.Target) {
+		// The pending starts were toward the previous hop and Admitted names machines of one hop: they are released,
+		// and decided again like any machine free to start. Keeping them in flight without admitting them would hold
+		// their slots for machines their controller never starts.
+		admitted = nil
+		d = Schedule(in)
 	}
 
 	for _, id := range d.Start {
@@ -283,6 +285,24 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 }
 
 // pendingStart reports whether a machine admitted toward hop has not been taken up by its controller yet.
+// holdingSlots is in with the machines admitted by the last decision but not yet taken up by their controller
+// (pending) shown in flight toward their next hop: an admitted machine holds its slot until it starts.
+func holdingSlots(in Input, pending []string, plan []string) Input {
+	if len(pending) == 0 {
+		return in
+	}
+
+	in.Machines = slices.Clone(in.Machines)
+
+	for i := range in.Machines {
+		if m := &in.Machines[i]; slices.Contains(pending, m.ID) {
+			m.Phase, m.From, m.PhaseTarget = upgrade.MachinePullingImage, m.Version, NextHop(plan, m.Version)
+		}
+	}
+
+	return in
+}
+
 func pendingStart(m MachineView, hop string) bool {
 	if m.Locked || SameVersion(m.Version(), hop) {
 		return false

@@ -307,3 +307,40 @@ func TestDecideKeepsTheLastControlPlaneOfThePlan(t *testing.T) {
 	second := decide(spec, fleet, etcd, next)
 	assert.Equal(t, []string{"cp-2"}, second.Admitted, "the second hop starts with the first control plane that is not last")
 }
+
+// A machine admitted toward a hop but not yet taken up by its controller holds its worker slot; when another
+// machine then needs a later hop, the admission must not turn into a slot held for a machine no controller will
+// start (seen on the emulated fleet: "all 1 worker slots are in use", c1-w-4 current but admitted nowhere, forever).
+func TestDecideNeverHoldsASlotForAMachineItDoesNotAdmit(t *testing.T) {
+	t.Parallel()
+
+	done := func(id string, role cluster.Role, from, to string) rollout.MachineView {
+		m := view(id, role, to)
+		m.Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: from, ToVersion: to}
+
+		return m
+	}
+
+	spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+	fleet := []rollout.MachineView{
+		done("cp-1", cluster.RoleControlPlane, "v1.13.4", "v1.14.1"), done("w-1", cluster.RoleWorker, "v1.13.4", "v1.14.1"),
+		done("w-2", cluster.RoleWorker, "v1.11.6", "v1.13.4"), // finished the first hop, needs the second
+		view("w-4", cluster.RoleWorker, "v1.11.6"),            // admitted toward the first hop by the last decision
+	}
+	prev := upgrade.TalosUpgradeStatusSpec{
+		Phase: upgrade.PhaseUpgrading, FromVersion: "v1.11.6", ToVersion: "v1.14.1", Plan: []string{"v1.13.4", "v1.14.1"},
+		Direction: "upgrade", Target: "v1.13.4", Admitted: []string{"w-4"}, Current: []string{"w-4"},
+	}
+
+	got := decide(spec, fleet, healthyEtcd("cp-1"), prev)
+
+	assert.Equal(t, []string{"w-4"}, got.Admitted, "w-4 still needs the first hop and keeps its admission")
+	assert.Equal(t, "v1.13.4", got.Target)
+	assert.Equal(t, []string{"w-4"}, got.Current)
+
+	for _, id := range got.Current {
+		assert.True(t, slices.Contains(got.Admitted, id) || slices.ContainsFunc(fleet, func(m rollout.MachineView) bool {
+			return m.ID == id && m.Upgrade != nil && m.Upgrade.Phase.InFlight()
+		}), "%s is current but neither admitted nor in flight", id)
+	}
+}
