@@ -147,7 +147,7 @@ func (ctrl *KubernetesUpgradeStatusController) start(ctx context.Context, run *k
 	defer ctrl.mu.Unlock()
 
 	key := stepKey(run.cluster, run.step)
-	if _, ok := ctrl.runs[key]; ok || ctrl.stopping {
+	if _, ok := ctrl.runs[key]; ok || ctrl.stopping || ctx.Err() != nil {
 		return
 	}
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/controller"
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift/internal/kube"
@@ -39,6 +40,10 @@ func failed(format string, args ...any) error {
 
 // execute runs the step to its end and records it; a stopped runtime records nothing, and its successor resumes.
 func (run *kubeStepRun) execute(ctx context.Context) {
+	if !run.stillRunning(ctx) {
+		return
+	}
+
 	err := run.do(ctx)
 	if ctx.Err() != nil {
 		return
@@ -53,6 +58,30 @@ func (run *kubeStepRun) execute(ctx context.Context) {
 	run.write(ctx, func(s *upgrade.KubernetesUpgradeStep) {
 		s.State, s.Error, s.FinishedAt = state, msg, time.Now()
 	})
+}
+
+// stillRunning reads whether the step is still Running in the status, again after a pause while the read fails,
+// until ctx ends. A reconcile starts the executors of the steps its own write left Running; an executor of the same
+// step may have finished since, recorded the step, and left, and the step's side effect must not be made twice.
+func (run *kubeStepRun) stillRunning(ctx context.Context) bool {
+	for {
+		res, err := safe.ReaderGetByID[*upgrade.KubernetesUpgradeStatus](ctx, run.r, run.cluster)
+		if err == nil {
+			return slices.ContainsFunc(res.TypedSpec().Steps, func(s upgrade.KubernetesUpgradeStep) bool {
+				return s.Same(run.step) && s.State == upgrade.StepRunning
+			})
+		}
+
+		if state.IsNotFoundError(err) || ctx.Err() != nil {
+			return false
+		}
+
+		run.logger.Error("reading the Kubernetes upgrade status failed; retrying", zap.Error(err))
+
+		if sleep(ctx, run.ctrl.cfg.RetryDelay) != nil {
+			return false
+		}
+	}
 }
 
 // write changes the step in the status, again after a pause while the write fails, until ctx ends. A step that is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -460,11 +461,12 @@ func stopEngineOn(ctx context.Context, t *testing.T, f *fakeFleet, method, from,
 	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
 	firstCtx, stopFirst := context.WithCancel(ctx)
 	called := make(chan struct{})
+	once := sync.OnceFunc(func() { close(called) })
 
 	f.hook(func(c fakeCall) {
 		if c.Method == method {
 			stopFirst() // the engine dies as the call goes out, before it records the step's end
-			close(called)
+			once()
 		}
 	})
 
@@ -544,9 +546,20 @@ func TestRolloutRestartMidInstall(t *testing.T) {
 
 			if tc.revert {
 				f.hook(func(c fakeCall) {
-					if c.Method == "Reboot" {
-						setTarget(ctx, t, st, v13)
+					if c.Method != "Reboot" {
+						return
 					}
+
+					setTarget(ctx, t, st, v13)
+
+					// The reboot takes effect once the rollout has planned the revert: the case is a revert the engine
+					// knows of when the machine comes back, not a race between the two.
+					_, err := st.WatchFor(ctx, upgrade.NewTalosUpgradeStatus("c1").Metadata(), state.WithCondition(func(r resource.Resource) (bool, error) {
+						s, ok := r.(*upgrade.TalosUpgradeStatus)
+
+						return ok && s.TypedSpec().ToVersion == v13, nil
+					}))
+					assert.NoError(t, err, "the rollout plans the revert")
 				})
 			}
 

@@ -127,6 +127,12 @@ func Decide(policy Policy, view ClusterView, prev upgrade.TalosUpgradeStatusSpec
 		}
 	}
 
+	if next.LastControlPlane == "" {
+		// The leader was not known when the plan was made: no control plane has started since, for none starts
+		// without an observed etcd (ControlPlaneMayLeave), so the first leader seen still leads the plan.
+		next.LastControlPlane = etcdLeader(view.Etcd)
+	}
+
 	return schedule(policy, view, next)
 }
 
