@@ -1,0 +1,342 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/resources/upgrade"
+)
+
+// The Kubernetes upgrade tests start on Talos 1.13, which runs Kubernetes 1.35 and 1.36, from the oldest of those.
+const (
+	kubeTalos = "1.13.4"
+	kubeFrom  = "1.35.2"
+	kubeNext  = "1.36.2"
+)
+
+// methodApply is the call every changing step of a Kubernetes upgrade makes.
+const methodApply = "/machine.MachineService/ApplyConfiguration"
+
+// kubeStaticPodRestart is how long a changed control-plane static pod (and the API endpoint, for kube-apiserver)
+// stays down: short, so an upgrade takes seconds, yet long enough that the engine must wait for it.
+const kubeStaticPodRestart = 200 * time.Millisecond
+
+// startKubeBed starts a bed of one full cluster (3 control planes, 2 workers, real etcd and kube-apiserver) on
+// Talos kubeTalos and Kubernetes kubeFrom, logging the upgrade and the journal if the test fails.
+func startKubeBed(t *testing.T, opts ...testbed.Option) *testbed.Bed {
+	t.Helper()
+
+	bed := startBed(t, append([]testbed.Option{testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(kubeTalos),
+		talosemu.WithKubernetesVersion(kubeFrom), talosemu.WithRebootDowntime(rebootDowntime),
+		talosemu.WithStaticPodRestart(kubeStaticPodRestart),
+	)}, opts...)...)
+
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+
+		for _, args := range [][]string{{"status", "c1"}, {"get", "kubernetesupgradestatus", "c1", "-o", "yaml"}} {
+			out, err := exec.CommandContext(ctx, binary, append(args, "--endpoint", bed.Endpoint())...).CombinedOutput()
+			t.Logf("upshift %s (%v):\n%s", strings.Join(args, " "), err, out)
+		}
+
+		for _, e := range bed.Fleet.Journal().Entries() {
+			if e.Method == methodApply || strings.Contains(e.Method, "Pull") || e.Event != "" {
+				t.Logf("%s %-8s %s%s mode=%s image=%s changes=%v error=%s", e.Time.Format(time.StampMicro), e.Node, e.Method, e.Event, e.Mode, e.Image, e.Changes, e.Error)
+			}
+		}
+	})
+
+	waitObserved(t, bed, kubeTalos)
+
+	return bed
+}
+
+// waitKube waits until the cluster's KubernetesUpgradeStatus satisfies cond.
+func waitKube(t *testing.T, bed *testbed.Bed, timeout time.Duration, what string, cond func(*upgrade.KubernetesUpgradeStatusSpec) bool) *upgrade.KubernetesUpgradeStatusSpec {
+	t.Helper()
+
+	return waitFor(t, bed.State(), upgrade.NewKubernetesUpgradeStatus("c1").Metadata(), timeout, what, func(r *upgrade.KubernetesUpgradeStatus) bool {
+		return cond(r.TypedSpec())
+	}).TypedSpec()
+}
+
+// kubePhaseIs matches a KubernetesUpgradeStatus in phase heading to version to.
+func kubePhaseIs(phase upgrade.ClusterPhase, to string) func(*upgrade.KubernetesUpgradeStatusSpec) bool {
+	return func(s *upgrade.KubernetesUpgradeStatusSpec) bool {
+		return s.Phase == phase && sameVersion(s.ToVersion, to)
+	}
+}
+
+// kubeCall is one accepted pull or ApplyConfiguration of the journal, read as a step of a Kubernetes upgrade.
+type kubeCall struct {
+	talosemu.Entry
+
+	controlPlane bool
+}
+
+func (c kubeCall) pull() bool { return strings.Contains(c.Method, "Pull") }
+
+// component is the one component an ApplyConfiguration changes ("" when it changes none, or several).
+func (c kubeCall) component() string {
+	if len(c.Changes) != 1 {
+		return ""
+	}
+
+	return c.Changes[0].Component
+}
+
+func (c kubeCall) String() string {
+	return fmt.Sprintf("%s %s %s%v", c.Time.Format(time.StampMicro), c.Node, c.Method, c.Changes)
+}
+
+// kubeCalls returns the pulls and ApplyConfigurations the nodes accepted from the journal's entry from on.
+func kubeCalls(bed *testbed.Bed, from int) []kubeCall {
+	cps := map[string]bool{}
+	for _, n := range bed.Fleet.Nodes() {
+		cps[n.Name()] = n.ControlPlane()
+	}
+
+	var out []kubeCall
+
+	for _, e := range bed.Fleet.Journal().Entries()[from:] {
+		if e.Error == "" && (e.Method == methodApply || strings.Contains(e.Method, "Pull")) {
+			out = append(out, kubeCall{Entry: e, controlPlane: cps[e.Node]})
+		}
+	}
+
+	return out
+}
+
+// appliedTwice lists the ApplyConfigurations that change nothing (the same config sent again) and the changes of a
+// node's component toward the same image made more than once: a step's side effect sent twice.
+func appliedTwice(calls []kubeCall) []string {
+	var (
+		out  []string
+		seen = map[string]kubeCall{}
+	)
+
+	for _, c := range calls {
+		if c.pull() {
+			continue
+		}
+
+		if len(c.Changes) == 0 {
+			out = append(out, "no change: "+c.String())
+		}
+
+		for _, ch := range c.Changes {
+			key := c.Node + " " + ch.Component + " " + ch.To
+			if first, ok := seen[key]; ok {
+				out = append(out, fmt.Sprintf("again: %s (first: %s)", c, first))
+			}
+
+			seen[key] = c
+		}
+	}
+
+	return out
+}
+
+// upgradeOrder checks the journal of one hop to version: pulls of the hop's images on every node before any
+// change; then kube-apiserver, kube-controller-manager and kube-scheduler, one control plane after the other; then
+// kube-proxy on every control plane; then the kubelets, every control plane before any worker.
+func upgradeOrder(bed *testbed.Bed, calls []kubeCall, version string) error {
+	tag := ":v" + strings.TrimPrefix(version, "v")
+	pulled := map[string][]string{}
+
+	var applies []kubeCall
+
+	for _, c := range calls {
+		switch {
+		case c.pull() && len(applies) > 0:
+			return fmt.Errorf("a pull after the first change: %s", c)
+		case c.pull():
+			pulled[c.Node] = append(pulled[c.Node], c.Image)
+		default:
+			applies = append(applies, c)
+		}
+	}
+
+	var cps, workers []string
+
+	for _, n := range bed.Fleet.Nodes() {
+		want := []string{"kubelet"}
+		if n.ControlPlane() {
+			want = append(want, "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+			cps = append(cps, n.Name())
+		} else {
+			workers = append(workers, n.Name())
+		}
+
+		for _, component := range want {
+			if !slices.ContainsFunc(pulled[n.Name()], func(image string) bool {
+				return strings.Contains(image, "/"+component+tag)
+			}) {
+				return fmt.Errorf("%s did not pull %s%s before the first change (pulled %v)", n.Name(), component, tag, pulled[n.Name()])
+			}
+		}
+	}
+
+	// The order the steps must take, as node/component pairs; the control planes' order is the engine's.
+	var got []string
+
+	for _, c := range applies {
+		if c.component() == "" || !strings.HasSuffix(c.Changes[0].To, tag) {
+			return fmt.Errorf("an ApplyConfiguration that is not one step toward %s: %s", version, c)
+		}
+
+		got = append(got, c.Node+"/"+c.component())
+	}
+
+	var cpOrder []string
+
+	for _, c := range applies {
+		if c.controlPlane && c.component() == "kube-apiserver" {
+			cpOrder = append(cpOrder, c.Node)
+		}
+	}
+
+	if !sameSet(cpOrder, cps) {
+		return fmt.Errorf("kube-apiserver changed on %v, want each of %v once", cpOrder, cps)
+	}
+
+	var want []string
+
+	for _, cp := range cpOrder {
+		want = append(want, cp+"/kube-apiserver", cp+"/kube-controller-manager", cp+"/kube-scheduler")
+	}
+
+	// kube-proxy and the kubelets: any order within a group (the kube-proxy step walks the control planes, workers
+	// go in parallel), so the groups are compared as sets.
+	groups := [][]string{want, nodeComponents(cps, "kube-proxy"), nodeComponents(cps, "kubelet"), nodeComponents(workers, "kubelet")}
+
+	for _, group := range groups {
+		if len(got) < len(group) {
+			return fmt.Errorf("changes %v end before %v", got, group)
+		}
+
+		head := got[:len(group)]
+		if !sameSet(head, group) || (len(group) == len(want) && !slices.Equal(head, want)) {
+			return fmt.Errorf("changes %v, want %v next", head, group)
+		}
+
+		got = got[len(group):]
+	}
+
+	if len(got) > 0 {
+		return fmt.Errorf("changes after the kubelets: %v", got)
+	}
+
+	return nil
+}
+
+// nodeComponents names component on every node.
+func nodeComponents(nodes []string, component string) []string {
+	out := make([]string, 0, len(nodes))
+	for _, n := range nodes {
+		out = append(out, n+"/"+component)
+	}
+
+	return out
+}
+
+// sameSet reports whether a and b hold the same strings, in any order.
+func sameSet(a, b []string) bool {
+	return slices.Equal(sorted(a), sorted(b))
+}
+
+// requireKubernetesOn checks, in the real API server, that every control-plane mirror pod and the kube-proxy
+// DaemonSet run version's images and that every Node reports version's kubelet.
+func requireKubernetesOn(t *testing.T, bed *testbed.Bed, version string) {
+	t.Helper()
+
+	ctx := t.Context()
+	client := kubeClient(t, bed, "c1")
+	want := "v" + strings.TrimPrefix(version, "v")
+
+	pods, err := client.CoreV1().Pods(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{LabelSelector: "tier=control-plane"})
+	require.NoError(t, err)
+
+	mirrors := 0
+
+	for _, p := range pods.Items {
+		if _, ok := p.Annotations[corev1.MirrorPodAnnotationKey]; !ok {
+			continue
+		}
+
+		mirrors++
+
+		for _, c := range p.Spec.Containers {
+			assert.True(t, strings.HasSuffix(c.Image, ":"+want), "mirror pod %s runs %s, want %s", p.Name, c.Image, want)
+		}
+	}
+
+	assert.Equal(t, 3*3, mirrors, "every control plane has its three mirror pods")
+
+	ds, err := client.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, "kube-proxy", metav1.GetOptions{})
+	require.NoError(t, err)
+
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		assert.True(t, strings.HasSuffix(c.Image, ":"+want), "kube-proxy DaemonSet runs %s, want %s", c.Image, want)
+	}
+
+	assert.Equal(t, ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled, "the kube-proxy rollout is complete")
+
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, nodes.Items, len(bed.Fleet.Nodes()))
+
+	for _, n := range nodes.Items {
+		assert.Equal(t, want, n.Status.NodeInfo.KubeletVersion, "kubelet version of %s", n.Name)
+		assert.True(t, nodeReady(n), "%s is Ready", n.Name)
+	}
+}
+
+func nodeReady(n corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+
+	return false
+}
+
+// TestKubeUpgradeOneMinor upgrades 3 control planes and 2 workers from Kubernetes 1.35 to 1.36 with the CLI: the
+// journal shows the pre-pulls on every node first, then the static pods control plane by control plane, then
+// kube-proxy, then the kubelets (control planes first), and no ApplyConfiguration sent twice for a step; the real
+// API server shows the new images and kubelet versions; the status is Done.
+func TestKubeUpgradeOneMinor(t *testing.T) {
+	bed := startKubeBed(t)
+	from := len(bed.Fleet.Journal().Entries())
+
+	t.Log(mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext))
+
+	done := waitKube(t, bed, 90*time.Second, "the upgrade to finish", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	assert.Equal(t, done.Total, done.Done, "every step is done")
+
+	calls := kubeCalls(bed, from)
+	require.NoError(t, upgradeOrder(bed, calls, kubeNext))
+	assert.Empty(t, appliedTwice(calls), "no ApplyConfiguration sent twice for a step")
+
+	requireKubernetesOn(t, bed, kubeNext)
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), kubeNext)
+}
