@@ -340,3 +340,101 @@ func TestKubeUpgradeOneMinor(t *testing.T) {
 	requireKubernetesOn(t, bed, kubeNext)
 	assert.Contains(t, mustCLI(t, bed, "status", "c1"), kubeNext)
 }
+
+// TestKubePullFailThenRetry fails the pull of the target kubelet image on one worker: the upgrade fails at the
+// pre-pull naming node and image, with no ApplyConfiguration sent; once the fault is cleared, `upshift upgrade
+// retry` resumes it to Done, every step in order and none sent twice.
+func TestKubePullFailThenRetry(t *testing.T) {
+	const worker = "c1-w-2"
+
+	image := "ghcr.io/siderolabs/kubelet:v" + kubeNext
+	fault := talosemu.NodeFault{Node: worker, Fault: talosemu.FaultPullFail, Image: image}
+
+	bed := startKubeBed(t)
+	require.NoError(t, bed.Fleet.SetNodeFault(t.Context(), fault))
+
+	from := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
+
+	failed := waitKube(t, bed, time.Minute, "the upgrade to fail at the pre-pull", kubePhaseIs(upgrade.PhaseFailed, kubeNext))
+	assert.Contains(t, failed.Error, worker, "the failure names the node")
+	assert.Contains(t, failed.Error, image, "the failure names the image")
+
+	var failedSteps []string
+
+	for _, s := range failed.Steps {
+		if s.State == upgrade.StepFailed {
+			failedSteps = append(failedSteps, s.String())
+		}
+	}
+
+	assert.Equal(t, []string{upgrade.KubernetesUpgradeStep{Kind: upgrade.StepPrePull, Machine: worker, Version: kubeNext}.String()},
+		failedSteps, "the one failed step is the worker's pre-pull")
+
+	status := mustCLI(t, bed, "status", "c1")
+	assert.Contains(t, status, worker, "status names the node")
+	assert.Contains(t, status, image, "status names the image")
+
+	for _, c := range kubeCalls(bed, from) {
+		assert.True(t, c.pull(), "nothing changed while the image cannot be pulled: %s", c)
+	}
+
+	require.NoError(t, bed.Fleet.ClearNodeFault(t.Context(), fault))
+	t.Log(mustCLI(t, bed, "upgrade", "retry", "c1"))
+
+	waitKube(t, bed, 90*time.Second, "the retried upgrade to finish", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+
+	calls := kubeCalls(bed, from)
+	require.NoError(t, upgradeOrder(bed, calls, kubeNext))
+	assert.Empty(t, appliedTwice(calls), "no ApplyConfiguration sent twice for a step")
+	requireKubernetesOn(t, bed, kubeNext)
+}
+
+// TestKubeUpgradeHoldsTalosUpgrade requests a Talos upgrade of the cluster while its Kubernetes upgrade runs: the
+// Talos upgrade waits, its status naming the Kubernetes upgrade, and installs nothing until the Kubernetes upgrade
+// made its last change; then it runs to Done.
+func TestKubeUpgradeHoldsTalosUpgrade(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	newest := supported[len(supported)-1]
+
+	bed := startKubeBed(t)
+	from := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
+	waitKube(t, bed, time.Minute, "the Kubernetes upgrade to run", func(s *upgrade.KubernetesUpgradeStatusSpec) bool {
+		return s.Phase == upgrade.PhaseUpgrading && sameVersion(s.ToVersion, kubeNext)
+	})
+
+	mustCLI(t, bed, "upgrade", "talos", "c1", "--to", "v"+newest)
+
+	waiting := waitTalos(t, bed.State(), "c1", time.Minute, "the Talos upgrade to wait", func(s *upgrade.TalosUpgradeStatusSpec) bool {
+		return s.Phase == upgrade.PhasePending && sameVersion(s.ToVersion, newest) && s.YieldsTo != ""
+	}).TypedSpec()
+	assert.Contains(t, waiting.Reason, "Kubernetes upgrade to "+kubeNext, "the status says which upgrade it waits for")
+	assert.Contains(t, waitStatus(t, bed, "c1", 30*time.Second, "Kubernetes upgrade to "+kubeNext), "waiting")
+
+	waitKube(t, bed, 90*time.Second, "the Kubernetes upgrade to finish", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	waitTalos(t, bed.State(), "c1", 2*time.Minute, "the Talos upgrade to finish", phaseIs(upgrade.PhaseDone, newest))
+
+	var lastApply, firstInstall time.Time
+
+	for _, e := range bed.Fleet.Journal().Entries()[from:] {
+		switch {
+		case e.Error != "":
+			continue
+		case e.Method == methodApply && len(e.Changes) > 0:
+			lastApply = e.Time
+		case isInstall(e) && firstInstall.IsZero():
+			firstInstall = e.Time
+		}
+	}
+
+	require.False(t, firstInstall.IsZero(), "the Talos upgrade installed")
+	assert.True(t, firstInstall.After(lastApply), "the first install (%s) comes after the Kubernetes upgrade's last change (%s)",
+		firstInstall.Format(time.StampMicro), lastApply.Format(time.StampMicro))
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, newest, n.Version(), n.Name())
+	}
+}
