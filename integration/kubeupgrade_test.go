@@ -9,6 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	talosclient "github.com/siderolabs/talos/pkg/machinery/client"
+	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
+	talosconfigres "github.com/siderolabs/talos/pkg/machinery/resources/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +21,7 @@ import (
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
@@ -437,4 +443,102 @@ func TestKubeUpgradeHoldsTalosUpgrade(t *testing.T) {
 	for _, n := range bed.Fleet.Nodes() {
 		assert.Equal(t, newest, n.Version(), n.Name())
 	}
+}
+
+// removedGate is a kube-apiserver feature gate that Kubernetes 1.36 removes (go-kubernetes' pre-check tables).
+const removedGate = "HonorPVReclaimPolicy"
+
+// patchNode applies a strategic-merge config patch to a node's active machine config through the Talos API, as an
+// operator does with `talosctl patch mc --mode no-reboot`.
+func patchNode(t *testing.T, bed *testbed.Bed, node, patch string) {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	c, err := talosclient.New(ctx, talosclient.WithConfigFromFile(bed.Fleet.TalosconfigPath()))
+	require.NoError(t, err)
+
+	defer c.Close() //nolint:errcheck
+
+	ctx = talosclient.WithNode(ctx, node)
+
+	active, err := safe.StateGetByID[*talosconfigres.MachineConfig](ctx, c.COSI, talosconfigres.ActiveID)
+	require.NoError(t, err)
+
+	p, err := configpatcher.LoadPatch([]byte(patch))
+	require.NoError(t, err)
+
+	out, err := configpatcher.Apply(configpatcher.WithConfig(active.Provider()), []configpatcher.Patch{p})
+	require.NoError(t, err)
+
+	data, err := out.Bytes()
+	require.NoError(t, err)
+
+	_, err = c.ApplyConfiguration(ctx, &machine.ApplyConfigurationRequest{Data: data, Mode: machine.ApplyConfigurationRequest_NO_REBOOT})
+	require.NoError(t, err)
+}
+
+// TestKubePreCheckBlocksUntilSkipped sets a feature gate that the target removes on one control plane's
+// kube-apiserver through a config patch: the upgrade stops at its pre-checks naming the check, the node and the
+// gate, with nothing changed; `upshift upgrade kubernetes --skip-checks` lets it go on to Done, and the Cluster's
+// history records the user who skipped the check.
+func TestKubePreCheckBlocksUntilSkipped(t *testing.T) {
+	const (
+		node  = "c1-cp-2"
+		check = "removed-feature-gates"
+	)
+
+	bed := startKubeBed(t)
+	patchNode(t, bed, node, "cluster:\n  apiServer:\n    extraArgs:\n      feature-gates: "+removedGate+"=true\n")
+
+	from := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
+
+	blocked := waitKube(t, bed, time.Minute, "the pre-checks to stop the upgrade", func(s *upgrade.KubernetesUpgradeStatusSpec) bool {
+		return (s.Phase == upgrade.PhaseFailed || s.Phase == upgrade.PhaseBlocked) && sameVersion(s.ToVersion, kubeNext)
+	})
+	for _, want := range []string{check, node, removedGate} {
+		assert.Contains(t, blocked.Error, want, "the status names what failed")
+	}
+
+	i := slices.IndexFunc(blocked.PreChecks, func(p upgrade.PreCheck) bool { return p.Name == check })
+	require.GreaterOrEqual(t, i, 0, "the check's result is recorded: %+v", blocked.PreChecks)
+	assert.False(t, blocked.PreChecks[i].Passed)
+	assert.Contains(t, blocked.PreChecks[i].Message, removedGate)
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), removedGate, "status names the gate")
+
+	for _, c := range kubeCalls(bed, from) {
+		assert.True(t, c.pull(), "nothing changed while a pre-check fails: %s", c)
+	}
+
+	t.Log(mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext, "--skip-checks", check))
+
+	done := waitKube(t, bed, 90*time.Second, "the upgrade to go on past the skipped check", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	i = slices.IndexFunc(done.PreChecks, func(p upgrade.PreCheck) bool { return p.Name == check })
+	require.GreaterOrEqual(t, i, 0)
+	assert.True(t, done.PreChecks[i].Skipped, "the result says the check was skipped")
+
+	calls := kubeCalls(bed, from)
+	require.NoError(t, upgradeOrder(bed, calls, kubeNext))
+	assert.Empty(t, appliedTwice(calls))
+	requireKubernetesOn(t, bed, kubeNext)
+
+	var skippedBy []string
+
+	for _, w := range historyOf[clusterHistory](t, bed, cluster.ClusterType, "c1") {
+		if slices.Contains(w.doc.Spec.SkipKubernetesChecks, check) {
+			skippedBy = append(skippedBy, w.writer)
+		}
+	}
+
+	require.NotEmpty(t, skippedBy, "the Cluster's history has the skip")
+	assert.True(t, strings.HasPrefix(skippedBy[0], "user:"), "the skip was written by the API user, not %q", skippedBy[0])
+	assert.Contains(t, mustCLI(t, bed, "history", "cluster", "c1"), skippedBy[0], "`upshift history` shows who")
+}
+
+// clusterHistory is the part of a logged Cluster the tests read.
+type clusterHistory struct {
+	Spec cluster.ClusterSpec `yaml:"spec"`
 }
