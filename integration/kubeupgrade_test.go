@@ -22,6 +22,7 @@ import (
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
@@ -30,6 +31,7 @@ const (
 	kubeTalos = "1.13.4"
 	kubeFrom  = "1.35.2"
 	kubeNext  = "1.36.2"
+	kubeLast  = "1.37.2" // Talos 1.14 runs it, 1.13 does not
 )
 
 // methodApply is the call every changing step of a Kubernetes upgrade makes.
@@ -40,12 +42,13 @@ const methodApply = "/machine.MachineService/ApplyConfiguration"
 const kubeStaticPodRestart = 200 * time.Millisecond
 
 // startKubeBed starts a bed of one full cluster (3 control planes, 2 workers, real etcd and kube-apiserver) on
-// Talos kubeTalos and Kubernetes kubeFrom, logging the upgrade and the journal if the test fails.
-func startKubeBed(t *testing.T, opts ...testbed.Option) *testbed.Bed {
+// Talos talosVersion and Kubernetes kubeFrom, logging the upgrade and the journal if the test fails, and waits until
+// the engine observed every machine.
+func startKubeBed(t *testing.T, talosVersion string, opts ...testbed.Option) *testbed.Bed {
 	t.Helper()
 
 	bed := startBed(t, append([]testbed.Option{testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(kubeTalos),
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(talosVersion),
 		talosemu.WithKubernetesVersion(kubeFrom), talosemu.WithRebootDowntime(rebootDowntime),
 		talosemu.WithStaticPodRestart(kubeStaticPodRestart),
 	)}, opts...)...)
@@ -70,7 +73,10 @@ func startKubeBed(t *testing.T, opts ...testbed.Option) *testbed.Bed {
 		}
 	})
 
-	waitObserved(t, bed, kubeTalos)
+	for _, n := range bed.Fleet.Nodes() {
+		waitFor(t, bed.State(), observe.NewMachineStatus(n.Name()).Metadata(), time.Minute, n.Name()+" observed",
+			func(s *observe.MachineStatus) bool { return sameVersion(s.TypedSpec().TalosVersion, n.Version()) })
+	}
 
 	return bed
 }
@@ -331,7 +337,7 @@ func nodeReady(n corev1.Node) bool {
 // kube-proxy, then the kubelets (control planes first), and no ApplyConfiguration sent twice for a step; the real
 // API server shows the new images and kubelet versions; the status is Done.
 func TestKubeUpgradeOneMinor(t *testing.T) {
-	bed := startKubeBed(t)
+	bed := startKubeBed(t, kubeTalos)
 	from := len(bed.Fleet.Journal().Entries())
 
 	t.Log(mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext))
@@ -356,7 +362,7 @@ func TestKubePullFailThenRetry(t *testing.T) {
 	image := "ghcr.io/siderolabs/kubelet:v" + kubeNext
 	fault := talosemu.NodeFault{Node: worker, Fault: talosemu.FaultPullFail, Image: image}
 
-	bed := startKubeBed(t)
+	bed := startKubeBed(t, kubeTalos)
 	require.NoError(t, bed.Fleet.SetNodeFault(t.Context(), fault))
 
 	from := len(bed.Fleet.Journal().Entries())
@@ -404,7 +410,7 @@ func TestKubeUpgradeHoldsTalosUpgrade(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	newest := supported[len(supported)-1]
 
-	bed := startKubeBed(t)
+	bed := startKubeBed(t, kubeTalos)
 	from := len(bed.Fleet.Journal().Entries())
 
 	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
@@ -489,7 +495,7 @@ func TestKubePreCheckBlocksUntilSkipped(t *testing.T) {
 		check = "removed-feature-gates"
 	)
 
-	bed := startKubeBed(t)
+	bed := startKubeBed(t, kubeTalos)
 	patchNode(t, bed, node, "cluster:\n  apiServer:\n    extraArgs:\n      feature-gates: "+removedGate+"=true\n")
 
 	from := len(bed.Fleet.Journal().Entries())
@@ -541,4 +547,57 @@ func TestKubePreCheckBlocksUntilSkipped(t *testing.T) {
 // clusterHistory is the part of a logged Cluster the tests read.
 type clusterHistory struct {
 	Spec cluster.ClusterSpec `yaml:"spec"`
+}
+
+// TestKubeUpgradeTwoMinors upgrades a cluster on Talos 1.14 from Kubernetes 1.35 to 1.37: the plan is two full
+// upgrades, 1.36 then 1.37, and the journal shows each hop's pre-pulls, static pods, kube-proxy and kubelets in
+// order, the second hop only after the first one's last change.
+func TestKubeUpgradeTwoMinors(t *testing.T) {
+	bed := startKubeBed(t, "1.14.1")
+	from := len(bed.Fleet.Journal().Entries())
+
+	out := mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeLast, "--dry-run")
+	assert.Contains(t, out, kubeNext, "the dry run shows the intermediate hop")
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeLast)
+
+	done := waitKube(t, bed, 100*time.Second, "the upgrade to finish", kubePhaseIs(upgrade.PhaseDone, kubeLast))
+	assert.Equal(t, []string{kubeNext, kubeLast}, done.Plan, "two upgrades, in order")
+	assert.Equal(t, done.Total, done.Done)
+
+	calls := kubeCalls(bed, from)
+	second := slices.IndexFunc(calls, func(c kubeCall) bool { return c.pull() && strings.HasSuffix(c.Image, ":v"+kubeLast) })
+	require.Positive(t, second, "the second hop pulled its images")
+	require.NoError(t, upgradeOrder(bed, calls[:second], kubeNext), "the first hop")
+	require.NoError(t, upgradeOrder(bed, calls[second:], kubeLast), "the second hop")
+	assert.Empty(t, appliedTwice(calls))
+
+	requireKubernetesOn(t, bed, kubeLast)
+}
+
+// TestKubeUnsupportedTargetRefused asks for Kubernetes 1.37 on a cluster with one worker still on Talos 1.13, which
+// runs Kubernetes up to 1.36: the CLI refuses naming the node and its Talos version, the engine blocks the same
+// request made through the API with the same reason, and the journal shows no call that changes anything.
+func TestKubeUnsupportedTargetRefused(t *testing.T) {
+	const behind = "c1-w-2"
+
+	bed := startKubeBed(t, "1.14.1", testbed.WithFleetOptions(talosemu.WithNodeVersion(behind, kubeTalos)))
+	from := len(bed.Fleet.Journal().Entries())
+
+	_, errOut, err := cli(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeLast)
+	require.Error(t, err, "the CLI refuses")
+	t.Log(errOut)
+	assert.Contains(t, errOut, behind, "the refusal names the node")
+	assert.Contains(t, errOut, kubeTalos, "and its Talos version")
+
+	setCluster(t, bed.State(), "c1", func(s *cluster.ClusterSpec) { s.KubernetesVersion = "v" + kubeLast })
+
+	blocked := waitKube(t, bed, time.Minute, "the engine to refuse", kubePhaseIs(upgrade.PhaseBlocked, kubeLast))
+	assert.Contains(t, blocked.Error, behind, "the status names the node")
+	assert.Contains(t, blocked.Error, kubeTalos, "and its Talos version")
+
+	for _, e := range bed.Fleet.Journal().Entries()[from:] {
+		assert.False(t, e.Method == methodApply || strings.Contains(e.Method, "Pull") || isInstall(e) || e.Method == methodReboot,
+			"no changing call: %s %s", e.Node, e.Method)
+	}
 }
