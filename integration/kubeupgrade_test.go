@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"slices"
 	"strings"
@@ -600,4 +601,90 @@ func TestKubeUnsupportedTargetRefused(t *testing.T) {
 		assert.False(t, e.Method == methodApply || strings.Contains(e.Method, "Pull") || isInstall(e) || e.Method == methodReboot,
 			"no changing call: %s %s", e.Node, e.Method)
 	}
+}
+
+// isKubeChange matches the journal entries that are a Kubernetes upgrade's changes and their consequences (a
+// changing ApplyConfiguration, the API server's restart), so kills land right after them, before the engine
+// recorded their outcome. Pulls are left out: a resumed pre-pull pulls again, so kills after pulls would pile up
+// in the pre-pull.
+func isKubeChange(e talosemu.Entry) bool {
+	switch {
+	case e.Error != "":
+		return false
+	case e.Method == methodApply:
+		return len(e.Changes) > 0
+	default:
+		return e.Event == talosemu.EventAPIServerDown || e.Event == talosemu.EventAPIServerUp
+	}
+}
+
+// isPull matches an accepted pull.
+func isPull(e talosemu.Entry) bool { return e.Error == "" && strings.Contains(e.Method, "Pull") }
+
+// kubeletsApplied reports whether every node of the bed was sent its kubelet change to version: the upgrade's
+// last side effects.
+func kubeletsApplied(bed *testbed.Bed, version string) bool {
+	applied := map[string]bool{}
+
+	for _, c := range kubeCalls(bed, 0) {
+		if c.component() == "kubelet" && strings.HasSuffix(c.Changes[0].To, ":v"+version) {
+			applied[c.Node] = true
+		}
+	}
+
+	return len(applied) == len(bed.Fleet.Nodes())
+}
+
+// TestKubeCrashDuringUpgrade runs the engine as a child process and kills it with SIGKILL once in the pre-pull and
+// then right after every one or two of the upgrade's changes, at least minKills times, from 1.35 to 1.36: the upgrade converges to Done, every
+// step in order and none skipped, and no ApplyConfiguration was sent twice for a node's component.
+func TestKubeCrashDuringUpgrade(t *testing.T) {
+	bed := startKubeBed(t, kubeTalos, testbed.WithEngineProcess(testbed.SelfCommand()))
+	from := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
+	kills := 0
+
+	// The first kill lands in the pre-pull (the cluster pulls 14 images), the others after one or two changes each
+	// (17 ApplyConfigurations and 6 API server events), so at least 12 of them.
+	for first := true; !kubeletsApplied(bed, kubeNext); first = false {
+		n, match := 1+rng.IntN(2), isKubeChange
+		if first {
+			n, match = 1+rng.IntN(14), isPull
+		}
+
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		err := waitJournal(ctx, bed, len(bed.Fleet.Journal().Entries()), n, func(e talosemu.Entry) bool {
+			if kubeletsApplied(bed, kubeNext) {
+				cancel() // no change comes after the last kubelet's
+			}
+
+			return match(e)
+		})
+
+		cancel()
+
+		if err != nil {
+			break
+		}
+
+		require.NoError(t, bed.StopEngine())
+
+		kills++
+
+		require.NoError(t, bed.StartEngine(t.Context()))
+	}
+
+	t.Logf("killed the engine %d times during the upgrade", kills)
+	assert.GreaterOrEqual(t, kills, minKills, "the upgrade was long enough for %d kills", minKills)
+
+	done := waitKube(t, bed, time.Minute, "the upgrade to converge", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	assert.Equal(t, done.Total, done.Done, "every step is done")
+
+	calls := kubeCalls(bed, from)
+	require.NoError(t, upgradeOrder(bed, calls, kubeNext), "every step, in order")
+	assert.Empty(t, appliedTwice(calls), "no ApplyConfiguration sent twice for a step")
+	requireKubernetesOn(t, bed, kubeNext)
 }
