@@ -44,7 +44,7 @@ const kubeStaticPodRestart = 200 * time.Millisecond
 
 // startKubeBed starts a bed of one full cluster (3 control planes, 2 workers, real etcd and kube-apiserver) on
 // Talos talosVersion and Kubernetes kubeFrom, logging the upgrade and the journal if the test fails, and waits until
-// the engine observed every machine.
+// the engine observed every machine's Talos and kubelet versions (what a Kubernetes upgrade is planned from).
 func startKubeBed(t *testing.T, talosVersion string, opts ...testbed.Option) *testbed.Bed {
 	t.Helper()
 
@@ -76,7 +76,9 @@ func startKubeBed(t *testing.T, talosVersion string, opts ...testbed.Option) *te
 
 	for _, n := range bed.Fleet.Nodes() {
 		waitFor(t, bed.State(), observe.NewMachineStatus(n.Name()).Metadata(), time.Minute, n.Name()+" observed",
-			func(s *observe.MachineStatus) bool { return sameVersion(s.TypedSpec().TalosVersion, n.Version()) })
+			func(s *observe.MachineStatus) bool {
+				return sameVersion(s.TypedSpec().TalosVersion, n.Version()) && sameVersion(s.TypedSpec().KubeletVersion, kubeFrom)
+			})
 	}
 
 	return bed
