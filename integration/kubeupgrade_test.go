@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/upshift-io/upshift/internal/kuberollout"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
@@ -689,4 +690,55 @@ func TestKubeCrashDuringUpgrade(t *testing.T) {
 	require.NoError(t, upgradeOrder(bed, calls, kubeNext), "every step, in order")
 	assert.Empty(t, appliedTwice(calls), "no ApplyConfiguration sent twice for a step")
 	requireKubernetesOn(t, bed, kubeNext)
+}
+
+// TestKubeRevertHalfWay sets the version back once the first control plane's static pods changed: every component
+// comes back to the old version, the revert changing back exactly what the upgrade had changed, one component at a
+// time in the reverse order, each once.
+func TestKubeRevertHalfWay(t *testing.T) {
+	bed := startKubeBed(t, kubeTalos)
+	from := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	require.NoError(t, waitJournal(ctx, bed, from, len(kuberollout.StaticPods), func(e talosemu.Entry) bool {
+		return e.Error == "" && e.Method == methodApply && len(e.Changes) > 0
+	}), "the first control plane's static pods changed")
+
+	t.Log(mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeFrom))
+
+	done := waitKube(t, bed, 90*time.Second, "the revert to finish", kubePhaseIs(upgrade.PhaseDone, kubeFrom))
+	assert.False(t, done.Reverting)
+
+	var forward, back []string
+
+	for _, c := range kubeCalls(bed, from) {
+		switch {
+		case c.pull():
+		case c.component() == "":
+			assert.Fail(t, "an ApplyConfiguration that is not one step", "%s", c)
+		case strings.HasSuffix(c.Changes[0].To, ":v"+kubeNext):
+			require.Empty(t, back, "an upgrade change after the revert started: %s", c)
+			forward = append(forward, c.Node+"/"+c.component())
+		default:
+			back = append(back, c.Node+"/"+c.component())
+		}
+	}
+
+	t.Logf("changed %v; changed back %v", forward, back)
+	require.GreaterOrEqual(t, len(forward), len(kuberollout.StaticPods))
+	assert.Equal(t, reversed(forward), back, "the revert changes back what changed, in the reverse order")
+	assert.Empty(t, appliedTwice(kubeCalls(bed, from)))
+	requireKubernetesOn(t, bed, kubeFrom)
+}
+
+// reversed returns a reversed copy of s.
+func reversed(s []string) []string {
+	out := slices.Clone(s)
+	slices.Reverse(out)
+
+	return out
 }
