@@ -263,15 +263,31 @@ func (c *Client) KubernetesChecks(ctx context.Context, kubeconfig []byte, from, 
 		return nil, fmt.Errorf("pre-checks %s: %w", path, err)
 	}
 
-	err = checks.Run(ctx)
+	out, err := findings(checks.Run(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("pre-checks %s: %w", path, err)
+	}
 
-	var removed *upgrade.ComponentRemovedItemsError
-	if err == nil || !errors.As(err, &removed) {
-		if err != nil {
-			return nil, fmt.Errorf("pre-checks %s: %w", path, err)
-		}
+	return out, nil
+}
 
+// findings turns the error of go-kubernetes' checks into one Finding per item found, so every check's result can be
+// recorded; an error that is not a list of removed items (the checks could not run) is returned as it is. Run
+// returns the items as a ComponentRemovedItemsError value (ErrorOrNil), so both the value and a pointer are read.
+func findings(err error) ([]Finding, error) {
+	var (
+		removed upgrade.ComponentRemovedItemsError
+		ptr     *upgrade.ComponentRemovedItemsError
+	)
+
+	switch {
+	case err == nil:
 		return nil, nil
+	case errors.As(err, &removed):
+	case errors.As(err, &ptr) && ptr != nil:
+		removed = *ptr
+	default:
+		return nil, err
 	}
 
 	var out []Finding
