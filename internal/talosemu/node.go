@@ -460,7 +460,7 @@ func newBootID() string {
 // applyNow activates a machine config without a reboot and re-renders everything that depends on it; a config
 // that cannot be rendered is refused before anything changes.
 func (n *Node) applyNow(ctx context.Context, cfg config.Provider) error {
-	r, err := render(cfg, n.controlPlane)
+	r, err := render(cfg, n.controlPlane, n.Version())
 	if err != nil {
 		return fmt.Errorf("%w: %w", errInvalidConfig, err)
 	}

@@ -26,7 +26,7 @@ type renderedManifest struct {
 // staticPodComponents are the control-plane static pods in the order Talos renders them.
 var staticPodComponents = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 
-func render(cfg config.Config, controlPlane bool) (rendered, error) {
+func render(cfg config.Config, controlPlane bool, talosVersion string) (rendered, error) {
 	kubeletConfig := cfg.K8sKubeletConfig()
 	if kubeletConfig == nil {
 		return rendered{}, fmt.Errorf("machine config has no kubelet configuration")
@@ -65,13 +65,7 @@ func render(cfg config.Config, controlPlane bool) (rendered, error) {
 		r.staticPods = append(r.staticPods, StaticPod{Name: name, Image: images[name]})
 	}
 
-	if c := cfg.K8sProxyConfig(); c != nil && c.Enabled() {
-		r.manifests = append(r.manifests, renderedManifest{id: "10-kube-proxy", objects: kubeProxyObjects(c.Image())})
-	}
-
-	if c := cfg.K8sCoreDNSConfig(); c != nil && c.Enabled() {
-		r.manifests = append(r.manifests, renderedManifest{id: "11-core-dns", objects: coreDNSObjects(c.Image())})
-	}
+	r.manifests = bootstrapManifests(cfg, talosVersion)
 
 	return r, nil
 }

@@ -234,7 +234,7 @@ func (n *Node) rerender() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
-	r, err := render(n.cfg, n.controlPlane)
+	r, err := render(n.cfg, n.controlPlane, n.running)
 	if err != nil {
 		return fmt.Errorf("rendering machine config of %q: %w", n.name, err)
 	}

@@ -1,0 +1,178 @@
+package talosemu
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// releaseComponents are the versions of the bootstrap components a Talos release renders when the machine config
+// does not pin an image, like each real release's defaults: a Talos upgrade changes the rendered CoreDNS and CNI,
+// and leaves the running cluster on the old ones until someone applies the manifests.
+var releaseComponents = map[string]struct{ coreDNS, flannel string }{
+	"1.11": {coreDNS: "v1.12.3", flannel: "v0.27.2"},
+	"1.12": {coreDNS: "v1.12.4", flannel: "v0.27.4"},
+	"1.13": {coreDNS: "v1.13.1", flannel: "v0.27.4"},
+	"1.14": {coreDNS: constants.DefaultCoreDNSVersion, flannel: "v0.28.0"},
+}
+
+// flannelImage is the repository of the Flannel image Talos renders.
+const flannelImage = "ghcr.io/siderolabs/flannel"
+
+// bootstrapFieldManager is the field manager Talos applies its bootstrap manifests with.
+const bootstrapFieldManager = "talos"
+
+// bootstrapManifests renders the bootstrap manifests of a control plane running talosVersion: kube-proxy follows the
+// Kubernetes version of the machine config; CoreDNS and Flannel follow the release's defaults unless the config pins
+// an image.
+func bootstrapManifests(cfg config.Config, talosVersion string) []renderedManifest {
+	minor := talosVersion
+	if parts := strings.SplitN(talosVersion, ".", 3); len(parts) >= 2 {
+		minor = parts[0] + "." + parts[1]
+	}
+
+	release := releaseComponents[minor]
+
+	var out []renderedManifest
+
+	if c := cfg.K8sProxyConfig(); c != nil && c.Enabled() {
+		out = append(out, renderedManifest{id: "10-kube-proxy", objects: kubeProxyObjects(c.Image())})
+	}
+
+	if c := cfg.K8sCoreDNSConfig(); c != nil && c.Enabled() {
+		image := c.Image()
+		if image == constants.CoreDNSImage+":"+constants.DefaultCoreDNSVersion && release.coreDNS != "" {
+			image = constants.CoreDNSImage + ":" + release.coreDNS
+		}
+
+		out = append(out, renderedManifest{id: "11-core-dns", objects: coreDNSObjects(image)})
+	}
+
+	if cfg.K8sFlannelCNIConfig() != nil && release.flannel != "" {
+		out = append(out, renderedManifest{id: "05-flannel", objects: flannelObjects(flannelImage + ":" + release.flannel)})
+	}
+
+	return out
+}
+
+func flannelObjects(image string) []map[string]any {
+	labels := map[string]any{"app": "flannel", "k8s-app": "flannel", "tier": "node"}
+
+	return []map[string]any{
+		{
+			"apiVersion": "v1",
+			"kind":       "ServiceAccount",
+			"metadata":   map[string]any{"name": "flannel", "namespace": "kube-system"},
+		},
+		{
+			"apiVersion": "apps/v1",
+			"kind":       "DaemonSet",
+			"metadata":   map[string]any{"name": "kube-flannel", "namespace": "kube-system", "labels": labels},
+			"spec": map[string]any{
+				"selector": map[string]any{"matchLabels": map[string]any{"app": "flannel"}},
+				"template": map[string]any{
+					"metadata": map[string]any{"labels": labels},
+					"spec": map[string]any{
+						"serviceAccountName": "flannel",
+						"hostNetwork":        true,
+						"tolerations":        []any{map[string]any{"operator": "Exists"}},
+						"containers": []any{map[string]any{
+							"name":    "kube-flannel",
+							"image":   image,
+							"command": []any{"/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr"},
+						}},
+					},
+				},
+			},
+		},
+	}
+}
+
+// applyBootstrapManifests creates in the cluster's new Kubernetes API the bootstrap objects its first control plane
+// renders, as Talos does once at bootstrap, with Talos' field manager; objects that exist are left as they are.
+func (c *cluster) applyBootstrapManifests(ctx context.Context) error {
+	var first *Node
+
+	for _, n := range c.nodes {
+		if n.controlPlane {
+			first = n
+
+			break
+		}
+	}
+
+	if first == nil {
+		return nil
+	}
+
+	first.mu.Lock()
+	manifests := first.rendered.manifests
+	first.mu.Unlock()
+
+	restConfig, err := clientcmd.RESTConfigFromKubeConfig(c.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("reading kubeconfig of cluster %q: %w", c.name, err)
+	}
+
+	dc, err := discovery.NewDiscoveryClientForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("discovery client of cluster %q: %w", c.name, err)
+	}
+
+	client, err := dynamic.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("dynamic client of cluster %q: %w", c.name, err)
+	}
+
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+
+	for _, m := range manifests {
+		for _, o := range m.objects {
+			if err := createIfMissing(ctx, mapper, client, &unstructured.Unstructured{Object: o}); err != nil {
+				return fmt.Errorf("bootstrap manifest %s of cluster %q: %w", m.id, c.name, err)
+			}
+		}
+	}
+
+	return nil
+}
+
+// createIfMissing server-side applies obj as Talos' field manager unless it exists already.
+func createIfMissing(ctx context.Context, mapper meta.RESTMapper, client dynamic.Interface, obj *unstructured.Unstructured) error {
+	gvk := obj.GroupVersionKind()
+
+	mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return fmt.Errorf("mapping %s: %w", gvk, err)
+	}
+
+	resource := client.Resource(mapping.Resource).Namespace(obj.GetNamespace())
+
+	if _, err = resource.Get(ctx, obj.GetName(), metav1.GetOptions{}); err == nil || !apierrors.IsNotFound(err) {
+		return err
+	}
+
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("encoding %s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+
+	force := true
+
+	_, err = resource.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: bootstrapFieldManager, Force: &force})
+
+	return err
+}
