@@ -14,6 +14,7 @@ import (
 
 	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -62,6 +63,7 @@ type clusterView struct {
 	locks    map[string]*cluster.MachineLock
 	etcd     *observe.EtcdStatus         // nil until observed
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
+	sync     *manifest.ManifestSync      // nil until the bootstrap manifests were checked
 }
 
 // loadCluster reads the cluster named id and its machines with what was observed of them.
@@ -107,6 +109,10 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 	}
 
 	if v.talos, err = optional[*upgrade.TalosUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.sync, err = optional[*manifest.ManifestSync](ctx, st, id); err != nil {
 		return nil, err
 	}
 
@@ -180,6 +186,10 @@ func (v *clusterView) printTree(w io.Writer) error {
 		}
 	} else {
 		b.WriteString("├─ talos upgrade: not planned yet\n")
+	}
+
+	if v.sync != nil {
+		fmt.Fprintf(&b, "├─ %s\n", manifestsLine(v.cluster.Metadata().ID(), v.sync.TypedSpec()))
 	}
 
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
