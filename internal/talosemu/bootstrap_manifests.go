@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/siderolabs/go-kubernetes/kubernetes/ssa"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -102,7 +104,8 @@ func flannelObjects(image string) []map[string]any {
 }
 
 // applyBootstrapManifests creates in the cluster's new Kubernetes API the bootstrap objects its first control plane
-// renders, as Talos does once at bootstrap, with Talos' field manager; objects that exist are left as they are.
+// renders, as Talos does at bootstrap, with Talos' field manager: with Talos' inventory on Talos >= 1.13; on older
+// releases objects that exist are left as they are.
 func (c *cluster) applyBootstrapManifests(ctx context.Context) error {
 	var first *Node
 
@@ -119,12 +122,16 @@ func (c *cluster) applyBootstrapManifests(ctx context.Context) error {
 	}
 
 	first.mu.Lock()
-	manifests := first.rendered.manifests
+	manifests, version := first.rendered.manifests, first.running
 	first.mu.Unlock()
 
 	restConfig, err := clientcmd.RESTConfigFromKubeConfig(c.kubeconfig)
 	if err != nil {
 		return fmt.Errorf("reading kubeconfig of cluster %q: %w", c.name, err)
+	}
+
+	if servesLifecycleAPI(version) {
+		return applyWithInventory(ctx, restConfig, manifests)
 	}
 
 	dc, err := discovery.NewDiscoveryClientForConfig(restConfig)
@@ -145,6 +152,31 @@ func (c *cluster) applyBootstrapManifests(ctx context.Context) error {
 				return fmt.Errorf("bootstrap manifest %s of cluster %q: %w", m.id, c.name, err)
 			}
 		}
+	}
+
+	return nil
+}
+
+// applyWithInventory applies the manifests as Talos >= 1.13 does: server-side apply under Talos' field manager,
+// recorded in Talos' inventory.
+func applyWithInventory(ctx context.Context, restConfig *rest.Config, manifests []renderedManifest) error {
+	manager, err := ssa.NewManager(ctx, restConfig, bootstrapFieldManager, "kube-system", "talos-bootstrap-manifests-inventory")
+	if err != nil {
+		return fmt.Errorf("server-side apply manager: %w", err)
+	}
+
+	defer manager.Close()
+
+	var objects []*unstructured.Unstructured
+
+	for _, m := range manifests {
+		for _, o := range m.objects {
+			objects = append(objects, (&unstructured.Unstructured{Object: o}).DeepCopy())
+		}
+	}
+
+	if _, err = manager.Apply(ctx, objects, ssa.ApplyOptions{InventoryPolicy: ssa.InventoryPolicyAdoptIfNoInventory, NoPrune: true}); err != nil {
+		return fmt.Errorf("applying the bootstrap manifests: %w", err)
 	}
 
 	return nil
