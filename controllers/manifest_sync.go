@@ -2,7 +2,9 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -41,15 +43,21 @@ type ManifestSyncController struct {
 	cfg  UpgradeConfig
 	now  func() time.Time
 
-	mu       sync.Mutex
-	jobs     map[string]*jobState // the clusters' check or apply, started last
+	mu   sync.Mutex
+	jobs map[string]*jobState // the clusters' check or apply, started last
+	// started is when each cluster's last job started: its diff is that fresh. It is kept here, not in the
+	// ManifestSync, so that a check finding what the last one found writes nothing (see syncJob.write).
+	started map[string]time.Time
+	// applied is the ID of each cluster's last apply started in this run. A reconcile may read a ManifestSync older
+	// than the last job's writes (the runtime's cache lags behind them): it must not make that apply again.
+	applied  map[string]string
 	stopping bool
 	wg       sync.WaitGroup
 }
 
 // NewManifestSyncController returns the controller; conn reaches the clusters' Talos and Kubernetes APIs.
 func NewManifestSyncController(conn ManifestConnector, cfg UpgradeConfig) *ManifestSyncController {
-	return &ManifestSyncController{conn: conn, cfg: cfg, now: time.Now, jobs: map[string]*jobState{}}
+	return &ManifestSyncController{conn: conn, cfg: cfg, now: time.Now, jobs: map[string]*jobState{}, started: map[string]time.Time{}, applied: map[string]string{}}
 }
 
 // Name implements controller.QController.
@@ -108,14 +116,18 @@ func (ctrl *ManifestSyncController) Reconcile(ctx context.Context, logger *zap.L
 	in, err := readSyncInputs(ctx, r, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
+			ctrl.forget(id)
+
 			return destroyIfExists(ctx, r, manifest.NewManifestSync(id).Metadata())
 		}
 
 		return err
 	}
 
+	// A job's last write wakes the next reconcile only when it changed something; one that finds what the last
+	// one found writes nothing, so the cluster is looked at again after the interval in any case.
 	if ctrl.running(id) {
-		return nil
+		return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval)
 	}
 
 	if in.node == "" {
@@ -126,21 +138,23 @@ func (ctrl *ManifestSyncController) Reconcile(ctx context.Context, logger *zap.L
 
 	// A started job is looked at again after an interval at the latest, should its last write fail.
 	switch req, ok := ctrl.nextApply(in); {
-	case ok:
+	case ok && ctrl.lastApply(id) != req.ID:
+		job.request = req.ID
 		ctrl.start(ctx, job, func(ctx context.Context) { job.apply(ctx, req) })
 
 		return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval)
-	case ctrl.checkDue(in):
+	case ctrl.checkDue(id, in):
 		ctrl.start(ctx, job, job.check)
 
 		return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval)
 	}
 
-	return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval - ctrl.now().Sub(in.current.CheckedAt))
+	return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval - ctrl.now().Sub(ctrl.lastStart(id)))
 }
 
 // nextApply is the apply to make now, if any: one an earlier run left Applying, a user's new request, or, in auto
-// mode, the changes of a fresh diff once no upgrade runs.
+// mode, the changes of a diff found after the last apply, once no upgrade runs. A diff an apply left behind (held
+// back, refused, failed) is not applied again by auto mode until a check finds it changed.
 func (ctrl *ManifestSyncController) nextApply(in syncInputs) (manifest.Request, bool) {
 	current := in.current
 
@@ -159,11 +173,11 @@ func (ctrl *ManifestSyncController) nextApply(in syncInputs) (manifest.Request, 
 		return manifest.Request{}, false
 	}
 
-	if !slices.ContainsFunc(current.Diffs, autoApplicable) {
+	if !current.CheckedAt.After(current.Request.Finished) || !slices.ContainsFunc(current.Diffs, autoApplicable) {
 		return manifest.Request{}, false
 	}
 
-	return manifest.Request{ID: fmt.Sprintf("auto-%d", current.CheckedAt.UnixNano()), By: AutoRequestBy}, current.Request.ID != fmt.Sprintf("auto-%d", current.CheckedAt.UnixNano())
+	return manifest.Request{ID: fmt.Sprintf("auto-%d", current.CheckedAt.UnixNano()), By: AutoRequestBy}, true
 }
 
 // autoApplicable reports whether auto mode may apply an object: it changes, and nobody else set its fields, and the
@@ -173,15 +187,15 @@ func autoApplicable(d manifest.ObjectDiff) bool {
 }
 
 // checkDue reports whether the diff must be computed: never computed, its inputs changed (and no upgrade runs), or
-// older than the check interval.
-func (ctrl *ManifestSyncController) checkDue(in syncInputs) bool {
+// not computed by this run for the check interval.
+func (ctrl *ManifestSyncController) checkDue(id string, in syncInputs) bool {
 	switch {
 	case in.current == nil || in.current.CheckedAt.IsZero():
 		return true
 	case in.current.CheckedFor != in.checkedFor && !in.upgrading:
 		return true
 	default:
-		return ctrl.now().Sub(in.current.CheckedAt) >= ctrl.cfg.ManifestCheckInterval
+		return ctrl.now().Sub(ctrl.lastStart(id)) >= ctrl.cfg.ManifestCheckInterval
 	}
 }
 
@@ -302,6 +316,11 @@ func (ctrl *ManifestSyncController) start(ctx context.Context, job *syncJob, bod
 
 	job.state = &jobState{}
 	ctrl.jobs[job.id] = job.state
+	ctrl.started[job.id] = ctrl.now()
+
+	if job.request != "" {
+		ctrl.applied[job.id] = job.request
+	}
 
 	ctrl.wg.Go(func() {
 		body(ctx)
@@ -319,6 +338,31 @@ func (ctrl *ManifestSyncController) start(ctx context.Context, job *syncJob, bod
 	})
 }
 
+// lastStart is when the cluster's last job started in this run; zero before the first.
+func (ctrl *ManifestSyncController) lastStart(id string) time.Time {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.started[id]
+}
+
+// lastApply is the ID of the cluster's last apply started in this run; empty before the first.
+func (ctrl *ManifestSyncController) lastApply(id string) string {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	return ctrl.applied[id]
+}
+
+// forget drops what the controller keeps of a deleted cluster.
+func (ctrl *ManifestSyncController) forget(id string) {
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	delete(ctrl.started, id)
+	delete(ctrl.applied, id)
+}
+
 // syncJob is one check or apply of one cluster's bootstrap manifests.
 type syncJob struct {
 	ctrl   *ManifestSyncController
@@ -327,12 +371,26 @@ type syncJob struct {
 	id     string
 	in     syncInputs
 	state  *jobState
+	// request is the ID of the apply the job makes; empty for a check.
+	request string
 }
 
-// write changes the cluster's ManifestSync.
+// write changes the cluster's ManifestSync. An edit that changes nothing but CheckedAt (a check that found what the
+// last one found) keeps the old CheckedAt, so nothing is written: every write is an event in the log, and `upshift
+// history` would otherwise fill with identical checks. CheckedAt is thus when the diff last changed.
 func (job *syncJob) write(ctx context.Context, edit func(*manifest.ManifestSyncSpec)) error {
 	return safe.WriterModify(ctx, job.r, manifest.NewManifestSync(job.id), func(ms *manifest.ManifestSync) error {
-		edit(ms.TypedSpec())
+		s := ms.TypedSpec()
+		before := s.DeepCopy()
+
+		edit(s)
+
+		if checked := s.CheckedAt; !checked.Equal(before.CheckedAt) {
+			s.CheckedAt = before.CheckedAt
+			if !reflect.DeepEqual(*s, before) {
+				s.CheckedAt = checked
+			}
+		}
 
 		return nil
 	})
@@ -388,12 +446,9 @@ func (job *syncJob) diff(ctx context.Context) (checked, error) {
 			continue
 		}
 
-		d := manifest.ObjectDiff{Object: kube.Describe(obj), Action: check.Action, Diff: check.Diff, Refused: check.Error}
-		for _, c := range check.Conflicts {
-			d.Conflicts = append(d.Conflicts, c.Field+" set by "+c.Manager)
-		}
-
-		out.diffs = append(out.diffs, d)
+		out.diffs = append(out.diffs, manifest.ObjectDiff{
+			Object: kube.Describe(obj), Action: check.Action, Diff: check.Diff, Refused: check.Error, Conflicts: conflictNames(check.Conflicts),
+		})
 	}
 
 	if !job.in.legacy {
@@ -405,18 +460,19 @@ func (job *syncJob) diff(ctx context.Context) (checked, error) {
 	return out, nil
 }
 
-// recorded is the edit that records a fresh diff, then keep's changes. A failed apply stays Failed until the diff
-// is clean or another apply runs.
+// recorded is the edit that records a fresh diff, then keep's changes. The objects the last apply held back or
+// failed keep that outcome while they still differ, and a failed apply stays Failed, with its error, until the
+// diff is clean or another apply runs.
 func (job *syncJob) recorded(c checked, keep func(*manifest.ManifestSyncSpec)) func(*manifest.ManifestSyncSpec) {
 	return func(s *manifest.ManifestSyncSpec) {
-		s.Diffs, s.OutOfSync, s.Prunable = c.diffs, c.outOfSync(), c.prunable
-		s.CheckedAt, s.CheckedFor, s.Legacy, s.Node, s.Error = job.ctrl.now(), job.in.checkedFor, job.in.legacy, job.in.node, ""
+		s.Diffs, s.OutOfSync, s.Prunable = carryOutcomes(c.diffs, s.Diffs, notApplied), c.outOfSync(), c.prunable
+		s.CheckedAt, s.CheckedFor, s.Legacy, s.Node = job.ctrl.now(), job.in.checkedFor, job.in.legacy, job.in.node
 
 		switch {
 		case s.OutOfSync == 0:
-			s.Phase = manifest.PhaseUpToDate
+			s.Phase, s.Error = manifest.PhaseUpToDate, ""
 		case s.Phase != manifest.PhaseFailed:
-			s.Phase = manifest.PhaseOutOfSync
+			s.Phase, s.Error = manifest.PhaseOutOfSync, ""
 		}
 
 		if keep != nil {
@@ -468,9 +524,12 @@ func (job *syncJob) applyOnce(ctx context.Context, req manifest.Request) error {
 	req.Started, req.Finished, req.Outcome = job.ctrl.now(), time.Time{}, ""
 
 	if req.DryRun {
-		req.Finished, req.Outcome = req.Started, fmt.Sprintf("dry run: %d objects would change", c.outOfSync())
+		req.Outcome = fmt.Sprintf("dry run: %d objects would change", c.outOfSync())
 
-		return job.finish(ctx, job.recorded(c, func(s *manifest.ManifestSyncSpec) { s.Request = req }))
+		return job.finish(ctx, job.recorded(c, func(s *manifest.ManifestSyncSpec) {
+			s.Request = req
+			s.Request.Finished = s.CheckedAt // the diff is as of the request's end: auto mode applies only later ones
+		}))
 	}
 
 	for i := range c.diffs {
@@ -480,8 +539,7 @@ func (job *syncJob) applyOnce(ctx context.Context, req manifest.Request) error {
 		case d.Refused != "":
 			d.Status, d.Reason = manifest.ObjectPending, "the dry run was refused; applying anyway to report the API server's answer"
 		case len(d.Conflicts) > 0 && !req.ForceConflicts:
-			d.Status, d.Reason = manifest.ObjectHeldBack, "fields set by another field manager: "+strings.Join(d.Conflicts, "; ")+
-				" (sync --force-conflicts overwrites them)"
+			d.Status, d.Reason = manifest.ObjectHeldBack, heldBack(d.Conflicts)
 		default:
 			d.Status = manifest.ObjectPending
 		}
@@ -489,7 +547,7 @@ func (job *syncJob) applyOnce(ctx context.Context, req manifest.Request) error {
 
 	// Every change is recorded before the first object is applied.
 	if err = job.write(ctx, job.recorded(c, func(s *manifest.ManifestSyncSpec) {
-		s.Phase, s.Request, s.Pruned = manifest.PhaseApplying, req, nil
+		s.Phase, s.Request, s.Pruned, s.Error = manifest.PhaseApplying, req, nil, ""
 	})); err != nil {
 		return err
 	}
@@ -504,11 +562,20 @@ func (job *syncJob) applyOnce(ctx context.Context, req manifest.Request) error {
 			continue
 		}
 
+		// The client checks for conflicts again as it applies: a field another manager set since the diff is held
+		// back too, unless the request forces conflicts.
+		var conflict *kube.ConflictError
+
 		status, reason := manifest.ObjectApplied, ""
-		if err = c.client.Apply(ctx, obj, job.in.legacy); err != nil {
+
+		switch err = c.client.Apply(ctx, obj, job.in.legacy, req.ForceConflicts); {
+		case errors.As(err, &conflict):
+			c.diffs[i].Conflicts = conflictNames(conflict.Conflicts)
+			status, reason = manifest.ObjectHeldBack, heldBack(c.diffs[i].Conflicts)
+		case err != nil:
 			status, reason = manifest.ObjectFailed, err.Error()
 			failures++
-		} else {
+		default:
 			applied = append(applied, obj)
 		}
 
@@ -548,12 +615,12 @@ func (job *syncJob) applyOnce(ctx context.Context, req manifest.Request) error {
 		failed = append(failed, rollout)
 	}
 
-	req.Finished = job.ctrl.now()
 	req.Outcome = fmt.Sprintf("applied %d, held back %d, failed %d", len(applied), heldBack, failures) + pruneNote
 
 	return job.finish(ctx, job.recorded(after, func(s *manifest.ManifestSyncSpec) {
-		s.Request, s.LastApplied, s.Pruned = req, req.Finished, pruned
-		s.Diffs = carryOutcomes(s.Diffs, c.diffs)
+		s.Request, s.LastApplied, s.Pruned = req, s.CheckedAt, pruned
+		s.Request.Finished = s.CheckedAt // the diff is as of the apply's end: auto mode applies only later ones
+		s.Diffs = carryOutcomes(s.Diffs, c.diffs, anyOutcome)
 
 		if len(failed) > 0 {
 			s.Phase, s.Error = manifest.PhaseFailed, strings.Join(failed, "; ")
@@ -585,13 +652,39 @@ func (job *syncJob) prune(ctx context.Context, c checked, req manifest.Request, 
 	return pruned, fmt.Sprintf("; pruned %d", len(pruned)), nil
 }
 
-// carryOutcomes keeps, on the objects a fresh diff still finds, the apply's outcome (held back, failed, and why).
-func carryOutcomes(fresh, applied []manifest.ObjectDiff) []manifest.ObjectDiff {
+// conflictNames words conflicts as ManifestSync shows them: "spec.replicas set by kubectl-edit".
+func conflictNames(conflicts []kube.Conflict) []string {
+	var out []string
+	for _, c := range conflicts {
+		out = append(out, c.Field+" set by "+c.Manager)
+	}
+
+	return out
+}
+
+// heldBack is the reason an object with conflicts was not applied.
+func heldBack(conflicts []string) string {
+	return "fields set by another field manager: " + strings.Join(conflicts, "; ") + " (sync --force-conflicts overwrites them)"
+}
+
+// carryOutcomes copies onto the objects of a fresh diff that have no outcome yet the outcome an apply gave them in
+// last (held back, failed, and why), where keep says so.
+func carryOutcomes(fresh, last []manifest.ObjectDiff, keep func(manifest.ObjectDiff) bool) []manifest.ObjectDiff {
 	for i := range fresh {
-		if j := slices.IndexFunc(applied, func(d manifest.ObjectDiff) bool { return d.Object == fresh[i].Object }); j >= 0 {
-			fresh[i].Status, fresh[i].Reason = applied[j].Status, applied[j].Reason
+		j := slices.IndexFunc(last, func(d manifest.ObjectDiff) bool { return d.Object == fresh[i].Object })
+		if fresh[i].Status == "" && j >= 0 && keep(last[j]) {
+			fresh[i].Status, fresh[i].Reason = last[j].Status, last[j].Reason
 		}
 	}
 
 	return fresh
 }
+
+// notApplied reports whether an apply held the object back or failed it: an outcome a later check keeps showing
+// while the object still differs.
+func notApplied(d manifest.ObjectDiff) bool {
+	return d.Status == manifest.ObjectHeldBack || d.Status == manifest.ObjectFailed
+}
+
+// anyOutcome keeps every outcome: the one apply's own result.
+func anyOutcome(manifest.ObjectDiff) bool { return true }

@@ -45,6 +45,25 @@ type Conflict struct {
 	Manager string
 }
 
+// ConflictError is an apply that was not made because another field manager set fields of the object and the
+// apply was not asked to force them: the caller holds the object back and says why.
+type ConflictError struct {
+	// Object names the object (Describe).
+	Object string
+	// Conflicts are the fields the apply would have taken.
+	Conflicts []Conflict
+}
+
+// Error implements error.
+func (e *ConflictError) Error() string {
+	fields := make([]string, 0, len(e.Conflicts))
+	for _, c := range e.Conflicts {
+		fields = append(fields, c.Field+" set by "+c.Manager)
+	}
+
+	return fmt.Sprintf("not applying %s: %s (fields of another field manager)", e.Object, strings.Join(fields, "; "))
+}
+
 // ObjectCheck is how one live object compares with its manifest.
 type ObjectCheck struct {
 	// Action is what applying would do: "create", "update", or "" when the object matches.
@@ -65,8 +84,10 @@ type BootstrapObjects interface {
 	Check(ctx context.Context, obj Object, legacy bool) (ObjectCheck, error)
 	// Prunable lists the inventory's objects that objs no longer name (server-side apply path only).
 	Prunable(ctx context.Context, objs []Object) ([]string, error)
-	// Apply applies obj, taking over fields of other managers.
-	Apply(ctx context.Context, obj Object, legacy bool) error
+	// Apply applies obj. Unless forceConflicts, it first looks for fields of obj another manager set, and applies
+	// nothing if it finds any (a *ConflictError): neither path refuses to take them over by itself (server-side
+	// apply forces, an update replaces the object).
+	Apply(ctx context.Context, obj Object, legacy, forceConflicts bool) error
 	// Prune deletes the inventory's objects that objs no longer name, after applying objs; it returns them.
 	Prune(ctx context.Context, objs []Object) ([]string, error)
 	// WaitRollout waits until the Deployments and DaemonSets among objs have rolled out, within timeout.
@@ -247,8 +268,15 @@ func quoted(s string) string {
 	return name
 }
 
-// Apply implements BootstrapObjects.
-func (m *Manifests) Apply(ctx context.Context, obj Object, legacy bool) error {
+// Apply implements BootstrapObjects. The conflict check is a dry run right before the apply; a field another manager
+// sets between the two is taken over, as a sync with --force-conflicts would.
+func (m *Manifests) Apply(ctx context.Context, obj Object, legacy, forceConflicts bool) error {
+	if !forceConflicts {
+		if err := m.refuseConflicts(ctx, obj); err != nil {
+			return err
+		}
+	}
+
 	if legacy {
 		results := make(chan manifests.SyncResult, 1)
 
@@ -261,6 +289,29 @@ func (m *Manifests) Apply(ctx context.Context, obj Object, legacy bool) error {
 
 	if _, err := m.ssa.Apply(ctx, []Object{obj.DeepCopy()}, ssa.ApplyOptions{InventoryPolicy: ssa.InventoryPolicyAdoptIfNoInventory, NoPrune: true}); err != nil {
 		return fmt.Errorf("applying %s: %w", Describe(obj), err)
+	}
+
+	return nil
+}
+
+// refuseConflicts returns a *ConflictError when another field manager set fields of obj's live object.
+func (m *Manifests) refuseConflicts(ctx context.Context, obj Object) error {
+	live, err := m.get(ctx, obj)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", Describe(obj), err)
+	}
+
+	conflicts, err := m.conflicts(ctx, obj, live)
+	if err != nil {
+		return fmt.Errorf("looking for conflicts of %s: %w", Describe(obj), err)
+	}
+
+	if len(conflicts) > 0 {
+		return &ConflictError{Object: Describe(obj), Conflicts: conflicts}
 	}
 
 	return nil
