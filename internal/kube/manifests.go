@@ -307,7 +307,7 @@ func (m *Manifests) refuseConflicts(ctx context.Context, obj Object) error {
 
 	conflicts, err := m.conflicts(ctx, obj, live)
 	if err != nil {
-		return fmt.Errorf("looking for conflicts of %s: %w", Describe(obj), err)
+		return fmt.Errorf("applying %s (dry run): %w", Describe(obj), err) // the apply would be refused the same way
 	}
 
 	if len(conflicts) > 0 {
