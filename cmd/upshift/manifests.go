@@ -60,7 +60,7 @@ func manifestsDiffCmd() *cobra.Command {
 
 // printDiff prints every object's diff and conflicts.
 func printDiff(w io.Writer, id string, s *manifest.ManifestSyncSpec) error {
-	fmt.Fprintf(w, "# cluster %s: %s, %d bootstrap objects out of sync (checked %s)\n", id, s.Phase, s.OutOfSync, s.CheckedAt.Local().Format(time.RFC3339))
+	fmt.Fprintf(w, "# cluster %s: %s, %d bootstrap objects out of sync (unchanged since %s)\n", id, s.Phase, s.OutOfSync, s.CheckedAt.Local().Format(time.RFC3339))
 
 	if s.Error != "" {
 		fmt.Fprintf(w, "# error: %s\n", s.Error)

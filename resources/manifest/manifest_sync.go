@@ -47,7 +47,8 @@ type ManifestSyncSpec struct {
 	LastApplied time.Time `yaml:"lastApplied,omitempty" protobuf:"4"`
 	// Error says why the last check or apply failed.
 	Error string `yaml:"error,omitempty" protobuf:"5"`
-	// CheckedAt is when the diff was last computed.
+	// CheckedAt is when the diff last changed: a check that finds what the last one found is not written, so the
+	// event log holds changes only.
 	CheckedAt time.Time `yaml:"checkedAt,omitempty" protobuf:"6"`
 	// Legacy is set when the cluster runs Talos < 1.13: a dry-run update and a full update, without inventory, as
 	// Talos does for those releases; otherwise server-side apply with Talos' inventory.
