@@ -67,9 +67,10 @@ type CredentialsConnector struct {
 	// dial makes a Talos client; tests give a double.
 	dial func(ctx context.Context, opts ...talos.Option) (talos.API, error)
 
-	mu    sync.Mutex
-	talos map[string]*talosClients
-	kube  map[string]kubeClient
+	mu        sync.Mutex
+	talos     map[string]*talosClients
+	kube      map[string]kubeClient
+	manifests map[string]manifestsClient
 }
 
 // kubeClient is the Kubernetes client of one cluster and the kubeconfig it was made from.
@@ -298,6 +299,7 @@ func NewCredentialsConnector(kubeOptions ...kube.Option) *CredentialsConnector {
 		dial:        func(ctx context.Context, opts ...talos.Option) (talos.API, error) { return talos.New(ctx, opts...) },
 		talos:       map[string]*talosClients{},
 		kube:        map[string]kubeClient{},
+		manifests:   map[string]manifestsClient{},
 	}
 }
 
@@ -394,6 +396,7 @@ func (c *CredentialsConnector) Close() error {
 	}
 
 	clear(c.kube)
+	clear(c.manifests)
 
 	return errors.Join(errs...)
 }

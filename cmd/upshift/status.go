@@ -15,6 +15,7 @@ import (
 	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -64,6 +65,7 @@ type clusterView struct {
 	etcd     *observe.EtcdStatus         // nil until observed
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
 	kube     *upgrade.KubernetesUpgradeStatus
+	sync     *manifest.ManifestSync // nil until the bootstrap manifests were checked
 }
 
 // loadCluster reads the cluster named id and its machines with what was observed of them.
@@ -113,6 +115,10 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 	}
 
 	if v.kube, err = optional[*upgrade.KubernetesUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.sync, err = optional[*manifest.ManifestSync](ctx, st, id); err != nil {
 		return nil, err
 	}
 
@@ -191,6 +197,10 @@ func (v *clusterView) printTree(w io.Writer) error {
 	}
 
 	v.printKubernetes(&b)
+
+	if v.sync != nil {
+		fmt.Fprintf(&b, "├─ %s\n", manifestsLine(v.cluster.Metadata().ID(), v.sync.TypedSpec()))
+	}
 
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
 

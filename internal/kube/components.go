@@ -15,10 +15,6 @@ import (
 // the version of the configuration the pod was rendered from.
 const ConfigVersionAnnotation = "talos.dev/config-version"
 
-// FieldManager is the field manager of the objects the engine applies: Talos' own, so a later `talosctl` or Talos
-// manifest sync owns the same fields and no conflict arises.
-const FieldManager = "talos"
-
 // MirrorPod is what the engine observes of a control-plane component's mirror pod on one node.
 type MirrorPod struct {
 	Image         string

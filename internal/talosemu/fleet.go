@@ -325,6 +325,10 @@ func (f *Fleet) startKubernetes(ctx context.Context) error {
 			n.kubelet = kubelet
 			n.mu.Unlock()
 		}
+
+		if err = c.applyBootstrapManifests(ctx); err != nil {
+			return err
+		}
 	}
 
 	return nil

@@ -492,7 +492,7 @@ func newBootID() string {
 // that cannot be rendered is refused before anything changes. It returns the control-plane components whose static
 // pod the change restarts.
 func (n *Node) applyNow(ctx context.Context, cfg config.Provider) ([]string, error) {
-	r, err := render(cfg, n.name, n.controlPlane)
+	r, err := render(cfg, n.name, n.controlPlane, n.Version())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errInvalidConfig, err)
 	}

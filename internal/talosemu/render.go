@@ -148,7 +148,9 @@ func commandLine(defaults map[string]string, extra map[string][]string) []string
 	return args
 }
 
-func render(cfg config.Config, node string, controlPlane bool) (rendered, error) {
+// render derives what a node runs from its machine config; talosVersion is the Talos release the node runs, whose
+// defaults the bootstrap manifests follow.
+func render(cfg config.Config, node string, controlPlane bool, talosVersion string) (rendered, error) {
 	images := componentImages(cfg)
 
 	image, ok := images[componentKubelet]
@@ -189,14 +191,7 @@ func render(cfg config.Config, node string, controlPlane bool) (rendered, error)
 		})
 	}
 
-	if image, ok := images[componentKubeProxy]; ok {
-		command := append([]string{"/usr/local/bin/kube-proxy"}, commandLine(componentDefaults[componentKubeProxy], componentExtraArgs(cfg, componentKubeProxy))...)
-		r.manifests = append(r.manifests, renderedManifest{id: kubeProxyManifestID, objects: kubeProxyObjects(image, command)})
-	}
-
-	if c := cfg.K8sCoreDNSConfig(); c != nil && c.Enabled() {
-		r.manifests = append(r.manifests, renderedManifest{id: "11-core-dns", objects: coreDNSObjects(c.Image())})
-	}
+	r.manifests = bootstrapManifests(cfg, talosVersion)
 
 	return r, nil
 }

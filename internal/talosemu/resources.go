@@ -238,7 +238,7 @@ func (n *Node) rerender() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
-	r, err := render(n.cfg, n.name, n.controlPlane)
+	r, err := render(n.cfg, n.name, n.controlPlane, n.running)
 	if err != nil {
 		return fmt.Errorf("rendering machine config of %q: %w", n.name, err)
 	}

@@ -35,8 +35,8 @@ type ManifestSyncMode string
 const (
 	// ManifestSyncManual shows the diff and waits for `upshift manifests sync` (the default).
 	ManifestSyncManual ManifestSyncMode = "manual"
-	// ManifestSyncAuto would apply the diff as soon as it is computed. It is reserved: manifest sync is not built
-	// yet, so validation refuses it rather than accept a setting that would do nothing.
+	// ManifestSyncAuto applies the diff by itself once an upgrade is Done, never while one runs and never over a
+	// field another manager set.
 	ManifestSyncAuto ManifestSyncMode = "auto"
 )
 
@@ -103,12 +103,9 @@ func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Ge
 	}
 
 	switch s.ManifestSync {
-	case "", ManifestSyncManual:
-	case ManifestSyncAuto:
-		v.Add("spec.manifestSync", "%q is not available yet: bootstrap-manifest sync is planned, not built; use %q or leave it empty",
-			s.ManifestSync, ManifestSyncManual)
+	case "", ManifestSyncManual, ManifestSyncAuto:
 	default:
-		v.Add("spec.manifestSync", "%q is not a sync mode (the only one today is %q)", s.ManifestSync, ManifestSyncManual)
+		v.Add("spec.manifestSync", "%q is not a sync mode (%q or %q)", s.ManifestSync, ManifestSyncManual, ManifestSyncAuto)
 	}
 
 	return v.Err()
