@@ -11,6 +11,7 @@ import (
 
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
+	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
 // A cluster's machines are found with a label query: every Machine carries its cluster as cluster.LabelCluster
@@ -53,7 +54,7 @@ func machinePointers(ctx context.Context, r controller.Reader, clusterID string)
 // machine's cluster.
 func mapToCluster(ctx context.Context, r controller.Reader, ptr controller.ReducedResourceMetadata) ([]resource.Pointer, error) {
 	switch ptr.Type() {
-	case cluster.CredentialsType, observe.EtcdStatusType:
+	case cluster.CredentialsType, observe.EtcdStatusType, upgrade.TalosUpgradeStatusType, upgrade.KubernetesUpgradeStatusType:
 		return []resource.Pointer{cluster.NewCluster(ptr.ID()).Metadata()}, nil
 	}
 

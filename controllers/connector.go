@@ -40,7 +40,7 @@ type ClusterAccess struct {
 // concurrent use and may return the same client for the same access; callers never close what they get.
 type Connector interface {
 	Talos(ctx context.Context, access ClusterAccess) (talos.API, error)
-	Kubernetes(ctx context.Context, access ClusterAccess) (kube.Nodes, error)
+	Kubernetes(ctx context.Context, access ClusterAccess) (kube.API, error)
 }
 
 // readAccess reads the Credentials of clusterID for a controller that declared them as an input. endpoint is the
@@ -68,9 +68,10 @@ type CredentialsConnector struct {
 	// dial makes a Talos client; tests give a double.
 	dial func(ctx context.Context, opts ...talos.Option) (talos.API, error)
 
-	mu    sync.Mutex
-	talos map[string]*talosClients
-	kube  map[string]kubeClient
+	mu        sync.Mutex
+	talos     map[string]*talosClients
+	kube      map[string]kubeClient
+	manifests map[string]manifestsClient
 }
 
 // kubeClient is the Kubernetes client of one cluster and the kubeconfig it was made from.
@@ -257,6 +258,46 @@ func (tc *talosConn) ApplyConfiguration(ctx context.Context, node string, cfg []
 	return talosCall(tc, node, "applying config", func(api talos.API) (string, error) { return api.ApplyConfiguration(ctx, node, cfg, mode, dryRun) })
 }
 
+// KubernetesImages implements talos.Kubernetes.
+func (tc *talosConn) KubernetesImages(ctx context.Context, node string) (map[string]string, error) {
+	return talosCall(tc, node, "reading Kubernetes images", func(api talos.API) (map[string]string, error) { return api.KubernetesImages(ctx, node) })
+}
+
+// SetKubernetesImage implements talos.Kubernetes.
+func (tc *talosConn) SetKubernetesImage(ctx context.Context, node, component, image string) (bool, error) {
+	return talosCall(tc, node, "setting the "+component+" image", func(api talos.API) (bool, error) {
+		return api.SetKubernetesImage(ctx, node, component, image)
+	})
+}
+
+// PullKubernetesImage implements talos.Kubernetes.
+func (tc *talosConn) PullKubernetesImage(ctx context.Context, node, image string, cri bool) error {
+	return talosDo(tc, node, "pulling "+image, func(api talos.API) error { return api.PullKubernetesImage(ctx, node, image, cri) })
+}
+
+// StaticPod implements talos.Kubernetes.
+func (tc *talosConn) StaticPod(ctx context.Context, node, component string) (string, string, error) {
+	pod, err := talosCall(tc, node, "reading the "+component+" static pod", func(api talos.API) ([2]string, error) {
+		image, version, err := api.StaticPod(ctx, node, component)
+
+		return [2]string{image, version}, err
+	})
+
+	return pod[0], pod[1], err
+}
+
+// KubeProxyDaemonSet implements talos.Kubernetes.
+func (tc *talosConn) KubeProxyDaemonSet(ctx context.Context, node string) ([]byte, error) {
+	return talosCall(tc, node, "reading the kube-proxy manifest", func(api talos.API) ([]byte, error) { return api.KubeProxyDaemonSet(ctx, node) })
+}
+
+// KubernetesChecks implements talos.Kubernetes.
+func (tc *talosConn) KubernetesChecks(ctx context.Context, kubeconfig []byte, from, to string, controlPlanes, workers []string) ([]talos.Finding, error) {
+	return talosCall(tc, "", "running Kubernetes pre-checks", func(api talos.API) ([]talos.Finding, error) {
+		return api.KubernetesChecks(ctx, kubeconfig, from, to, controlPlanes, workers)
+	})
+}
+
 // Close does nothing: the connector owns its clients, and callers never close what they get.
 func (tc *talosConn) Close() error { return nil }
 
@@ -269,6 +310,7 @@ func NewCredentialsConnector(kubeOptions ...kube.Option) *CredentialsConnector {
 		dial:        func(ctx context.Context, opts ...talos.Option) (talos.API, error) { return talos.New(ctx, opts...) },
 		talos:       map[string]*talosClients{},
 		kube:        map[string]kubeClient{},
+		manifests:   map[string]manifestsClient{},
 	}
 }
 
@@ -325,7 +367,7 @@ func (c *CredentialsConnector) Talos(ctx context.Context, access ClusterAccess) 
 }
 
 // Kubernetes implements Connector; it wraps ErrNoKubernetes when the credentials hold no kubeconfig.
-func (c *CredentialsConnector) Kubernetes(_ context.Context, access ClusterAccess) (kube.Nodes, error) {
+func (c *CredentialsConnector) Kubernetes(_ context.Context, access ClusterAccess) (kube.API, error) {
 	kubeconfig := access.Credentials.Kubeconfig
 	if kubeconfig == "" {
 		return nil, fmt.Errorf("cluster %q: %w", access.Cluster, ErrNoKubernetes)
@@ -365,6 +407,7 @@ func (c *CredentialsConnector) Close() error {
 	}
 
 	clear(c.kube)
+	clear(c.manifests)
 
 	return errors.Join(errs...)
 }

@@ -59,7 +59,7 @@ func (s *etcdScript) Talos(context.Context, controllers.ClusterAccess) (talos.AP
 	return scriptedTalos{s: s}, nil
 }
 
-func (s *etcdScript) Kubernetes(context.Context, controllers.ClusterAccess) (kube.Nodes, error) {
+func (s *etcdScript) Kubernetes(context.Context, controllers.ClusterAccess) (kube.API, error) {
 	return nil, controllers.ErrNoKubernetes
 }
 

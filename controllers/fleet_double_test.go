@@ -45,6 +45,9 @@ type fakeFleet struct {
 	workersBusy, maxWorkersBusy int
 	busy                        map[string]bool
 	drainBlocks                 map[string]bool
+	// findings are what the Kubernetes pre-checks find; kubeProxy is the image of the applied kube-proxy DaemonSet.
+	findings  []talos.Finding
+	kubeProxy string
 }
 
 type fakeNode struct {
@@ -53,6 +56,8 @@ type fakeNode struct {
 	rollback, noReturn, etcdUnhealthy    bool
 	installFails, installBreaks          bool
 	memberID                             uint64
+	// k8s is the node's Kubernetes side (kube_double_test.go); nil means every component on fakeKubernetes.
+	k8s *fakeK8s
 }
 
 type fakeCall struct {
@@ -109,7 +114,7 @@ func (f *fakeFleet) client(i int) *fakeClient {
 // fakeClient is one Talos client dial made.
 type fakeClient struct{ closed atomic.Bool }
 
-func (f *fakeFleet) Kubernetes(context.Context, controllers.ClusterAccess) (kube.Nodes, error) {
+func (f *fakeFleet) Kubernetes(context.Context, controllers.ClusterAccess) (kube.API, error) {
 	return fakeKube{f}, nil
 }
 
@@ -414,7 +419,7 @@ func (k fakeKube) Node(_ context.Context, name string) (kube.Node, error) {
 		return kube.Node{}, apierrors.NewNotFound(schema.GroupResource{Resource: "nodes"}, name)
 	}
 
-	return kube.Node{Name: name, Ready: n.stage == "running", KubeletVersion: "v1.37.2", Cordoned: n.cordoned}, nil
+	return kube.Node{Name: name, Ready: n.stage == "running", KubeletVersion: n.kubeletVersion(), Cordoned: n.cordoned}, nil
 }
 
 func (k fakeKube) Cordon(_ context.Context, name string) error {

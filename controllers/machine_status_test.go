@@ -32,7 +32,7 @@ func TestMachineStatus(t *testing.T) {
 		a.NotZero(s.TypedSpec().ObservedAt)
 		a.Equal(observe.MachineStatusSpec{
 			Cluster: "c1", TalosVersion: v13, Stage: "running", Ready: true, BootID: bootID, NodeName: "w-1",
-			KubeletVersion: "v1.37.2", Reachable: true, Cordoned: true, ObservedAt: s.TypedSpec().ObservedAt,
+			KubeletVersion: "v" + fakeKubernetes, Reachable: true, Cordoned: true, ObservedAt: s.TypedSpec().ObservedAt,
 		}, *s.TypedSpec())
 
 		label, _ := s.Metadata().Labels().Get(cluster.LabelCluster)

@@ -36,7 +36,7 @@ type credentialsOnFleet struct {
 	f *fakeFleet
 }
 
-func (c credentialsOnFleet) Kubernetes(ctx context.Context, access controllers.ClusterAccess) (kube.Nodes, error) {
+func (c credentialsOnFleet) Kubernetes(ctx context.Context, access controllers.ClusterAccess) (kube.API, error) {
 	return c.f.Kubernetes(ctx, access)
 }
 

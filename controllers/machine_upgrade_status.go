@@ -257,7 +257,9 @@ func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *mach
 	ctrl.mu.Lock()
 	defer ctrl.mu.Unlock()
 
-	if ctrl.stopping {
+	// A reconcile still running as the runtime stops (its context ends before the run hook marks the controller
+	// stopping) would otherwise start an executor that makes its first call on the way out.
+	if ctrl.stopping || ctx.Err() != nil {
 		return
 	}
 

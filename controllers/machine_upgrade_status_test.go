@@ -4,11 +4,13 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/rtestutils"
+	"github.com/cosi-project/runtime/pkg/resource/typed"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
@@ -78,23 +80,37 @@ func createAndUpgrade(ctx context.Context, t *testing.T, st state.State, f *fake
 	setTarget(ctx, t, st, v14)
 }
 
-func setTarget(ctx context.Context, t *testing.T, st state.State, version string) {
+// updateCluster changes the Cluster c1 with change.
+func updateCluster(ctx context.Context, t *testing.T, st state.State, change func(*cluster.Cluster)) {
 	t.Helper()
 
 	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster("c1").Metadata(), func(c *cluster.Cluster) error {
-		c.TypedSpec().TalosVersion = version
+		change(c)
 
 		return nil
 	})
 	require.NoError(t, err)
 }
 
+func setTarget(ctx context.Context, t *testing.T, st state.State, version string) {
+	t.Helper()
+
+	updateCluster(ctx, t, st, func(c *cluster.Cluster) { c.TypedSpec().TalosVersion = version })
+}
+
+// assertClusterStatus waits until check holds for the spec of c1's status resource of spec T (extension E).
+func assertClusterStatus[T typed.DeepCopyable[T], E typed.Extension](ctx context.Context, t *testing.T, st state.State, check func(*T, *assert.Assertions)) {
+	t.Helper()
+
+	rtestutils.AssertResource(ctx, t, st, "c1", func(s *typed.Resource[T, E], a *assert.Assertions) {
+		check(s.TypedSpec(), a)
+	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
 func assertUpgrade(ctx context.Context, t *testing.T, st state.State, check func(*upgrade.TalosUpgradeStatusSpec, *assert.Assertions)) {
 	t.Helper()
 
-	rtestutils.AssertResource(ctx, t, st, "c1", func(s *upgrade.TalosUpgradeStatus, a *assert.Assertions) {
-		check(s.TypedSpec(), a)
-	}, rtestutils.WithNamespace(resources.Namespace))
+	assertClusterStatus[upgrade.TalosUpgradeStatusSpec, upgrade.TalosUpgradeStatusExtension](ctx, t, st, check)
 }
 
 func assertDone(ctx context.Context, t *testing.T, st state.State, version string) {
@@ -445,11 +461,12 @@ func stopEngineOn(ctx context.Context, t *testing.T, f *fakeFleet, method, from,
 	st := state.WrapCore(validate.NewState(namespaced.NewState(inmem.Build)))
 	firstCtx, stopFirst := context.WithCancel(ctx)
 	called := make(chan struct{})
+	once := sync.OnceFunc(func() { close(called) })
 
 	f.hook(func(c fakeCall) {
 		if c.Method == method {
 			stopFirst() // the engine dies as the call goes out, before it records the step's end
-			close(called)
+			once()
 		}
 	})
 
@@ -529,9 +546,20 @@ func TestRolloutRestartMidInstall(t *testing.T) {
 
 			if tc.revert {
 				f.hook(func(c fakeCall) {
-					if c.Method == "Reboot" {
-						setTarget(ctx, t, st, v13)
+					if c.Method != "Reboot" {
+						return
 					}
+
+					setTarget(ctx, t, st, v13)
+
+					// The reboot takes effect once the rollout has planned the revert: the case is a revert the engine
+					// knows of when the machine comes back, not a race between the two.
+					_, err := st.WatchFor(ctx, upgrade.NewTalosUpgradeStatus("c1").Metadata(), state.WithCondition(func(r resource.Resource) (bool, error) {
+						s, ok := r.(*upgrade.TalosUpgradeStatus)
+
+						return ok && s.TypedSpec().ToVersion == v13, nil
+					}))
+					assert.NoError(t, err, "the rollout plans the revert")
 				})
 			}
 
@@ -593,12 +621,7 @@ func TestRolloutPaused(t *testing.T) {
 	})
 	assert.Empty(t, f.callsOf("w-1"))
 
-	_, err := safe.StateUpdateWithConflicts(ctx, st, cluster.NewCluster("c1").Metadata(), func(c *cluster.Cluster) error {
-		c.TypedSpec().Paused = false
-
-		return nil
-	})
-	require.NoError(t, err)
+	updateCluster(ctx, t, st, func(c *cluster.Cluster) { c.TypedSpec().Paused = false })
 
 	assertDone(ctx, t, st, v14)
 }

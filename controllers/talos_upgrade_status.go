@@ -12,6 +12,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
 
+	"github.com/upshift-io/upshift/internal/kuberollout"
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
@@ -25,9 +26,9 @@ import (
 // slot until MachineUpgradeStatusController has taken it to its end, so no restart can start more machines than
 // allowed.
 //
-// It decides the cluster's config rollout in the same reconcile (rollout.DecideConfig, written to its
-// ConfigRolloutStatus), right after the Talos decision and from the same view: one decision per cluster at a time
-// is what keeps a Talos upgrade and a config rollout of one cluster from ever starting machines at once.
+// It decides the cluster's config rollout in the same reconcile and from the same view (written to its
+// ConfigRolloutStatus), and gives the cluster's turn (rollout.DecideCluster): a Talos upgrade, a Kubernetes upgrade
+// and a config rollout of one cluster never change machines at once.
 type TalosUpgradeStatusController struct {
 	cfg UpgradeConfig
 	now func() time.Time
@@ -45,7 +46,8 @@ func (ctrl *TalosUpgradeStatusController) Name() string { return "TalosUpgradeSt
 func (ctrl *TalosUpgradeStatusController) Settings() controller.QSettings {
 	return controller.QSettings{
 		Inputs: qInputs(cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
-			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.MachineConfigStatusType, cluster.ConfigPatchType),
+			observe.EtcdStatusType, upgrade.MachineUpgradeStatusType, upgrade.MachineConfigStatusType, cluster.ConfigPatchType,
+			upgrade.KubernetesUpgradeStatusType),
 		Outputs: []controller.Output{
 			{Type: upgrade.TalosUpgradeStatusType, Kind: controller.OutputExclusive},
 			{Type: upgrade.ConfigRolloutStatusType, Kind: controller.OutputExclusive},
@@ -92,24 +94,27 @@ func (ctrl *TalosUpgradeStatusController) Reconcile(ctx context.Context, _ *zap.
 	}
 
 	view.PatchSet = cluster.PatchSet(slices.Collect(patches.All()))
-	view.ConfigBusy = rollout.ConfigBusy(view, prevConfig)
 
-	var (
-		recheck time.Duration
-		talos   upgrade.TalosUpgradeStatusSpec
-	)
+	kube, err := readKubernetesUpgrade(ctx, r, id)
+	if err != nil {
+		return err
+	}
+
+	var recheck time.Duration
 
 	if err = safe.WriterModify(ctx, r, upgrade.NewTalosUpgradeStatus(id), func(s *upgrade.TalosUpgradeStatus) error {
-		*s.TypedSpec(), recheck = rollout.Decide(ctrl.cfg.policy(), view, s.TypedSpec().DeepCopy())
-		talos = s.TypedSpec().DeepCopy()
+		d := rollout.DecideCluster(ctrl.cfg.policy(), view, s.TypedSpec().DeepCopy(), prevConfig, kuberollout.ClaimOf(kube), kuberollout.Target(kube))
+		*s.TypedSpec(), prevConfig, recheck = d.Talos, d.Config, d.Recheck
 
 		return nil
 	}); err != nil {
 		return fmt.Errorf("writing Talos upgrade status of cluster %q: %w", id, err)
 	}
 
+	// Written after the Talos status that carries the turn: a restart between the two writes decides again from a
+	// turn at least as recent as any config start (an admitted config change is busy, and keeps the turn).
 	if err = safe.WriterModify(ctx, r, upgrade.NewConfigRolloutStatus(id), func(s *upgrade.ConfigRolloutStatus) error {
-		*s.TypedSpec() = rollout.DecideConfig(view, talos, prevConfig)
+		*s.TypedSpec() = prevConfig
 
 		return nil
 	}); err != nil {

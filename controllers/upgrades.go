@@ -24,6 +24,10 @@ const (
 	DefaultRebootTimeout = 15 * time.Minute
 	// DefaultRetryDelay is the pause between two tries of a step waiting for a machine (or the etcd gate).
 	DefaultRetryDelay = 2 * time.Second
+	// DefaultManifestCheckInterval is how often a cluster's bootstrap manifests are compared with the live objects.
+	DefaultManifestCheckInterval = 5 * time.Minute
+	// DefaultManifestRolloutTimeout bounds the wait for the rollouts an apply of bootstrap manifests caused.
+	DefaultManifestRolloutTimeout = 5 * time.Minute
 	// DefaultConcurrency is how many machines or clusters each controller reconciles at once.
 	DefaultConcurrency = 16
 )
@@ -38,6 +42,9 @@ type UpgradeConfig struct {
 	Concurrency    uint
 	Catalogue      *versions.Catalogue
 	EtcdGrace      time.Duration
+
+	ManifestCheckInterval  time.Duration
+	ManifestRolloutTimeout time.Duration
 }
 
 // UpgradeOption changes an UpgradeConfig.
@@ -79,6 +86,17 @@ func WithEtcdGrace(d time.Duration) UpgradeOption {
 	return func(c *UpgradeConfig) { c.EtcdGrace = d }
 }
 
+// WithManifestCheckInterval sets how often bootstrap manifests are compared with the live objects
+// (DefaultManifestCheckInterval); drift made inside a cluster shows within it.
+func WithManifestCheckInterval(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.ManifestCheckInterval = d }
+}
+
+// WithManifestRolloutTimeout bounds the wait for the rollouts a manifest apply caused (DefaultManifestRolloutTimeout).
+func WithManifestRolloutTimeout(d time.Duration) UpgradeOption {
+	return func(c *UpgradeConfig) { c.ManifestRolloutTimeout = d }
+}
+
 // WithCatalogue sets the Talos releases upgrades may go to or through (versions.Shipped by default).
 func WithCatalogue(catalogue *versions.Catalogue) UpgradeOption {
 	return func(c *UpgradeConfig) { c.Catalogue = catalogue }
@@ -94,6 +112,9 @@ func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 		RetryDelay:     DefaultRetryDelay,
 		Concurrency:    DefaultConcurrency,
 		EtcdGrace:      rollout.DefaultEtcdGrace,
+
+		ManifestCheckInterval:  DefaultManifestCheckInterval,
+		ManifestRolloutTimeout: DefaultManifestRolloutTimeout,
 	}
 
 	for _, opt := range opts {
@@ -126,18 +147,27 @@ func qInputs(primary resource.Type, mapped ...resource.Type) []controller.Input 
 }
 
 // Upgrades registers the controllers of the rolling Talos upgrade: observation of machines and etcd, the
-// per-cluster plan and schedule, and the per-machine state machine. Every one reaches the fleet only through conn.
+// per-cluster plan and schedule, the per-machine state machine; the Kubernetes upgrade; and, when conn also reaches
+// bootstrap manifests (a ManifestConnector, as CredentialsConnector is), the manifest sync. Every one reaches the
+// fleet only through conn.
 func Upgrades(conn Connector, opts ...UpgradeOption) Registrar {
 	cfg := NewUpgradeConfig(opts...)
 
 	return func(engine controller.Engine) error {
-		for _, ctrl := range []controller.QController{
+		ctrls := []controller.QController{
 			NewMachineStatusController(conn, cfg),
 			NewEtcdStatusController(conn, cfg),
 			NewTalosUpgradeStatusController(cfg),
 			NewMachineUpgradeStatusController(conn, cfg),
 			NewMachineConfigStatusController(conn, cfg),
-		} {
+			NewKubernetesUpgradeStatusController(conn, cfg),
+		}
+
+		if mc, ok := conn.(ManifestConnector); ok {
+			ctrls = append(ctrls, NewManifestSyncController(mc, cfg))
+		}
+
+		for _, ctrl := range ctrls {
 			if err := engine.RegisterQController(sweepOrphans(ctrl)); err != nil {
 				return err
 			}

@@ -399,8 +399,9 @@ type (
 
 // loggedWrite is one write of a resource in the engine's event log.
 type loggedWrite[T any] struct {
-	doc T
-	seq uint64
+	doc    T
+	seq    uint64
+	writer string // a controller, or "user:NAME"
 }
 
 // historyOf reads the whole event log of one resource through the engine's History API (what `upshift history`
@@ -430,7 +431,7 @@ func historyOf[T any](t *testing.T, bed *testbed.Bed, typ resource.Type, id stri
 		var doc T
 		require.NoError(t, yaml.Unmarshal([]byte(ev.Resource), &doc), "decoding %s %s at seq %d", typ, id, ev.Seq)
 
-		out = append(out, loggedWrite[T]{doc: doc, seq: ev.Seq})
+		out = append(out, loggedWrite[T]{doc: doc, seq: ev.Seq, writer: ev.Writer})
 	}
 
 	return out

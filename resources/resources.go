@@ -44,6 +44,16 @@ type Labeller interface {
 	Labels() map[string]string
 }
 
+// WriterAnnotation holds who wrote an input whose spec implements WriterRecorder, as the event log names them.
+const WriterAnnotation = "upshift.dev/written-by"
+
+// WriterRecorder is implemented by the spec of an input type whose writer controllers must know (a request that
+// the engine acts on and records as asked by someone). The validating state stamps WriterAnnotation on every write,
+// so no writer can claim to be someone else.
+type WriterRecorder interface {
+	RecordsWriter()
+}
+
 // Violation is one problem with one field of a resource, worded for the user who wrote it.
 type Violation struct {
 	// Field is the path of the field, e.g. "spec.talosVersion".

@@ -33,6 +33,7 @@ type emulatorFlags struct {
 	kubernetesVersion string
 	lite              bool
 	rebootDowntime    time.Duration
+	staticPodRestart  time.Duration
 	faults            []string
 	register          string
 }
@@ -66,7 +67,8 @@ func init() {
 	f.StringVar(&flags.kubernetesVersion, "kubernetes", talosemu.DefaultKubernetesVersion, "Kubernetes version of the clusters")
 	f.BoolVar(&flags.lite, "lite", false, "no etcd and no Kubernetes: thousands of nodes in one process")
 	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
-	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND[:DURATION] (repeatable; with a duration it clears itself); kinds: "+fmt.Sprint(talosemu.Faults()))
+	f.DurationVar(&flags.staticPodRestart, "static-pod-restart", talosemu.DefaultStaticPodRestart, "how long a control-plane static pod whose config changed is not Ready (and the cluster's API endpoint down, for a kube-apiserver)")
+	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND[:DURATION] or NODE=pull-fail:IMAGE (repeatable; with a duration it clears itself; with an image only that image fails to pull); kinds: "+fmt.Sprint(talosemu.Faults()))
 	f.StringVar(&flags.register, "register", "", "create the Cluster, Machine and Credentials resources in the upshift server at this endpoint")
 	rootCmd.AddCommand(cmd)
 }
@@ -100,6 +102,7 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 		talosemu.WithTalosVersion(flags.talosVersion),
 		talosemu.WithKubernetesVersion(flags.kubernetesVersion),
 		talosemu.WithRebootDowntime(flags.rebootDowntime),
+		talosemu.WithStaticPodRestart(flags.staticPodRestart),
 		talosemu.WithLogger(logger),
 	}
 

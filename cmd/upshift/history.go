@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/state/server"
 )
 
@@ -61,10 +62,15 @@ func history(ctx context.Context, c *server.Client, w io.Writer, typ, id string)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintf(tw, "# %s %q: %s\n", rd.TypedSpec().DisplayType, id, begins)
-	fmt.Fprintln(tw, "TIME\tSEQ\tEVENT\tVERSION\tWRITER")
+	fmt.Fprintln(tw, "TIME\tSEQ\tEVENT\tVERSION\tWRITER\tDETAIL")
 
 	for _, ev := range hist.Events {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", ev.Time.Local().Format(time.RFC3339Nano), ev.Seq, ev.Kind, ev.Version, ev.Writer)
+		detail := ""
+		if rd.TypedSpec().Type == manifest.ManifestSyncType {
+			detail = manifestSyncDetail(ev.Resource)
+		}
+
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", ev.Time.Local().Format(time.RFC3339Nano), ev.Seq, ev.Kind, ev.Version, ev.Writer, detail)
 	}
 
 	return tw.Flush()

@@ -13,7 +13,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upshift-io/upshift/internal/machineview"
+	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -64,6 +66,8 @@ type clusterView struct {
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
 	configs  map[string]*upgrade.MachineConfigStatus
 	rollout  *upgrade.ConfigRolloutStatus // nil until the controller wrote it
+	kube     *upgrade.KubernetesUpgradeStatus
+	sync     *manifest.ManifestSync // nil until the bootstrap manifests were checked
 }
 
 // loadCluster reads the cluster named id and its machines with what was observed of them.
@@ -117,6 +121,14 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 	}
 
 	if v.rollout, err = optional[*upgrade.ConfigRolloutStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.kube, err = optional[*upgrade.KubernetesUpgradeStatus](ctx, st, id); err != nil {
+		return nil, err
+	}
+
+	if v.sync, err = optional[*manifest.ManifestSync](ctx, st, id); err != nil {
 		return nil, err
 	}
 
@@ -188,9 +200,13 @@ func (v *clusterView) printTree(w io.Writer) error {
 				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
 			}
 		}
+
+		printChoices(&b, "newer Talos available", newerTalos(ts.AvailableVersions, spec.TalosVersion))
 	} else {
 		b.WriteString("├─ talos upgrade: not planned yet\n")
 	}
+
+	v.printKubernetes(&b)
 
 	if r := v.rollout; r != nil {
 		rs := r.TypedSpec()
@@ -205,6 +221,10 @@ func (v *clusterView) printTree(w io.Writer) error {
 
 	if waiting := v.waitingOnLock(); len(waiting) > 0 {
 		fmt.Fprintf(&b, "├─ %d machines waiting on a lock: %s\n", len(waiting), strings.Join(waiting, ", "))
+	}
+
+	if v.sync != nil {
+		fmt.Fprintf(&b, "├─ %s\n", manifestsLine(v.cluster.Metadata().ID(), v.sync.TypedSpec()))
 	}
 
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))
@@ -338,4 +358,98 @@ func orNone(s string) string {
 	}
 
 	return s
+}
+
+// printKubernetes adds the Kubernetes upgrade beside the Talos one: phase, progress, the current step, what it waits
+// for, and the newer versions a user may pick.
+func (v *clusterView) printKubernetes(b *strings.Builder) {
+	if v.kube == nil {
+		b.WriteString("├─ kubernetes upgrade: not planned yet\n")
+
+		return
+	}
+
+	ks := v.kube.TypedSpec()
+
+	fmt.Fprintf(b, "├─ kubernetes upgrade: %s %d/%d", ks.Phase, ks.Done, ks.Total)
+
+	if ks.FromVersion != "" || ks.ToVersion != "" {
+		fmt.Fprintf(b, "  %s -> %s", ks.FromVersion, ks.ToVersion)
+	}
+
+	b.WriteString("\n")
+
+	if len(ks.Plan) > 1 {
+		fmt.Fprintf(b, "│  plan: %s\n", strings.Join(ks.Plan, " -> "))
+	}
+
+	var running []string
+
+	for _, s := range ks.Steps {
+		if s.State == upgrade.StepRunning {
+			running = append(running, strings.TrimSpace(s.String()+" "+s.Progress))
+		}
+	}
+
+	for _, line := range []struct{ label, text string }{
+		{"step", strings.Join(running, "; ")},
+		{"error", ks.Error},
+		{"waiting", ks.Reason},
+		{"locked", strings.Join(ks.WaitingOnLock, ", ")},
+		{"checks skipped", strings.Join(ks.SkippedChecks, ", ")},
+	} {
+		if line.text != "" {
+			fmt.Fprintf(b, "│  %s: %s\n", line.label, line.text)
+		}
+	}
+
+	printChoices(b, "newer Kubernetes available", ks.AvailableVersions) // kuberollout.Available lists newer ones only
+}
+
+// statusWidth is the width of the terminal status is written for.
+const statusWidth = 80
+
+// printChoices adds "│  label: a, b, c" when there are choices, going on over indented lines so that the status
+// keeps to statusWidth however many releases the catalogue holds.
+func printChoices(b *strings.Builder, label string, choices []string) {
+	if len(choices) == 0 {
+		return
+	}
+
+	line := "│  " + label + ":"
+
+	for i, c := range choices {
+		item := " " + c
+		if i < len(choices)-1 {
+			item += ","
+		}
+
+		if len([]rune(line+item)) > statusWidth {
+			b.WriteString(line + "\n")
+			line = "│   "
+		}
+
+		line += item
+	}
+
+	b.WriteString(line + "\n")
+}
+
+// newerTalos keeps the Talos releases of available (every release the cluster may pick, older ones too) that are
+// newer than current, the cluster's Talos version; all of them when current does not parse.
+func newerTalos(available []string, current string) []string {
+	cur, err := versions.Parse(current)
+	if err != nil {
+		return available
+	}
+
+	var out []string
+
+	for _, a := range available {
+		if v, err := versions.Parse(a); err == nil && v.Compare(cur) > 0 {
+			out = append(out, a)
+		}
+	}
+
+	return out
 }

@@ -46,3 +46,36 @@ func TestStatusPairsAFinishedUpgradeWithAnOlderObservation(t *testing.T) {
 	assert.Contains(t, b.String(), "└─ c1-w-2         worker v1.14.1                Done -> v1.14.1\n")
 	assert.NotContains(t, b.String(), "unreachable")
 }
+
+// The Talos status lists only releases newer than the cluster's (the catalogue's choices include older ones), and
+// a long list of choices goes on over lines that keep to 80 columns.
+func TestStatusListsNewerReleasesWithin80Columns(t *testing.T) {
+	t.Parallel()
+
+	c := cluster.NewCluster("c1")
+	c.TypedSpec().TalosVersion, c.TypedSpec().KubernetesVersion = "v1.12.0", "v1.33.0"
+
+	tus := upgrade.NewTalosUpgradeStatus("c1")
+	tus.TypedSpec().Phase = upgrade.PhaseDone
+	tus.TypedSpec().AvailableVersions = []string{"v1.11.0", "v1.11.6", "v1.12.0", "v1.12.6", "v1.13.0", "v1.13.4", "v1.14.0", "v1.14.1"}
+
+	kus := upgrade.NewKubernetesUpgradeStatus("c1")
+	kus.TypedSpec().Phase = upgrade.PhaseDone
+	kus.TypedSpec().AvailableVersions = []string{"1.33.7", "1.34.0", "1.34.1", "1.34.2", "1.34.3", "1.35.0", "1.35.1"}
+
+	v := &clusterView{cluster: c, talos: tus, kube: kus}
+
+	var b strings.Builder
+	require.NoError(t, v.printTree(&b))
+
+	out := b.String()
+	t.Log(out)
+
+	assert.Contains(t, out, "│  newer Talos available: v1.12.6, v1.13.0, v1.13.4, v1.14.0, v1.14.1\n")
+	assert.NotContains(t, out, "v1.11.6", "an older release is no newer one")
+	assert.Contains(t, out, "│  newer Kubernetes available: 1.33.7, 1.34.0, 1.34.1, 1.34.2, 1.34.3, 1.35.0,\n│    1.35.1\n")
+
+	for line := range strings.Lines(out) {
+		assert.LessOrEqual(t, len([]rune(strings.TrimSuffix(line, "\n"))), 80, line)
+	}
+}

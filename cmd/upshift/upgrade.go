@@ -21,10 +21,10 @@ import (
 func init() {
 	cmd := &cobra.Command{
 		Use:   "upgrade",
-		Short: "Request, pause, resume, retry or skip a cluster's Talos upgrade",
+		Short: "Request, pause, resume, retry or skip a cluster's Talos or Kubernetes upgrade",
 	}
 
-	cmd.AddCommand(upgradeTalosCmd(), upgradeRetryCmd(), upgradeSkipCmd(),
+	cmd.AddCommand(upgradeTalosCmd(), upgradeKubernetesCmd(), upgradeRetryCmd(), upgradeSkipCmd(),
 		upgradePauseCmd("pause", true), upgradePauseCmd("resume", false))
 	rootCmd.AddCommand(cmd)
 }
@@ -242,12 +242,15 @@ type machineAction struct {
 	use, short, machineHelp, verb string
 	machineRequired               bool
 	annotation                    func(*clusterView, *upgrade.MachineUpgradeStatusSpec) (key, value string)
+	// kubernetes, when set, acts on the cluster's Kubernetes upgrade first; ok says it had one to act on.
+	kubernetes func(ctx context.Context, st state.State, w io.Writer, id string) (ok bool, err error)
 }
 
 func upgradeRetryCmd() *cobra.Command {
 	return machineActionCmd(machineAction{
 		use:         "retry CLUSTER [--machine M]",
-		short:       "Retry the failed machine upgrades of a cluster (or one of them), from the beginning",
+		short:       "Retry a failed Kubernetes upgrade at its failed step, else the failed machine upgrades (or one), from the beginning",
+		kubernetes:  retryKubernetes,
 		machineHelp: "retry only this machine",
 		verb:        "retrying",
 		annotation: func(_ *clusterView, u *upgrade.MachineUpgradeStatusSpec) (string, string) {
@@ -284,6 +287,12 @@ func machineActionCmd(action machineAction) *cobra.Command {
 		}
 
 		return withState(*endpoint, func(st state.State) error {
+			if action.kubernetes != nil && machine == "" {
+				if ok, err := action.kubernetes(cmd.Context(), st, cmd.OutOrStdout(), args[0]); ok || err != nil {
+					return err
+				}
+			}
+
 			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, action.verb, action.annotation)
 		})
 	}

@@ -61,8 +61,9 @@ const (
 
 // ControlPlaneConfig says where a control plane keeps its files and which etcd it stores into.
 type ControlPlaneConfig struct {
-	// Dir receives the PKI, the kubeconfig ("kubeconfig") and one log file per component ("kube-apiserver.log",
-	// ...). It is created if missing.
+	// Dir receives the PKI, the admin kubeconfig of the API endpoint ("kubeconfig"), the direct one the components
+	// use ("components.kubeconfig") and one log file per component ("kube-apiserver.log", ...). It is created if
+	// missing.
 	Dir string
 	// EtcdEndpoints are the plain-http etcd client URLs (http://127.0.0.1:port) kube-apiserver stores into.
 	EtcdEndpoints []string
@@ -85,6 +86,7 @@ type ControlPlane struct {
 	logger     *zap.Logger
 	kubeconfig []byte
 	restConfig *rest.Config
+	endpoint   *endpoint
 
 	processes []*process // in start order
 
@@ -184,6 +186,10 @@ func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binar
 
 	host := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
+	if cp.endpoint, err = newEndpoint("127.0.0.1:" + strconv.Itoa(apiPort)); err != nil {
+		return err
+	}
+
 	cp.restConfig = &rest.Config{
 		Host: host,
 		TLSClientConfig: rest.TLSClientConfig{
@@ -195,14 +201,25 @@ func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binar
 		Burst: clientBurst,
 	}
 
-	cp.kubeconfig, err = adminKubeconfig(cfg.ClusterName, host, certs)
+	cp.kubeconfig, err = adminKubeconfig(cfg.ClusterName, "https://"+cp.endpoint.addr(), certs)
 	if err != nil {
 		return err
 	}
 
-	kubeconfigPath := filepath.Join(cfg.Dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, cp.kubeconfig, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "kubeconfig"), cp.kubeconfig, 0o600); err != nil {
 		return fmt.Errorf("writing the kubeconfig: %w", err)
+	}
+
+	// The other components reach kube-apiserver directly, as they reach their own node's API server on Talos, so an
+	// interruption of the endpoint does not stop them.
+	componentKubeconfig, err := adminKubeconfig(cfg.ClusterName, host, certs)
+	if err != nil {
+		return err
+	}
+
+	kubeconfigPath := filepath.Join(cfg.Dir, "components.kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, componentKubeconfig, 0o600); err != nil {
+		return fmt.Errorf("writing the components' kubeconfig: %w", err)
 	}
 
 	controllers := cfg.Controllers
@@ -370,20 +387,34 @@ func adminKubeconfig(clusterName, host string, certs *pki) ([]byte, error) {
 	return data, nil
 }
 
-// Kubeconfig returns an admin kubeconfig (client certificate in system:masters) for the apiserver.
+// Kubeconfig returns an admin kubeconfig (client certificate in system:masters) for the cluster's API endpoint,
+// which InterruptAPIServer interrupts.
 func (cp *ControlPlane) Kubeconfig() []byte {
 	return append([]byte(nil), cp.kubeconfig...)
 }
 
-// RESTConfig returns a fresh admin client config for the apiserver; callers may change their copy.
+// RESTConfig returns a fresh admin client config that reaches the apiserver directly, as the components of a node
+// (kubelet, controller manager) reach their own API server: InterruptAPIServer does not affect it. Callers may
+// change their copy.
 func (cp *ControlPlane) RESTConfig() *rest.Config {
 	return rest.CopyConfig(cp.restConfig)
+}
+
+// InterruptAPIServer shows the clients of the cluster's API endpoint a kube-apiserver restart: every connection is
+// cut and new ones are refused for d (an interruption under way is extended). It returns once the endpoint serves
+// again, or when ctx ends.
+func (cp *ControlPlane) InterruptAPIServer(ctx context.Context, d time.Duration) error {
+	return cp.endpoint.interrupt(ctx, d)
 }
 
 // Stop stops the components in reverse start order (SIGTERM, then SIGKILL after a grace period). It is safe to call
 // more than once; later calls return the first result.
 func (cp *ControlPlane) Stop() error {
 	cp.stopOnce.Do(func() {
+		if cp.endpoint != nil {
+			cp.endpoint.close()
+		}
+
 		var errs []error
 
 		for i := len(cp.processes) - 1; i >= 0; i-- {

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -50,6 +51,9 @@ type NodeConfig struct {
 	InternalIP string
 	// OSImage is reported in status.nodeInfo.osImage, e.g. "Talos (v1.14.1)"; empty means "Talos".
 	OSImage string
+	// StaticPodRestart is how long a mirror pod the kubelet (re)creates for a new or changed static pod is reported
+	// not Ready, as the pod's containers start and pass their probes.
+	StaticPodRestart time.Duration
 }
 
 // Node labels and taints a kubelet registers.
@@ -121,6 +125,7 @@ type Kubelet struct {
 	// Owned by the single worker goroutine of Run.
 	client       kubernetes.Interface
 	terminations map[string]termination
+	starts       map[types.UID]time.Time // mirror pods this kubelet created, by UID: when their containers started
 	lastReport   time.Time
 }
 
@@ -151,6 +156,7 @@ func NewKubelet(cfg *rest.Config, node NodeConfig, logger *zap.Logger, opts ...K
 		queue: workqueue.NewTypedRateLimitingQueue(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](retryBaseDelay, retryMaxDelay)),
 		terminations: map[string]termination{},
+		starts:       map[types.UID]time.Time{},
 	}
 }
 

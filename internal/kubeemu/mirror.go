@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
@@ -73,10 +74,12 @@ func (k *Kubelet) syncMirrorPods(ctx context.Context, cfg NodeConfig, ready bool
 
 				continue
 			}
+
+			delete(k.starts, have.UID)
 		}
 
 		// AlreadyExists means the cache has not seen our own create yet; its event queues another sync.
-		_, err := k.client.CoreV1().Pods(staticPodNamespace).Create(ctx, want, metav1.CreateOptions{})
+		created, err := k.client.CoreV1().Pods(staticPodNamespace).Create(ctx, want, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			continue
 		}
@@ -86,6 +89,8 @@ func (k *Kubelet) syncMirrorPods(ctx context.Context, cfg NodeConfig, ready bool
 
 			continue
 		}
+
+		k.starts[created.UID] = time.Now()
 
 		k.logger.Info("mirror pod created", zap.String("pod", want.Name), zap.String("image", static.Image))
 	}

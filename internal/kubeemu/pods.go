@@ -50,7 +50,12 @@ func (k *Kubelet) syncPod(ctx context.Context, key string, cfg NodeConfig, nodeR
 		return nil
 	}
 
-	status := runningPodStatus(pod, cfg.InternalIP, nodeReady, time.Now())
+	starting, wait := k.starting(pod, cfg.StaticPodRestart)
+	if wait > 0 {
+		k.queue.AddAfter(key, wait)
+	}
+
+	status := runningPodStatus(pod, cfg.InternalIP, nodeReady && !starting, time.Now())
 	if apiequality.Semantic.DeepEqual(pod.Status, status) {
 		return nil
 	}
@@ -69,6 +74,28 @@ func (k *Kubelet) syncPod(ctx context.Context, key string, cfg NodeConfig, nodeR
 	return nil
 }
 
+// starting reports whether a mirror pod this kubelet created is still starting (reported not Ready) and how much
+// longer it starts. Such a pod is first reported not Ready even when its start time has already passed, as a
+// kubelet reports a new pod's containers starting before they are ready; the status update queues it again.
+func (k *Kubelet) starting(pod *corev1.Pod, restart time.Duration) (bool, time.Duration) {
+	started, ok := k.starts[pod.UID]
+	if !ok {
+		return false, 0
+	}
+
+	if wait := time.Until(started.Add(restart)); wait > 0 {
+		return true, wait
+	}
+
+	if pod.Status.Phase == "" {
+		return true, 0
+	}
+
+	delete(k.starts, pod.UID)
+
+	return false, 0
+}
+
 // finishTermination deletes a terminating pod for good (grace 0) once its own grace period has run from the moment
 // the kubelet first saw it terminating, as a kubelet does after stopping the containers; until then it re-queues the
 // pod for that moment.
@@ -80,7 +107,7 @@ func (k *Kubelet) finishTermination(ctx context.Context, key string, pod *corev1
 	}
 
 	var grace time.Duration
-	if pod.DeletionGracePeriodSeconds != nil {
+	if pod.DeletionGracePeriodSeconds != nil && !ownedByDaemonSet(pod) {
 		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
 	}
 
@@ -97,6 +124,15 @@ func (k *Kubelet) finishTermination(ctx context.Context, key string, pod *corev1
 	k.logger.Debug("pod terminated", zap.String("pod", key), zap.Duration("grace", grace))
 
 	return nil
+}
+
+// ownedByDaemonSet reports whether a DaemonSet runs the pod. Such pods are node agents (kube-proxy, CNI) that exit
+// as soon as they get SIGTERM, so the kubelet does not hold them for their grace period: a DaemonSet rollout then
+// takes as long as on a real node, instead of a full grace period (30 s by default) per node.
+func ownedByDaemonSet(pod *corev1.Pod) bool {
+	owner := metav1.GetControllerOf(pod)
+
+	return owner != nil && owner.Kind == "DaemonSet"
 }
 
 // deletePodNow removes pod at once (grace 0) if it is still the same object, as a kubelet does once the pod's

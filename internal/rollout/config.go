@@ -18,9 +18,9 @@ const (
 	configStale   = "config:stale" // a failed change toward a config that is no longer the machine's target
 )
 
-// ConfigBusy lists the machines of view changing their config: in flight, or admitted by the last decision and not
-// yet taken up. While any is listed, the Talos rollout starts no machine, so the two never run at once.
-func ConfigBusy(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) []string {
+// configBusy lists the machines of view changing their config: in flight, or admitted by the last decision and not
+// yet taken up. While any is listed, the config rollout keeps its turn (Turn).
+func configBusy(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) []string {
 	var busy []string
 
 	for _, m := range view.Machines {
@@ -39,11 +39,9 @@ func configPendingStart(m MachineView) bool {
 	return !m.Locked && c.Pending && !c.Phase.InFlight() && (c.Phase != upgrade.MachineFailed || c.ChangeVersion != c.TargetVersion)
 }
 
-// DecideConfig computes a cluster's ConfigRolloutStatus from view, given the Talos rollout's decision made just
-// before it (talos) and the previous config status, whose Admitted it carries on. New machines start only while
-// the Talos rollout has nothing in flight or admitted and nothing left to start but locked machines; machines in
-// flight finish. It is pure, like Decide.
-func DecideConfig(view ClusterView, talos upgrade.TalosUpgradeStatusSpec, prev upgrade.ConfigRolloutStatusSpec) upgrade.ConfigRolloutStatusSpec {
+// DecideConfig computes a cluster's ConfigRolloutStatus from view and the previous one, whose Admitted it carries
+// on, as if the rollout had the turn: DecideCluster withholds the starts when it has not. It is pure, like Decide.
+func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrade.ConfigRolloutStatusSpec {
 	next := upgrade.ConfigRolloutStatusSpec{Total: len(view.Machines)}
 
 	var unseen []string
@@ -69,7 +67,7 @@ func DecideConfig(view ClusterView, talos upgrade.TalosUpgradeStatusSpec, prev u
 			continue
 		}
 
-		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, EtcdLeader: m.ID == leader, Version: configApplied,
+		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == leader, Version: configApplied,
 			Phase: c.Phase, From: configPending, PhaseTarget: configApplied}
 
 		if c.Pending {
@@ -96,25 +94,19 @@ func DecideConfig(view ClusterView, talos upgrade.TalosUpgradeStatusSpec, prev u
 	}
 
 	d := Schedule(in)
-	talosIdle := len(talos.Current) == 0 && (talos.Phase == upgrade.PhaseDone || talos.Phase == upgrade.PhaseBlocked)
 
 	var reason string
 
-	switch {
-	case len(d.Start) > 0 && !talosIdle:
-		reason = "waiting for the Talos upgrade to finish"
-	default:
-		for _, id := range d.Start {
-			if i := slices.IndexFunc(view.Machines, func(m MachineView) bool { return m.ID == id }); view.Machines[i].Role == cluster.RoleControlPlane {
-				if ok, why := ControlPlaneMayLeave(view.Etcd, id); !ok {
-					reason = fmt.Sprintf("control plane %s waits for etcd: %s", id, why)
+	for _, id := range d.Start {
+		if i := slices.IndexFunc(view.Machines, func(m MachineView) bool { return m.ID == id }); view.Machines[i].Role == cluster.RoleControlPlane {
+			if ok, why := ControlPlaneMayLeave(view.Etcd, id); !ok {
+				reason = fmt.Sprintf("control plane %s waits for etcd: %s", id, why)
 
-					continue
-				}
+				continue
 			}
-
-			next.Admitted = append(next.Admitted, id)
 		}
+
+		next.Admitted = append(next.Admitted, id)
 	}
 
 	slices.Sort(next.Admitted)

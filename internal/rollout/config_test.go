@@ -6,7 +6,6 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/upshift-io/upshift/internal/rollout"
-	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -28,8 +27,6 @@ func configCluster(machines []rollout.MachineView) rollout.ClusterView {
 	return rollout.ClusterView{Cluster: &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0", Parallelism: "2"}, Machines: machines, Etcd: healthyEtcd("cp-1", "cp-2", "cp-3"), Now: now}
 }
 
-var talosDone = upgrade.TalosUpgradeStatusSpec{Phase: upgrade.PhaseDone}
-
 func TestDecideConfig(t *testing.T) {
 	t.Parallel()
 
@@ -42,7 +39,7 @@ func TestDecideConfig(t *testing.T) {
 			configView("w-1", cluster.RoleWorker, true, false),
 		})
 
-		got := rollout.DecideConfig(v, talosDone, upgrade.ConfigRolloutStatusSpec{})
+		got := rollout.DecideConfig(v, upgrade.ConfigRolloutStatusSpec{})
 		assert.Equal(t, []string{"cp-1"}, got.Admitted)
 		assert.Equal(t, upgrade.PhaseUpgrading, got.Phase)
 	})
@@ -56,7 +53,7 @@ func TestDecideConfig(t *testing.T) {
 			configView("w-5", cluster.RoleWorker, true, false), configView("w-6", cluster.RoleWorker, true, false),
 		}
 
-		got := rollout.DecideConfig(configCluster(machines), talosDone, upgrade.ConfigRolloutStatusSpec{})
+		got := rollout.DecideConfig(configCluster(machines), upgrade.ConfigRolloutStatusSpec{})
 		assert.Equal(t, []string{"w-3", "w-4"}, got.Admitted, "parallelism 2: two unlocked workers at once")
 		assert.Equal(t, []string{"w-1", "w-2"}, got.WaitingOnLock)
 
@@ -64,41 +61,10 @@ func TestDecideConfig(t *testing.T) {
 			m.Config.AppliedVersion, m.Config.Pending, m.Config.Phase = "b", false, upgrade.MachineDone
 		}
 
-		got = rollout.DecideConfig(configCluster(machines), talosDone, got)
+		got = rollout.DecideConfig(configCluster(machines), got)
 		assert.Equal(t, upgrade.PhaseBlocked, got.Phase)
 		assert.Contains(t, got.Error, "waiting on locked machines: w-1, w-2")
 		assert.Empty(t, got.Admitted)
-	})
-
-	t.Run("the Talos rollout goes first, and waits for the config changes in flight", func(t *testing.T) {
-		t.Parallel()
-
-		machines := []rollout.MachineView{configView("w-1", cluster.RoleWorker, true, false), configView("w-2", cluster.RoleWorker, true, false)}
-		v := configCluster(machines)
-
-		upgrading := upgrade.TalosUpgradeStatusSpec{Phase: upgrade.PhaseUpgrading, Current: []string{"w-1"}}
-		got := rollout.DecideConfig(v, upgrading, upgrade.ConfigRolloutStatusSpec{})
-		assert.Empty(t, got.Admitted, "no config change starts while a Talos upgrade runs")
-		assert.Contains(t, got.Reason, "Talos upgrade")
-
-		blockedOnLocks := upgrade.TalosUpgradeStatusSpec{Phase: upgrade.PhaseBlocked, WaitingOnLock: []string{"w-9"}}
-		got = rollout.DecideConfig(v, blockedOnLocks, upgrade.ConfigRolloutStatusSpec{})
-		assert.Equal(t, []string{"w-1", "w-2"}, got.Admitted, "a Talos rollout blocked on locks holds nothing else back")
-
-		v.ConfigBusy = rollout.ConfigBusy(v, got)
-		assert.Equal(t, []string{"w-1", "w-2"}, v.ConfigBusy)
-
-		for i := range v.Machines {
-			v.Machines[i].Status.TalosVersion = "v1.13.4"
-		}
-
-		talos := decide(v.Cluster, v.Machines, v.Etcd, upgrade.TalosUpgradeStatusSpec{})
-		assert.NotEmpty(t, talos.Admitted, "without config changes in flight the Talos upgrade starts machines")
-
-		view := rollout.ClusterView{Cluster: v.Cluster, Machines: v.Machines, Etcd: v.Etcd, Now: now, ConfigBusy: v.ConfigBusy, Observed: []string{"w-1", "w-2"}}
-		talos, _ = rollout.Decide(rollout.Policy{Catalogue: versions.Shipped()}, view, upgrade.TalosUpgradeStatusSpec{})
-		assert.Empty(t, talos.Admitted, "no Talos upgrade starts while config changes are in flight")
-		assert.Contains(t, talos.Reason, "config rollout")
 	})
 
 	t.Run("no decision from a status computed from other patches than the cluster's now", func(t *testing.T) {
@@ -108,7 +74,7 @@ func TestDecideConfig(t *testing.T) {
 		v := configCluster(machines)
 		v.PatchSet = "sysctl@1" // w-1's status was computed before the patch was written
 
-		got := rollout.DecideConfig(v, talosDone, upgrade.ConfigRolloutStatusSpec{})
+		got := rollout.DecideConfig(v, upgrade.ConfigRolloutStatusSpec{})
 		assert.Equal(t, upgrade.PhasePending, got.Phase, "not Blocked on w-2's lock: w-1 may have the patch to apply")
 		assert.Contains(t, got.Reason, "w-1")
 	})
@@ -119,13 +85,13 @@ func TestDecideConfig(t *testing.T) {
 		machines := []rollout.MachineView{configView("w-1", cluster.RoleWorker, true, false), configView("w-2", cluster.RoleWorker, true, false)}
 		machines[0].Config.Phase, machines[0].Config.ChangeVersion, machines[0].Config.Error = upgrade.MachineFailed, "b", "config: refused"
 
-		got := rollout.DecideConfig(configCluster(machines), talosDone, upgrade.ConfigRolloutStatusSpec{})
+		got := rollout.DecideConfig(configCluster(machines), upgrade.ConfigRolloutStatusSpec{})
 		assert.Equal(t, upgrade.PhaseFailed, got.Phase)
 		assert.Equal(t, "w-1", got.FailedMachine)
 		assert.Empty(t, got.Admitted)
 
 		machines[0].Config.TargetVersion = "c" // the patch was changed: the failure is stale
-		got = rollout.DecideConfig(configCluster(machines), talosDone, upgrade.ConfigRolloutStatusSpec{})
+		got = rollout.DecideConfig(configCluster(machines), upgrade.ConfigRolloutStatusSpec{})
 		assert.Equal(t, []string{"w-1", "w-2"}, got.Admitted)
 	})
 }

@@ -44,6 +44,11 @@ func (m MachineView) Version() string {
 	return ""
 }
 
+// SkippedFor reports whether the machine is left out of the upgrade to target (its upgrade.SkipAnnotation names it).
+func (m MachineView) SkippedFor(target string) bool {
+	return m.SkipVersion != "" && SameVersion(m.SkipVersion, target)
+}
+
 // ClusterView is everything Decide reads about one cluster.
 type ClusterView struct {
 	// Cluster is the cluster's spec.
@@ -62,9 +67,6 @@ type ClusterView struct {
 	// PatchSet names the state of the cluster's config patches (cluster.PatchSet): a machine whose config status was
 	// computed from another is not decided from yet.
 	PatchSet string
-	// ConfigBusy lists the machines changing their config (ConfigBusy): while any is listed no machine starts its
-	// Talos upgrade, so a Talos upgrade and a config rollout of one cluster never run at once.
-	ConfigBusy []string
 }
 
 // Policy is the engine's side of a decision: the releases it may install and how patient it is.
@@ -101,7 +103,8 @@ func Decide(policy Policy, view ClusterView, prev upgrade.TalosUpgradeStatusSpec
 
 	next.AvailableVersions = availableVersions(policy.Catalogue, hosts, c.KubernetesVersion)
 
-	if len(prev.Plan) == 0 || !SameVersion(prev.Plan[len(prev.Plan)-1], target) || prev.Phase == upgrade.PhaseDone {
+	// A finished upgrade keeps the plan it finished (what it shows) until a machine is off the target again.
+	if len(prev.Plan) == 0 || !SameVersion(prev.Plan[len(prev.Plan)-1], target) || prev.Phase == upgrade.PhaseDone && !settled(view.Machines, target) {
 		plan, err := policy.Catalogue.Plan(hosts, c.KubernetesVersion, target)
 		if err != nil {
 			next.Phase, next.ToVersion, next.Error, next.Reason = upgrade.PhaseBlocked, target, err.Error(), ""
@@ -120,12 +123,19 @@ func Decide(policy Policy, view ClusterView, prev upgrade.TalosUpgradeStatusSpec
 		}
 
 		next.ToVersion, next.Direction, next.Plan = target, plan.Direction.String(), []string{target}
+		next.LastControlPlane = etcdLeader(view.Etcd)
 		if len(plan.Hops) > 0 {
 			next.Plan = next.Plan[:0]
 			for _, hop := range plan.Hops {
 				next.Plan = append(next.Plan, hop.Version.Tag())
 			}
 		}
+	}
+
+	if next.LastControlPlane == "" {
+		// The leader was not known when the plan was made: no control plane has started since, for none starts
+		// without an observed etcd (ControlPlaneMayLeave), so the first leader seen still leads the plan.
+		next.LastControlPlane = etcdLeader(view.Etcd)
 	}
 
 	return schedule(policy, view, next)
@@ -161,11 +171,21 @@ func unready(view ClusterView) string {
 	}
 }
 
+// settled reports whether every machine runs target or is skipped for it: nothing is left to plan.
+func settled(machines []MachineView, target string) bool {
+	for _, m := range machines {
+		if !SameVersion(m.Version(), target) && !m.SkippedFor(target) {
+			return false
+		}
+	}
+
+	return true
+}
+
 // schedule runs Schedule over the view and fills in the phase and progress.
 func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSpec) (upgrade.TalosUpgradeStatusSpec, time.Duration) {
 	var (
 		in       = Input{Plan: next.Plan, Target: next.ToVersion, Paused: view.Cluster.Paused}
-		leader   = etcdLeader(view.Etcd)
 		admitted []string
 		etcdWait string
 		started  bool
@@ -177,8 +197,8 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 
 	for _, m := range view.Machines {
 		rm := Machine{
-			ID: m.ID, Role: m.Role, Locked: m.Locked, EtcdLeader: m.ID == leader, Version: m.Version(),
-			Skipped: m.SkipVersion != "" && SameVersion(m.SkipVersion, next.ToVersion),
+			ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == next.LastControlPlane, Version: m.Version(),
+			Skipped: m.SkippedFor(next.ToVersion),
 		}
 
 		if u := m.Upgrade; u != nil {
@@ -190,23 +210,21 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 			}
 		}
 
+		in.Machines = append(in.Machines, rm)
+
 		if slices.Contains(next.Admitted, m.ID) && pendingStart(m, next.Target) {
-			// Admitted toward the hop of the last decision but not yet taken up by its controller: it holds its slot.
-			rm.Phase, rm.From, rm.PhaseTarget = upgrade.MachinePullingImage, rm.Version, NextHop(next.Plan, rm.Version)
 			admitted = append(admitted, m.ID)
 		}
-
-		in.Machines = append(in.Machines, rm)
 	}
 
-	d := Schedule(in)
+	d := Schedule(holdingSlots(in, admitted, next.Plan))
 
-	if len(view.ConfigBusy) > 0 && len(d.Start) > 0 {
-		d.Start, d.Reason = nil, "waiting for the config rollout on "+strings.Join(view.ConfigBusy, ", ")
-	}
-
-	if !SameVersion(d.Hop, next.Target) {
-		admitted = nil // the pending starts were toward the previous hop; Admitted names machines of one hop
+	if len(admitted) > 0 && !SameVersion(d.Hop, next.Target) {
+		// The pending starts were toward the previous hop and Admitted names machines of one hop: they are released,
+		// and decided again like any machine free to start. Keeping them in flight without admitting them would hold
+		// their slots for machines their controller never starts.
+		admitted = nil
+		d = Schedule(in)
 	}
 
 	for _, id := range d.Start {
@@ -278,6 +296,24 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 }
 
 // pendingStart reports whether a machine admitted toward hop has not been taken up by its controller yet.
+// holdingSlots is in with the machines admitted by the last decision but not yet taken up by their controller
+// (pending) shown in flight toward their next hop: an admitted machine holds its slot until it starts.
+func holdingSlots(in Input, pending []string, plan []string) Input {
+	if len(pending) == 0 {
+		return in
+	}
+
+	in.Machines = slices.Clone(in.Machines)
+
+	for i := range in.Machines {
+		if m := &in.Machines[i]; slices.Contains(pending, m.ID) {
+			m.Phase, m.From, m.PhaseTarget = upgrade.MachinePullingImage, m.Version, NextHop(plan, m.Version)
+		}
+	}
+
+	return in
+}
+
 func pendingStart(m MachineView, hop string) bool {
 	if m.Locked || SameVersion(m.Version(), hop) {
 		return false

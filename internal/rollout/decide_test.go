@@ -1,6 +1,7 @@
 package rollout_test
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -201,6 +202,61 @@ func TestDecide(t *testing.T) {
 		assert.Equal(t, []string{"cp-1"}, got.Admitted)
 	})
 
+	t.Run("a finished upgrade decided again with nothing new keeps its plan", func(t *testing.T) {
+		t.Parallel()
+
+		// Any input may wake the controller after the upgrade finished (a Kubernetes upgrade's status, an
+		// observation): a decision that finds the cluster unchanged must not rewrite what the upgrade shows.
+		spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+		upgraded := []rollout.MachineView{
+			view("cp-1", cluster.RoleControlPlane, "v1.14.1"), view("w-1", cluster.RoleWorker, "v1.14.1"),
+		}
+		done := upgrade.TalosUpgradeStatusSpec{
+			Phase: upgrade.PhaseDone, FromVersion: "v1.11.6", ToVersion: "v1.14.1", Direction: "upgrade",
+			Plan: []string{"v1.12.6", "v1.13.4", "v1.14.1"}, Target: "v1.14.1", Done: 2, Total: 2,
+		}
+
+		got := decide(spec, upgraded, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseDone, got.Phase)
+		assert.Equal(t, done.Plan, got.Plan)
+		assert.Equal(t, "v1.11.6", got.FromVersion)
+		assert.Equal(t, "upgrade", got.Direction)
+		assert.Equal(t, "v1.14.1", got.Target)
+
+		// A machine left out of the target runs another version, and is nothing new either.
+		skipped := append(slices.Clone(upgraded), view("w-2", cluster.RoleWorker, "v1.13.4"))
+		skipped[2].SkipVersion = "v1.14.1"
+
+		got = decide(spec, skipped, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseDone, got.Phase)
+		assert.Equal(t, []string{"w-2"}, got.Skipped)
+		assert.Equal(t, done.Plan, got.Plan)
+		assert.Equal(t, "v1.11.6", got.FromVersion)
+	})
+
+	t.Run("a finished upgrade is planned anew when a machine is off the target", func(t *testing.T) {
+		t.Parallel()
+
+		spec := &cluster.ClusterSpec{TalosVersion: "v1.11.0", KubernetesVersion: "v1.32.0"}
+		done := upgrade.TalosUpgradeStatusSpec{
+			Phase: upgrade.PhaseDone, FromVersion: "v1.10.0", ToVersion: "v1.11.0", Direction: "upgrade",
+			Plan: []string{"v1.11.0"}, Target: "v1.11.0", Done: 2, Total: 2,
+		}
+		// A machine reinstalled at the old version (or added) after the upgrade finished.
+		drifted := []rollout.MachineView{
+			view("cp-1", cluster.RoleControlPlane, "v1.11.0"), view("w-1", cluster.RoleWorker, "v1.10.0"),
+		}
+
+		got := decide(spec, drifted, healthyEtcd("cp-1"), done)
+
+		assert.Equal(t, upgrade.PhaseUpgrading, got.Phase)
+		assert.Equal(t, "v1.10.0", got.FromVersion)
+		assert.Equal(t, []string{"v1.11.0"}, got.Plan)
+		assert.Equal(t, []string{"w-1"}, got.Admitted)
+	})
+
 	t.Run("done", func(t *testing.T) {
 		t.Parallel()
 
@@ -210,4 +266,81 @@ func TestDecide(t *testing.T) {
 		assert.Equal(t, 4, got.Done)
 		assert.Empty(t, got.Current)
 	})
+}
+
+// The control plane that goes last is the etcd leader when the plan was made, for every hop: leadership moves
+// during a rollout to a member no one can predict, and the dry run shows the order the engine keeps.
+func TestDecideKeepsTheLastControlPlaneOfThePlan(t *testing.T) {
+	t.Parallel()
+
+	spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+	fleet := []rollout.MachineView{
+		view("cp-1", cluster.RoleControlPlane, "v1.10.0"), view("cp-2", cluster.RoleControlPlane, "v1.10.0"),
+		view("cp-3", cluster.RoleControlPlane, "v1.10.0"),
+	}
+
+	etcd := healthyEtcd("cp-1", "cp-2", "cp-3")
+	etcd.Leader = etcd.Members[0].ID // cp-1 leads when the plan is made
+
+	planned := decide(spec, fleet, etcd, upgrade.TalosUpgradeStatusSpec{})
+	assert.Equal(t, "cp-1", planned.LastControlPlane)
+	assert.Equal(t, []string{"cp-2"}, planned.Admitted, "the leader goes last")
+
+	// cp-2 and cp-3 finished the first hop; leadership moved to cp-3 meanwhile.
+	hop := planned.Plan[0]
+	for i := range 2 {
+		m := &fleet[i+1]
+		m.Status = &observe.MachineStatusSpec{Cluster: "c1", TalosVersion: hop, Reachable: true}
+		m.Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: "v1.10.0", ToVersion: hop}
+	}
+
+	etcd.Leader = etcd.Members[2].ID
+
+	next := decide(spec, fleet, etcd, planned)
+	assert.Equal(t, "cp-1", next.LastControlPlane, "the plan keeps its last control plane")
+	assert.Equal(t, []string{"cp-1"}, next.Admitted, "cp-1 is the one left on the first hop")
+
+	// Every control plane on the first hop: the second hop still ends with cp-1, not with the new leader cp-3.
+	fleet[0].Status = &observe.MachineStatusSpec{Cluster: "c1", TalosVersion: hop, Reachable: true}
+	fleet[0].Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: "v1.10.0", ToVersion: hop}
+
+	second := decide(spec, fleet, etcd, next)
+	assert.Equal(t, []string{"cp-2"}, second.Admitted, "the second hop starts with the first control plane that is not last")
+}
+
+// A machine admitted toward a hop but not yet taken up by its controller holds its worker slot; when another
+// machine then needs a later hop, the admission must not turn into a slot held for a machine no controller will
+// start (seen on the emulated fleet: "all 1 worker slots are in use", c1-w-4 current but admitted nowhere, forever).
+func TestDecideNeverHoldsASlotForAMachineItDoesNotAdmit(t *testing.T) {
+	t.Parallel()
+
+	done := func(id string, role cluster.Role, from, to string) rollout.MachineView {
+		m := view(id, role, to)
+		m.Upgrade = &upgrade.MachineUpgradeStatusSpec{Phase: upgrade.MachineDone, FromVersion: from, ToVersion: to}
+
+		return m
+	}
+
+	spec := &cluster.ClusterSpec{TalosVersion: "v1.14.1", KubernetesVersion: "v1.32.0"}
+	fleet := []rollout.MachineView{
+		done("cp-1", cluster.RoleControlPlane, "v1.13.4", "v1.14.1"), done("w-1", cluster.RoleWorker, "v1.13.4", "v1.14.1"),
+		done("w-2", cluster.RoleWorker, "v1.11.6", "v1.13.4"), // finished the first hop, needs the second
+		view("w-4", cluster.RoleWorker, "v1.11.6"),            // admitted toward the first hop by the last decision
+	}
+	prev := upgrade.TalosUpgradeStatusSpec{
+		Phase: upgrade.PhaseUpgrading, FromVersion: "v1.11.6", ToVersion: "v1.14.1", Plan: []string{"v1.13.4", "v1.14.1"},
+		Direction: "upgrade", Target: "v1.13.4", Admitted: []string{"w-4"}, Current: []string{"w-4"},
+	}
+
+	got := decide(spec, fleet, healthyEtcd("cp-1"), prev)
+
+	assert.Equal(t, []string{"w-4"}, got.Admitted, "w-4 still needs the first hop and keeps its admission")
+	assert.Equal(t, "v1.13.4", got.Target)
+	assert.Equal(t, []string{"w-4"}, got.Current)
+
+	for _, id := range got.Current {
+		assert.True(t, slices.Contains(got.Admitted, id) || slices.ContainsFunc(fleet, func(m rollout.MachineView) bool {
+			return m.ID == id && m.Upgrade != nil && m.Upgrade.Phase.InFlight()
+		}), "%s is current but neither admitted nor in flight", id)
+	}
 }

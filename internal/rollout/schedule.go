@@ -20,9 +20,9 @@ type Machine struct {
 	Locked bool
 	// Skipped machines were left out of this rollout by a user (`upgrade skip`); they count as finished.
 	Skipped bool
-	// EtcdLeader marks the control plane whose etcd member leads; it goes last among the control planes so
-	// leadership moves once.
-	EtcdLeader bool
+	// Last marks the control plane that goes last among the control planes (the etcd leader when the plan was
+	// made, TalosUpgradeStatusSpec.LastControlPlane), so leadership moves once.
+	Last bool
 	// Version is the Talos version the machine runs now.
 	Version string
 	// Phase is the phase of the machine's current or last upgrade; empty when it never had one.
@@ -136,7 +136,8 @@ func (p plan) hopIndex(m Machine) int {
 //   - each machine walks its own way along the plan (NextHop): a machine already on a later hop or on the target
 //     waits or is finished, and is never taken back through an earlier hop;
 //   - machines start toward the earliest hop that a machine free to start still needs; control planes go first
-//     and strictly one at a time, and only when no worker is in flight; the etcd leader goes last among them;
+//     and strictly one at a time, and only when no worker is in flight; the one marked Last (the etcd leader when
+//     the plan was made) goes last among them;
 //   - no worker starts while a control plane is in flight, a control plane needs the hop, or a locked control
 //     plane still needs the target;
 //   - at most WorkerSlots workers are in flight at once, counted over the whole cluster;
@@ -148,7 +149,7 @@ func Schedule(in Input) Decision {
 	slices.SortFunc(machines, func(a, b Machine) int {
 		return cmp.Or(
 			boolCompare(a.Role != cluster.RoleControlPlane, b.Role != cluster.RoleControlPlane),
-			boolCompare(a.EtcdLeader, b.EtcdLeader),
+			boolCompare(a.Last, b.Last),
 			naturalCompare(a.ID, b.ID),
 		)
 	})

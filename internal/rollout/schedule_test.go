@@ -68,7 +68,7 @@ func TestSchedule(t *testing.T) {
 	}{
 		{
 			name:  "first control plane first, etcd leader last",
-			in:    rollout.Input{Target: newV, Machines: []rollout.Machine{wk("w-1"), with(cp("cp-1"), func(m *rollout.Machine) { m.EtcdLeader = true }), cp("cp-2"), cp("cp-3")}},
+			in:    rollout.Input{Target: newV, Machines: []rollout.Machine{wk("w-1"), with(cp("cp-1"), func(m *rollout.Machine) { m.Last = true }), cp("cp-2"), cp("cp-3")}},
 			start: []string{"cp-2"}, slots: 1,
 		},
 		{
@@ -277,7 +277,7 @@ func simulate(t *testing.T, seed uint64) {
 		machines = append(machines, wk(fmt.Sprintf("w-%d", i+1)))
 	}
 
-	machines[rng.IntN(len(machines))].EtcdLeader = true
+	machines[rng.IntN(len(machines))].Last = true
 
 	for i := range machines { // a mixed cluster: some machines are part of the way or already there
 		machines[i].Version = []string{oldV, oldV, midV, newV}[rng.IntN(4)]

@@ -101,7 +101,8 @@ func Simulate(policy Policy, view ClusterView, target string) (Simulation, error
 	}
 }
 
-// healthy is the etcd a simulation assumes: every control plane's member started and healthy, the leader kept.
+// healthy is the etcd a simulation assumes: every control plane's member started and healthy, led by the observed
+// leader, which the plan records as the control plane that goes last (where leadership moves later does not matter).
 func healthy(view ClusterView) *observe.EtcdStatusSpec {
 	leader := etcdLeader(view.Etcd)
 	etcd := &observe.EtcdStatusSpec{Healthy: true, CanLoseMember: true}

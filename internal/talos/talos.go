@@ -116,6 +116,7 @@ type API interface {
 	Installer
 	Etcd
 	Configurer
+	Kubernetes
 	io.Closer
 }
 
@@ -312,10 +313,13 @@ func (c *Client) bootID(ctx context.Context) (string, error) {
 
 // PullImage implements Installer.
 func (c *Client) PullImage(ctx context.Context, node, image string) (string, error) {
-	const op = "pulling installer image"
+	return c.pull(ctx, node, image, systemContainerd(), "pulling installer image")
+}
 
+// pull pulls image into one containerd instance of node and returns the pinned reference.
+func (c *Client) pull(ctx context.Context, node, image string, instance *common.ContainerdInstance, op string) (string, error) {
 	stream, err := c.c.ImageClient.Pull(client.WithNode(ctx, node), &machineapi.ImageServicePullRequest{
-		Containerd: systemContainerd(),
+		Containerd: instance,
 		ImageRef:   image,
 	})
 	if err != nil {

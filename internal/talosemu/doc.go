@@ -11,6 +11,13 @@
 // The Kubernetes half of a cluster (a real kube-apiserver and one emulated kubelet per node) plugs in through the
 // KubernetesRunner interface, so this package does not depend on how those processes are built or started.
 //
+// A Kubernetes upgrade meets what Talos does: pre-pulls into the CRI or system containerd namespace (with a
+// pull-fail fault per image), machine configs patched by machinery's stdpatches and applied without a reboot,
+// control-plane config resources whose version reaches the static pods' talos.dev/config-version annotation, static
+// pods restarting (not Ready for a while; a kube-apiserver restart interrupts the cluster's API endpoint), the
+// kubelet service restarting with the new version, and the kube-proxy manifest following its image. The journal
+// names the images each ApplyConfiguration changes (docs/architecture.md, "The test bed").
+//
 // Lite mode drops etcd and Kubernetes and models etcd membership in memory, so one process can hold thousands of
 // nodes for scale benchmarks.
 package talosemu

@@ -27,7 +27,9 @@ const (
 	FaultEtcdUnhealthy Fault = "etcd-unhealthy"
 	// FaultAPIDown makes the node's API unreachable while the fault is set: calls fail as unavailable.
 	FaultAPIDown Fault = "api-down"
-	// FaultPullFail makes every image pull on the node fail as if the image did not exist.
+	// FaultPullFail makes image pulls on the node fail as if the image did not exist: every pull, or only the pulls
+	// of one image when the fault names it (NodeFault.Image, `NODE=pull-fail:IMAGE`), so a test can make one
+	// node's kubelet image unavailable while everything else pulls.
 	FaultPullFail Fault = "pull-fail"
 )
 
@@ -55,37 +57,60 @@ func ParseFault(s string) (Fault, error) {
 type NodeFault struct {
 	Node  string
 	Fault Fault
+	// Image limits a pull-fail fault to the pulls of this image reference; empty fails every pull.
+	Image string
 	// For makes the fault clear itself after this long; 0 keeps it until cleared.
 	For time.Duration
 }
 
-// ParseNodeFault parses the CLI form NODE=KIND[:DURATION], e.g. c1-w-2=api-down:30s.
+// ParseNodeFault parses the CLI form NODE=KIND[:DURATION], e.g. c1-w-2=api-down:30s, or NODE=pull-fail:IMAGE,
+// e.g. c1-w-1=pull-fail:ghcr.io/siderolabs/kubelet:v1.36.2 (an argument that is not a duration names the image).
 func ParseNodeFault(s string) (NodeFault, error) {
-	node, kind, ok := strings.Cut(s, "=")
+	node, spec, ok := strings.Cut(s, "=")
 	if !ok || node == "" {
-		return NodeFault{}, fmt.Errorf("fault %q: expected NODE=KIND[:DURATION]", s)
+		return NodeFault{}, fmt.Errorf("fault %q: expected NODE=KIND[:DURATION] or NODE=pull-fail:IMAGE", s)
 	}
 
-	nf := NodeFault{Node: node}
-
-	if kind, duration, timed := strings.Cut(kind, ":"); timed {
-		d, err := time.ParseDuration(duration)
-		if err != nil || d <= 0 {
-			return NodeFault{}, fmt.Errorf("fault %q: duration %q is not a positive Go duration", s, duration)
-		}
-
-		nf.For = d
-		s = node + "=" + kind
-	}
-
-	_, kind, _ = strings.Cut(s, "=")
+	kind, arg, hasArg := strings.Cut(spec, ":")
 
 	fault, err := ParseFault(kind)
 	if err != nil {
 		return NodeFault{}, fmt.Errorf("fault %q: %w", s, err)
 	}
 
-	nf.Fault = fault
+	nf := NodeFault{Node: node, Fault: fault}
+
+	if !hasArg {
+		return nf, nil
+	}
+
+	if d, err := time.ParseDuration(arg); err == nil && d > 0 {
+		nf.For = d
+
+		return nf, nil
+	}
+
+	if fault != FaultPullFail || arg == "" {
+		return NodeFault{}, fmt.Errorf("fault %q: %q is not a positive Go duration", s, arg)
+	}
+
+	nf.Image = arg
 
 	return nf, nil
+}
+
+func (nf NodeFault) validate() error {
+	if _, err := ParseFault(string(nf.Fault)); err != nil {
+		return err
+	}
+
+	if nf.For < 0 {
+		return fmt.Errorf("fault %s of %s: negative duration %s", nf.Fault, nf.Node, nf.For)
+	}
+
+	if nf.Image != "" && nf.Fault != FaultPullFail {
+		return fmt.Errorf("fault %s of %s: only %s takes an image", nf.Fault, nf.Node, FaultPullFail)
+	}
+
+	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
@@ -161,10 +162,10 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 			return fmt.Errorf("fault %s for unknown node %q", nf.Fault, nf.Node)
 		}
 
-		n.faults[nf.Fault] = true
+		n.markFaultLocked(nf, true)
 
 		if nf.For > 0 {
-			f.clearFaultAfter(n, nf.Fault, nf.For)
+			f.clearFaultAfter(n, nf)
 		}
 	}
 
@@ -220,6 +221,8 @@ func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosco
 			bootID:        newBootID(),
 			cfg:           cfg,
 			faults:        map[Fault]bool{},
+			pullFaults:    map[string]bool{},
+			images:        map[common.ContainerdNamespace][]string{},
 			faultsChanged: make(chan struct{}),
 		}
 
@@ -302,6 +305,10 @@ func (f *Fleet) startKubernetes(ctx context.Context) error {
 
 		c.kube, c.kubeconfig = kube, kube.Kubeconfig()
 
+		if err = kube.ApplyManifests(ctx, c.bootstrapManifests()); err != nil {
+			return fmt.Errorf("applying the bootstrap manifests of cluster %q: %w", c.name, err)
+		}
+
 		if err = os.WriteFile(filepath.Join(c.dir, "kubeconfig"), c.kubeconfig, 0o600); err != nil {
 			return fmt.Errorf("writing kubeconfig of cluster %q: %w", c.name, err)
 		}
@@ -317,6 +324,28 @@ func (f *Fleet) startKubernetes(ctx context.Context) error {
 			n.mu.Lock()
 			n.kubelet = kubelet
 			n.mu.Unlock()
+		}
+
+		if err = c.applyBootstrapManifests(ctx); err != nil {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// bootstrapManifests are the objects the first control plane renders into the kube-proxy bootstrap manifest: what
+// the emulator applies when the cluster starts. CoreDNS is rendered but not applied: its pods would only add churn
+// to every drain, and nothing the engine does reads them.
+func (c *cluster) bootstrapManifests() []map[string]any {
+	n := c.nodes[0] // control planes come first, and every cluster has one
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	for _, m := range n.rendered.manifests {
+		if m.id == kubeProxyManifestID {
+			return m.objects
 		}
 	}
 
@@ -497,56 +526,70 @@ func (f *Fleet) cluster(name string) (*cluster, error) {
 
 // SetFault injects a fault into a running node.
 func (f *Fleet) SetFault(ctx context.Context, node string, fault Fault) error {
-	return f.changeFault(ctx, node, fault, true)
+	return f.SetNodeFault(ctx, NodeFault{Node: node, Fault: fault})
 }
 
 // ClearFault removes a fault from a running node (a node held down by no-return comes back).
 func (f *Fleet) ClearFault(ctx context.Context, node string, fault Fault) error {
-	return f.changeFault(ctx, node, fault, false)
+	return f.ClearNodeFault(ctx, NodeFault{Node: node, Fault: fault})
 }
 
 // SetFaultFor injects a fault into a running node that clears itself after d (e.g. api-down for a while).
 func (f *Fleet) SetFaultFor(ctx context.Context, node string, fault Fault, d time.Duration) error {
-	if err := f.SetFault(ctx, node, fault); err != nil {
-		return err
-	}
+	return f.SetNodeFault(ctx, NodeFault{Node: node, Fault: fault, For: d})
+}
 
-	n, err := f.Node(node)
+// SetNodeFault injects a fault into a running node: e.g. a pull-fail of one image (Image), or one that clears itself
+// after For.
+func (f *Fleet) SetNodeFault(ctx context.Context, nf NodeFault) error {
+	n, err := f.faultNode(nf)
 	if err != nil {
 		return err
 	}
 
-	f.clearFaultAfter(n, fault, d)
+	if err = n.setFault(ctx, nf, true); err != nil {
+		return err
+	}
+
+	if nf.For > 0 {
+		f.clearFaultAfter(n, nf)
+	}
 
 	return nil
 }
 
-func (f *Fleet) clearFaultAfter(n *Node, fault Fault, d time.Duration) {
+// ClearNodeFault removes a fault set by SetNodeFault (or at start); a pull-fail of one image is cleared by naming the
+// same image.
+func (f *Fleet) ClearNodeFault(ctx context.Context, nf NodeFault) error {
+	n, err := f.faultNode(nf)
+	if err != nil {
+		return err
+	}
+
+	return n.setFault(ctx, nf, false)
+}
+
+func (f *Fleet) faultNode(nf NodeFault) (*Node, error) {
+	if err := nf.validate(); err != nil {
+		return nil, err
+	}
+
+	return f.Node(nf.Node)
+}
+
+func (f *Fleet) clearFaultAfter(n *Node, nf NodeFault) {
 	f.background(func(ctx context.Context) {
-		timer := time.NewTimer(d)
+		timer := time.NewTimer(nf.For)
 		defer timer.Stop()
 
 		select {
 		case <-ctx.Done():
 		case <-timer.C:
-			if err := n.setFault(ctx, fault, false); err != nil {
-				f.logger.Error("clearing fault", zap.String("node", n.name), zap.String("fault", string(fault)), zap.Error(err))
+			if err := n.setFault(ctx, nf, false); err != nil {
+				f.logger.Error("clearing fault", zap.String("node", n.name), zap.String("fault", string(nf.Fault)), zap.Error(err))
 			}
 		}
 	})
-}
-
-func (f *Fleet) changeFault(ctx context.Context, node string, fault Fault, on bool) error {
-	if _, err := ParseFault(string(fault)); err != nil {
-		return err
-	}
-
-	n, err := f.Node(node)
-	if err != nil {
-		return err
-	}
-
-	return n.setFault(ctx, fault, on)
 }
 
 // Kubeconfig is a cluster's admin kubeconfig, or nil when its Kubernetes control plane does not run (lite mode, or

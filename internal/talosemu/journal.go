@@ -26,7 +26,21 @@ const (
 	EventEtcdWiped = "etcd-wiped"
 	// EventEtcdJoined is recorded when a node's etcd member (re)joined the cluster as a new member.
 	EventEtcdJoined = "etcd-joined"
+	// EventAPIServerDown is recorded when a control plane's kube-apiserver static pod restarts (its config changed):
+	// the cluster's API endpoint is unreachable from then on until EventAPIServerUp.
+	EventAPIServerDown = "apiserver-down"
+	// EventAPIServerUp is recorded when the cluster's API endpoint serves again after EventAPIServerDown.
+	EventAPIServerUp = "apiserver-up"
 )
+
+// ImageChange is a Kubernetes component whose image an ApplyConfiguration changes, so the journal shows which step
+// of a Kubernetes upgrade a call is (and a call sent twice shows no change the second time).
+type ImageChange struct {
+	// Component is kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy or kubelet.
+	Component string `json:"component"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+}
 
 // Entry is one journal record: a gRPC call a node received, or an event in a node's life (see the Event constants).
 type Entry struct {
@@ -36,19 +50,23 @@ type Entry struct {
 	Event  string    `json:"event,omitempty"`
 
 	// Arguments that matter, depending on the method or event.
-	Image     string `json:"image,omitempty"`
-	Preserve  *bool  `json:"preserve,omitempty"`
-	Stage     *bool  `json:"stage,omitempty"`
-	Force     *bool  `json:"force,omitempty"`
-	Mode      string `json:"mode,omitempty"`
-	DryRun    *bool  `json:"dryRun,omitempty"`
-	MemberID  string `json:"memberId,omitempty"`
-	Path      string `json:"path,omitempty"`
-	Resource  string `json:"resource,omitempty"`
-	Version   string `json:"version,omitempty"`
-	BootID    string `json:"bootId,omitempty"`
-	Error     string `json:"error,omitempty"`
+	Image    string `json:"image,omitempty"`
+	Preserve *bool  `json:"preserve,omitempty"`
+	Stage    *bool  `json:"stage,omitempty"`
+	Force    *bool  `json:"force,omitempty"`
+	Mode     string `json:"mode,omitempty"`
+	DryRun   *bool  `json:"dryRun,omitempty"`
+	MemberID string `json:"memberId,omitempty"`
+	Path     string `json:"path,omitempty"`
+	Resource string `json:"resource,omitempty"`
+	Version  string `json:"version,omitempty"`
+	BootID   string `json:"bootId,omitempty"`
+	Error    string `json:"error,omitempty"`
+	// Namespace is the COSI namespace of a resource call, or the containerd namespace of an image pull (NS_CRI,
+	// NS_SYSTEM).
 	Namespace string `json:"namespace,omitempty"`
+	// Changes are the component images an ApplyConfiguration changes, against the node's active config.
+	Changes []ImageChange `json:"changes,omitempty"`
 }
 
 // Journal records every call and reboot of a fleet in order, in memory for the Go API and as JSON lines in a file.

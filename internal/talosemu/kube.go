@@ -2,6 +2,7 @@ package talosemu
 
 import (
 	"context"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -31,6 +32,13 @@ type KubernetesControlPlane interface {
 	Kubeconfig() []byte
 	// StartKubelet starts playing one node's kubelet; it stops when ctx ends.
 	StartKubelet(ctx context.Context, node KubeletConfig) (Kubelet, error)
+	// ApplyManifests server-side applies bootstrap manifest objects, as the bootstrap node of a Talos cluster
+	// applies its rendered manifests.
+	ApplyManifests(ctx context.Context, objects []map[string]any) error
+	// InterruptAPIServer makes the cluster's API endpoint unreachable for d, as its clients see a kube-apiserver
+	// restart: connections open now are cut and new ones refused until d has passed. It returns once the endpoint
+	// serves again.
+	InterruptAPIServer(ctx context.Context, d time.Duration) error
 	Stop() error
 }
 
@@ -50,6 +58,8 @@ type KubeletConfig struct {
 	ControlPlane   bool
 	// StaticPods are the control-plane static pods (kube-apiserver, kube-controller-manager, kube-scheduler).
 	StaticPods []StaticPod
+	// StaticPodRestart is how long a static pod the kubelet (re)starts stays not Ready.
+	StaticPodRestart time.Duration
 	// OSImage is what the Node reports as its OS image, e.g. "Talos (v1.14.1)".
 	OSImage string
 }

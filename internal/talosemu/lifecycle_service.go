@@ -85,21 +85,26 @@ func (imageService) Pull(req *machine.ImageServicePullRequest, srv grpc.ServerSt
 		return err
 	}
 
-	if _, err := n.pull(req.GetImageRef()); err != nil {
-		return status.Error(codes.NotFound, err.Error())
+	if err := pullInto(n, req.GetContainerd().GetNamespace(), req.GetImageRef()); err != nil {
+		return err
 	}
 
 	return srv.Send(&machine.ImageServicePullResponse{Response: &machine.ImageServicePullResponse_Name{Name: req.GetImageRef()}})
 }
 
-func (imageService) List(_ *machine.ImageServiceListRequest, srv grpc.ServerStreamingServer[machine.ImageServiceListResponse]) error {
+func (imageService) List(req *machine.ImageServiceListRequest, srv grpc.ServerStreamingServer[machine.ImageServiceListResponse]) error {
 	n := nodeFrom(srv.Context())
 
 	if err := requireLifecycleAPI(n); err != nil {
 		return err
 	}
 
-	for _, image := range n.pulledImages() {
+	namespace, err := pullNamespace(req.GetContainerd().GetNamespace())
+	if err != nil {
+		return err
+	}
+
+	for _, image := range n.pulledImages(namespace) {
 		if err := srv.Send(&machine.ImageServiceListResponse{Name: image}); err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sort"
 
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -119,13 +120,18 @@ func (machineService) ApplyConfiguration(ctx context.Context, req *machine.Apply
 
 		return reply(mode, "Applied configuration with a reboot"), nil
 	default:
-		if err = n.applyNow(n.fleet.ctx, cfg); err != nil {
+		restarted, err := n.applyNow(n.fleet.ctx, cfg)
+		if err != nil {
 			code := codes.Internal
 			if errors.Is(err, errInvalidConfig) {
 				code = codes.InvalidArgument
 			}
 
 			return nil, status.Error(code, err.Error())
+		}
+
+		if slices.Contains(restarted, componentAPIServer) {
+			afterReturn(ctx, n.restartAPIServer)
 		}
 
 		return reply(mode, "Applied configuration without a reboot"), nil
@@ -149,7 +155,7 @@ func (machineService) Reboot(ctx context.Context, _ *machine.RebootRequest) (*ma
 func (machineService) Upgrade(ctx context.Context, req *machine.UpgradeRequest) (*machine.UpgradeResponse, error) {
 	n := nodeFrom(ctx)
 
-	if _, err := n.pull(req.GetImage()); err != nil {
+	if _, err := n.pull(common.ContainerdNamespace_NS_SYSTEM, req.GetImage()); err != nil {
 		return nil, status.Errorf(codes.NotFound, "error validating installer image %q: %v", req.GetImage(), err)
 	}
 
@@ -263,12 +269,41 @@ func (machineService) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machi
 	return &machine.ServiceListResponse{Messages: []*machine.ServiceList{{Services: infos}}}, nil
 }
 
+// ImagePull is the legacy pre-pull (talosctl upgrade-k8s uses it): control-plane images into the CRI namespace, the
+// kubelet image into the system namespace.
 func (machineService) ImagePull(ctx context.Context, req *machine.ImagePullRequest) (*machine.ImagePullResponse, error) {
-	if _, err := nodeFrom(ctx).pull(req.GetReference()); err != nil {
-		return nil, status.Error(codes.NotFound, err.Error())
+	if err := pullInto(nodeFrom(ctx), req.GetNamespace(), req.GetReference()); err != nil {
+		return nil, err
 	}
 
 	return &machine.ImagePullResponse{Messages: []*machine.ImagePull{{}}}, nil
+}
+
+// pullNamespace checks the containerd namespace of a pull; an unset one means the system namespace, as for
+// clients that pull installer images without naming one.
+func pullNamespace(namespace common.ContainerdNamespace) (common.ContainerdNamespace, error) {
+	switch namespace {
+	case common.ContainerdNamespace_NS_UNKNOWN, common.ContainerdNamespace_NS_SYSTEM:
+		return common.ContainerdNamespace_NS_SYSTEM, nil
+	case common.ContainerdNamespace_NS_CRI:
+		return namespace, nil
+	default:
+		return 0, status.Errorf(codes.InvalidArgument, "unsupported containerd namespace %s", namespace)
+	}
+}
+
+// pullInto pulls image into a containerd namespace of n, failing with the gRPC error a client sees.
+func pullInto(n *Node, namespace common.ContainerdNamespace, image string) error {
+	namespace, err := pullNamespace(namespace)
+	if err != nil {
+		return err
+	}
+
+	if _, err = n.pull(namespace, image); err != nil {
+		return status.Error(codes.NotFound, err.Error())
+	}
+
+	return nil
 }
 
 func (machineService) EtcdMemberList(ctx context.Context, req *machine.EtcdMemberListRequest) (*machine.EtcdMemberListResponse, error) {

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"go.uber.org/zap"
@@ -29,22 +29,25 @@ type Node struct {
 	st           state.State
 	etcd         etcdMember // nil on workers
 
-	mu            sync.Mutex
-	running       string // running Talos version
-	staged        string // version installed for the next boot ("" if none)
-	bootID        string
-	cfg           config.Provider
-	stagedCfg     config.Provider // applied in STAGED mode, active after the next reboot
-	configVersion int
-	rendered      rendered
-	faults        map[Fault]bool
-	faultsChanged chan struct{}
-	booted        bool // up and not rebooting
-	busy          bool // an install or reboot sequence is in progress
-	reach         context.Context
-	unreach       context.CancelFunc // ends reach when the API becomes unreachable
-	images        []string
-	kubelet       Kubelet
+	mu        sync.Mutex
+	running   string // running Talos version
+	staged    string // version installed for the next boot ("" if none)
+	bootID    string
+	cfg       config.Provider
+	stagedCfg config.Provider // applied in STAGED mode, active after the next reboot
+	rendered  rendered
+	// staticPodVersions are the versions of the control-plane components' config resources, which the static pods
+	// carry in their talos.dev/config-version annotation.
+	staticPodVersions map[string]string
+	faults            map[Fault]bool
+	pullFaults        map[string]bool // images whose pulls fail (pull-fail faults naming an image)
+	faultsChanged     chan struct{}
+	booted            bool // up and not rebooting
+	busy              bool // an install or reboot sequence is in progress
+	reach             context.Context
+	unreach           context.CancelFunc                      // ends reach when the API becomes unreachable
+	images            map[common.ContainerdNamespace][]string // pulled images by containerd namespace
+	kubelet           Kubelet
 }
 
 // Name is the node's Talos node name, machine ID and Kubernetes node name.
@@ -116,32 +119,52 @@ func (n *Node) hasFault(f Fault) bool {
 	return n.faults[f]
 }
 
-// setFault sets or clears a fault and applies what it changes at once (reachability, health).
-func (n *Node) setFault(ctx context.Context, f Fault, on bool) error {
-	n.mu.Lock()
-	if n.faults[f] == on {
-		n.mu.Unlock()
-
-		return nil
+// markFaultLocked sets or clears a fault in the node's fault sets and reports whether that changed anything. The
+// caller holds n.mu.
+func (n *Node) markFaultLocked(nf NodeFault, on bool) bool {
+	set := n.faults[nf.Fault]
+	if nf.Image != "" {
+		set = n.pullFaults[nf.Image]
 	}
 
-	if on {
-		n.faults[f] = true
-	} else {
-		delete(n.faults, f)
+	if set == on {
+		return false
+	}
+
+	switch {
+	case nf.Image != "" && on:
+		n.pullFaults[nf.Image] = true
+	case nf.Image != "":
+		delete(n.pullFaults, nf.Image)
+	case on:
+		n.faults[nf.Fault] = true
+	default:
+		delete(n.faults, nf.Fault)
 	}
 
 	close(n.faultsChanged)
 	n.faultsChanged = make(chan struct{})
 
-	if f == FaultAPIDown && n.booted {
+	return true
+}
+
+// setFault sets or clears a fault and applies what it changes at once (reachability, health).
+func (n *Node) setFault(ctx context.Context, nf NodeFault, on bool) error {
+	n.mu.Lock()
+	if !n.markFaultLocked(nf, on) {
+		n.mu.Unlock()
+
+		return nil
+	}
+
+	if nf.Fault == FaultAPIDown && n.booted {
 		n.setReachableLocked(!on)
 	}
 
 	booted := n.booted
 	n.mu.Unlock()
 
-	if f == FaultEtcdUnhealthy && booted {
+	if nf.Fault == FaultEtcdUnhealthy && booted {
 		return n.publishHealth(ctx)
 	}
 
@@ -216,18 +239,22 @@ func (n *Node) kubeletConfig() KubeletConfig {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
-	pods := make([]StaticPod, 0, len(n.rendered.staticPods))
-	for _, pod := range n.rendered.staticPods {
-		pod.Annotations = map[string]string{constants.AnnotationStaticPodConfigVersion: strconv.Itoa(n.configVersion)}
-		pods = append(pods, pod)
+	pods := make([]StaticPod, 0, len(n.rendered.components))
+	for _, c := range n.rendered.components {
+		pods = append(pods, StaticPod{
+			Name:        c.name,
+			Image:       c.image,
+			Annotations: map[string]string{constants.AnnotationStaticPodConfigVersion: n.staticPodVersions[c.name]},
+		})
 	}
 
 	return KubeletConfig{
-		Name:           n.name,
-		KubeletVersion: n.rendered.kubeletVersion,
-		ControlPlane:   n.controlPlane,
-		StaticPods:     pods,
-		OSImage:        "Talos (v" + n.running + ")",
+		Name:             n.name,
+		KubeletVersion:   n.rendered.kubelet.version,
+		ControlPlane:     n.controlPlane,
+		StaticPods:       pods,
+		StaticPodRestart: n.fleet.opts.staticPodRestart,
+		OSImage:          "Talos (v" + n.running + ")",
 	}
 }
 
@@ -312,7 +339,6 @@ func (n *Node) rebootSequence(ctx context.Context, wipe bool) error {
 
 	if n.stagedCfg != nil {
 		n.cfg, n.stagedCfg = n.stagedCfg, nil
-		n.configVersion++
 	}
 
 	n.bootID = newBootID()
@@ -383,7 +409,7 @@ func (n *Node) waitDowntime(ctx context.Context) error {
 
 // install checks and "runs" the installer for image, and stages its version for the next boot.
 func (n *Node) install(image string) (string, error) {
-	target, err := n.pull(image)
+	target, err := n.pull(common.ContainerdNamespace_NS_SYSTEM, image)
 	if err != nil {
 		return "", err
 	}
@@ -408,14 +434,19 @@ func (n *Node) install(image string) (string, error) {
 	return target, nil
 }
 
-// pull emulates an image pull: installer images must name a supported version, and pull-fail fails every pull.
-// It returns the Talos version an installer image carries ("" for other images).
-func (n *Node) pull(image string) (string, error) {
+// pull emulates an image pull into a containerd namespace: installer images must name a supported version, and a
+// pull-fail fault fails every pull or the pulls of the image it names. It returns the Talos version an installer
+// image carries ("" for other images).
+func (n *Node) pull(namespace common.ContainerdNamespace, image string) (string, error) {
 	if image == "" {
 		return "", fmt.Errorf("image reference is empty")
 	}
 
-	if n.hasFault(FaultPullFail) {
+	n.mu.Lock()
+	failed := n.faults[FaultPullFail] || n.pullFaults[image]
+	n.mu.Unlock()
+
+	if failed {
 		return "", fmt.Errorf("pulling image %q: not found (injected fault)", image)
 	}
 
@@ -431,20 +462,20 @@ func (n *Node) pull(image string) (string, error) {
 	}
 
 	n.mu.Lock()
-	if !slices.Contains(n.images, image) {
-		n.images = append(n.images, image)
+	if !slices.Contains(n.images[namespace], image) {
+		n.images[namespace] = append(n.images[namespace], image)
 	}
 	n.mu.Unlock()
 
 	return version, nil
 }
 
-// pulledImages lists the images pulled on the node so far.
-func (n *Node) pulledImages() []string {
+// pulledImages lists the images pulled into a containerd namespace of the node so far.
+func (n *Node) pulledImages(namespace common.ContainerdNamespace) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
-	return slices.Clone(n.images)
+	return slices.Clone(n.images[namespace])
 }
 
 func newBootID() string {
@@ -458,28 +489,55 @@ func newBootID() string {
 }
 
 // applyNow activates a machine config without a reboot and re-renders everything that depends on it; a config
-// that cannot be rendered is refused before anything changes.
-func (n *Node) applyNow(ctx context.Context, cfg config.Provider) error {
-	r, err := render(cfg, n.controlPlane)
+// that cannot be rendered is refused before anything changes. It returns the control-plane components whose static
+// pod the change restarts.
+func (n *Node) applyNow(ctx context.Context, cfg config.Provider) ([]string, error) {
+	r, err := render(cfg, n.name, n.controlPlane, n.Version())
 	if err != nil {
-		return fmt.Errorf("%w: %w", errInvalidConfig, err)
+		return nil, fmt.Errorf("%w: %w", errInvalidConfig, err)
 	}
 
 	n.mu.Lock()
 	n.cfg, n.rendered = cfg, r
-	n.configVersion++
 	kubelet := n.kubelet
 	n.mu.Unlock()
 
-	if err = n.publishConfig(ctx); err != nil {
-		return err
+	restarted, err := n.publishConfig(ctx)
+	if err != nil {
+		return nil, err
 	}
 
 	if kubelet != nil {
 		kubelet.Update(n.kubeletConfig())
 	}
 
-	return nil
+	return restarted, nil
+}
+
+// restartAPIServer shows the cluster's clients what a restart of this control plane's kube-apiserver looks like:
+// the cluster's API endpoint is unreachable for the static pod restart time (journal events apiserver-down and
+// apiserver-up). Without Kubernetes (lite mode) there is nothing to interrupt.
+func (n *Node) restartAPIServer() {
+	kube := n.cluster.kube
+	if kube == nil {
+		return
+	}
+
+	d := n.fleet.opts.staticPodRestart
+
+	n.fleet.background(func(ctx context.Context) {
+		n.fleet.journal.record(Entry{Node: n.name, Event: EventAPIServerDown})
+
+		if err := kube.InterruptAPIServer(ctx, d); err != nil {
+			if ctx.Err() == nil {
+				n.fleet.logger.Error("interrupting the API server", zap.String("node", n.name), zap.Error(err))
+			}
+
+			return
+		}
+
+		n.fleet.journal.record(Entry{Node: n.name, Event: EventAPIServerUp})
+	})
 }
 
 var errInvalidConfig = errors.New("invalid machine configuration")

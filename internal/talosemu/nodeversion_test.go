@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -53,6 +54,10 @@ type recordedControlPlane struct{ r *kubeletRecorder }
 
 func (recordedControlPlane) Kubeconfig() []byte { return []byte("apiVersion: v1\nkind: Config\n") }
 func (recordedControlPlane) Stop() error        { return nil }
+
+func (recordedControlPlane) ApplyManifests(context.Context, []map[string]any) error { return nil }
+
+func (recordedControlPlane) InterruptAPIServer(context.Context, time.Duration) error { return nil }
 
 func (cp recordedControlPlane) StartKubelet(_ context.Context, cfg talosemu.KubeletConfig) (talosemu.Kubelet, error) {
 	cp.r.set(cfg)

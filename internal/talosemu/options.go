@@ -23,6 +23,7 @@ type options struct {
 	lite              bool
 	rebootDowntime    time.Duration
 	slowRebootFactor  int
+	staticPodRestart  time.Duration
 	faults            []NodeFault
 	kubernetes        KubernetesRunner
 	logger            *zap.Logger
@@ -30,6 +31,11 @@ type options struct {
 
 // DefaultRebootDowntime is how long a rebooting node stays unreachable unless configured.
 const DefaultRebootDowntime = 2 * time.Second
+
+// DefaultStaticPodRestart is how long a restarted control-plane static pod stays not Ready (and the cluster's API
+// endpoint unreachable when it is a kube-apiserver) unless configured: about what a kube-apiserver takes to serve
+// again.
+const DefaultStaticPodRestart = time.Second
 
 func defaultOptions() options {
 	return options{
@@ -41,6 +47,7 @@ func defaultOptions() options {
 		kubernetesVersion: DefaultKubernetesVersion,
 		rebootDowntime:    DefaultRebootDowntime,
 		slowRebootFactor:  5,
+		staticPodRestart:  DefaultStaticPodRestart,
 		logger:            zap.NewNop(),
 	}
 }
@@ -200,6 +207,21 @@ func WithRebootDowntime(d time.Duration) Option {
 	}
 }
 
+// WithStaticPodRestart sets how long a control-plane static pod whose config changed stays not Ready while the
+// kubelet restarts it, and how long the cluster's API endpoint is unreachable when that pod is a kube-apiserver
+// (0 is allowed: no delay, e.g. for benchmarks).
+func WithStaticPodRestart(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("static pod restart must not be negative, got %s", d)
+		}
+
+		o.staticPodRestart = d
+
+		return nil
+	}
+}
+
 // WithSlowRebootFactor sets how many times longer a node with the slow-reboot fault stays down (default 5).
 func WithSlowRebootFactor(factor int) Option {
 	return func(o *options) error {
@@ -221,12 +243,8 @@ func WithFault(node string, fault Fault) Option {
 // WithNodeFault injects a fault into a node from the start, for a while when its For is set.
 func WithNodeFault(nf NodeFault) Option {
 	return func(o *options) error {
-		if _, err := ParseFault(string(nf.Fault)); err != nil {
+		if err := nf.validate(); err != nil {
 			return err
-		}
-
-		if nf.For < 0 {
-			return fmt.Errorf("fault %s of %s: negative duration %s", nf.Fault, nf.Node, nf.For)
 		}
 
 		o.faults = append(o.faults, nf)

@@ -3,6 +3,7 @@ package talosemu
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -71,6 +72,7 @@ func newMetaState(ctx context.Context) (state.CoreState, error) {
 	for _, r := range []meta.ResourceWithRD{
 		&runtime.MachineStatus{}, &runtime.Version{}, &runtime.BootID{}, &v1alpha1.Service{},
 		&k8s.Nodename{}, &k8s.KubeletSpec{}, &k8s.StaticPod{}, &k8s.StaticPodStatus{}, &k8s.Manifest{},
+		&k8s.APIServerConfig{}, &k8s.ControllerManagerConfig{}, &k8s.SchedulerConfig{},
 		&config.MachineConfig{}, &etcd.Member{},
 	} {
 		if err := definitions.Register(ctx, r); err != nil {
@@ -106,7 +108,9 @@ func (n *Node) publishInitial(ctx context.Context) error {
 		}
 	}
 
-	return n.publishConfig(ctx)
+	_, err := n.publishConfig(ctx)
+
+	return err
 }
 
 // publishRebooting shows a node going down: stage Rebooting, services stopped.
@@ -134,7 +138,7 @@ func (n *Node) publishBooted(ctx context.Context, republishConfig bool) error {
 	}
 
 	if republishConfig {
-		if err := n.publishConfig(ctx); err != nil {
+		if _, err := n.publishConfig(ctx); err != nil {
 			return err
 		}
 	}
@@ -234,7 +238,7 @@ func (n *Node) rerender() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 
-	r, err := render(n.cfg, n.controlPlane)
+	r, err := render(n.cfg, n.name, n.controlPlane, n.running)
 	if err != nil {
 		return fmt.Errorf("rendering machine config of %q: %w", n.name, err)
 	}
@@ -244,56 +248,61 @@ func (n *Node) rerender() error {
 	return nil
 }
 
-// publishConfig publishes the machine config and everything rendered from it. When the kubelet image changes, the
-// kubelet service restarts (its resource is destroyed and created again), as clients that upgrade kubelets expect.
-func (n *Node) publishConfig(ctx context.Context) error {
+// publishConfig publishes the machine config and everything rendered from it, and returns the control-plane
+// components whose static pod changed (their config resource got a new version), which the kubelet restarts. When
+// the kubelet's image or flags change, the kubelet service restarts (its resource is destroyed and created again),
+// as clients that upgrade kubelets expect.
+func (n *Node) publishConfig(ctx context.Context) ([]string, error) {
 	n.mu.Lock()
-	cfg, r, configVersion := n.cfg, n.rendered, n.configVersion
+	cfg, r, running := n.cfg, n.rendered, n.running
+	previous := n.staticPodVersions
 	n.mu.Unlock()
 
 	if err := n.putMachineConfig(ctx, cfg); err != nil {
-		return wrapNode(n, "machine config", err)
+		return nil, wrapNode(n, "machine config", err)
 	}
 
 	kubeletChanged := false
 
 	if err := safe.StateModify(ctx, n.st, k8s.NewKubeletSpec(k8s.NamespaceName, k8s.KubeletID), func(res *k8s.KubeletSpec) error {
-		kubeletChanged = res.TypedSpec().Image != "" && res.TypedSpec().Image != r.kubeletImage
-		res.TypedSpec().Image = r.kubeletImage
-		res.TypedSpec().ExpectedNodename = n.name
-		res.TypedSpec().Args = []string{"--hostname-override=" + n.name, "--config=/etc/kubernetes/kubelet.yaml"}
-		res.TypedSpec().Config = map[string]any{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration"}
+		spec := res.TypedSpec()
+		kubeletChanged = spec.Image != "" && (spec.Image != r.kubelet.image || !slices.Equal(spec.Args, r.kubelet.args))
+		spec.Image = r.kubelet.image
+		spec.ExpectedNodename = n.name
+		spec.Args = r.kubelet.args
+		spec.Config = map[string]any{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration"}
 
 		return nil
 	}); err != nil {
-		return wrapNode(n, "kubelet spec", err)
+		return nil, wrapNode(n, "kubelet spec", err)
 	}
 
 	if kubeletChanged {
 		if err := n.restartService(ctx, "kubelet"); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
-	for _, pod := range r.staticPods {
-		object := staticPodObject(n.name, pod, configVersion)
+	versions := make(map[string]string, len(r.components))
 
-		if err := safe.StateModify(ctx, n.st, k8s.NewStaticPod(k8s.NamespaceName, pod.Name), func(res *k8s.StaticPod) error {
-			res.TypedSpec().Pod = object
+	var restarted []string
 
-			return nil
-		}); err != nil {
-			return wrapNode(n, "static pod "+pod.Name, err)
+	for _, c := range r.components {
+		version, err := n.publishComponent(ctx, c, servesFinalConfigs(running))
+		if err != nil {
+			return nil, err
 		}
 
-		if err := safe.StateModify(ctx, n.st, k8s.NewStaticPodStatus(k8s.NamespaceName, staticPodStatusID(n.name, pod.Name)), func(res *k8s.StaticPodStatus) error {
-			res.TypedSpec().PodStatus = runningPodStatus()
+		versions[c.name] = version
 
-			return nil
-		}); err != nil {
-			return wrapNode(n, "static pod status "+pod.Name, err)
+		if previous[c.name] != "" && previous[c.name] != version {
+			restarted = append(restarted, c.name)
 		}
 	}
+
+	n.mu.Lock()
+	n.staticPodVersions = versions
+	n.mu.Unlock()
 
 	for _, m := range r.manifests {
 		items := make([]k8s.SingleManifest, 0, len(m.objects))
@@ -306,11 +315,90 @@ func (n *Node) publishConfig(ctx context.Context) error {
 
 			return nil
 		}); err != nil {
-			return wrapNode(n, "manifest "+m.id, err)
+			return nil, wrapNode(n, "manifest "+m.id, err)
 		}
 	}
 
-	return nil
+	return restarted, nil
+}
+
+// publishComponent writes a control-plane component's config resources (the plain one and, when final is set, the
+// final one Talos 1.14 renders the static pod from), then its StaticPod annotated with the version of that config,
+// and its status. It returns that version.
+func (n *Node) publishComponent(ctx context.Context, c renderedComponent, final bool) (string, error) {
+	ids := []string{c.name}
+	if final {
+		ids = append(ids, k8s.FinalPrefix+c.name)
+	}
+
+	var version string
+
+	for _, id := range ids {
+		v, err := modifyComponentConfig(ctx, n.st, id, c)
+		if err != nil {
+			return "", wrapNode(n, "config "+id, err)
+		}
+
+		version = v
+	}
+
+	object := staticPodObject(c, version)
+
+	if err := safe.StateModify(ctx, n.st, k8s.NewStaticPod(k8s.NamespaceName, c.name), func(res *k8s.StaticPod) error {
+		res.TypedSpec().Pod = object
+
+		return nil
+	}); err != nil {
+		return "", wrapNode(n, "static pod "+c.name, err)
+	}
+
+	if err := safe.StateModify(ctx, n.st, k8s.NewStaticPodStatus(k8s.NamespaceName, staticPodStatusID(n.name, c.name)), func(res *k8s.StaticPodStatus) error {
+		res.TypedSpec().PodStatus = runningPodStatus()
+
+		return nil
+	}); err != nil {
+		return "", wrapNode(n, "static pod status "+c.name, err)
+	}
+
+	return version, nil
+}
+
+// modifyComponentConfig writes one config resource of a control-plane component and returns its version, which
+// changes only when the image or the extra args do.
+func modifyComponentConfig(ctx context.Context, st state.State, id string, c renderedComponent) (string, error) {
+	args := make(map[string]k8s.ArgValues, len(c.extraArgs))
+	for key, values := range c.extraArgs {
+		args[key] = k8s.ArgValues{Values: values}
+	}
+
+	switch c.name {
+	case componentAPIServer:
+		return modifyVersion(ctx, st, k8s.NewAPIServerConfig(id), func(r *k8s.APIServerConfig) {
+			r.TypedSpec().Image, r.TypedSpec().ExtraArgs = c.image, args
+		})
+	case componentControllerManager:
+		return modifyVersion(ctx, st, k8s.NewControllerManagerConfig(id), func(r *k8s.ControllerManagerConfig) {
+			r.TypedSpec().Enabled, r.TypedSpec().Image, r.TypedSpec().ExtraArgs = true, c.image, args
+		})
+	default:
+		return modifyVersion(ctx, st, k8s.NewSchedulerConfig(id), func(r *k8s.SchedulerConfig) {
+			r.TypedSpec().Enabled, r.TypedSpec().Image, r.TypedSpec().ExtraArgs = true, c.image, args
+		})
+	}
+}
+
+// modifyVersion creates or updates a resource (an unchanged one keeps its version) and returns its version.
+func modifyVersion[T resource.Resource](ctx context.Context, st state.State, r T, set func(T)) (string, error) {
+	out, err := safe.StateModifyWithResult(ctx, st, r, func(r T) error {
+		set(r)
+
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+
+	return out.Metadata().Version().String(), nil
 }
 
 // putMachineConfig creates or replaces the active MachineConfig resource (its spec has no setter).

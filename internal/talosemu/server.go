@@ -127,6 +127,10 @@ func (f *Fleet) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 	entry := requestEntry(req)
 	entry.Node, entry.Method = n.name, info.FullMethod
 
+	if apply, ok := req.(*machine.ApplyConfigurationRequest); ok {
+		entry.Changes = n.imageChanges(apply.GetData())
+	}
+
 	callCtx, reach, done, err := f.enter(ctx, n)
 	if err != nil {
 		entry.Error = status.Code(err).String()
@@ -212,9 +216,9 @@ func requestEntry(req any) Entry {
 	case *machine.LifecycleServiceInstallRequest:
 		return Entry{Image: r.GetSource().GetImageName()}
 	case *machine.ImageServicePullRequest:
-		return Entry{Image: r.GetImageRef()}
+		return Entry{Image: r.GetImageRef(), Namespace: r.GetContainerd().GetNamespace().String()}
 	case *machine.ImagePullRequest:
-		return Entry{Image: r.GetReference()}
+		return Entry{Image: r.GetReference(), Namespace: r.GetNamespace().String()}
 	case *machine.ApplyConfigurationRequest:
 		return Entry{Mode: r.GetMode().String(), DryRun: new(r.GetDryRun())}
 	case *machine.RebootRequest:

@@ -31,6 +31,10 @@ const DefaultKubernetesVersion = "1.34.3"
 // answer Unimplemented, which is how real clients detect that they must use the legacy MachineService.Upgrade.
 const lifecycleServiceMinVersion = "1.13.0"
 
+// finalConfigsMinVersion is the first Talos minor that renders control-plane static pods from "final-" config
+// resources (kube-apiserver's APIServerConfig "final-kube-apiserver", ...), which clients watch first.
+const finalConfigsMinVersion = "1.14.0"
+
 // SupportedVersions returns the Talos versions (without a "v" prefix) the emulator can run, oldest first, so tests
 // can plan an upgrade from the oldest supported version to the newest.
 func SupportedVersions() []string {
@@ -93,8 +97,14 @@ func checkUpgradeable(host, target string) error {
 
 // servesLifecycleAPI reports whether Talos version v (already normalized) serves LifecycleService and
 // ImageService.
-func servesLifecycleAPI(v string) bool {
+func servesLifecycleAPI(v string) bool { return atLeast(v, lifecycleServiceMinVersion) }
+
+// servesFinalConfigs reports whether Talos version v publishes "final-" control-plane config resources.
+func servesFinalConfigs(v string) bool { return atLeast(v, finalConfigsMinVersion) }
+
+// atLeast reports whether version v (already normalized) is min or later.
+func atLeast(v, min string) bool {
 	parsed, err := semver.Parse(v)
 
-	return err == nil && parsed.GTE(semver.MustParse(lifecycleServiceMinVersion))
+	return err == nil && parsed.GTE(semver.MustParse(min))
 }

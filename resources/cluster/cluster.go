@@ -5,6 +5,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,10 +35,14 @@ type ManifestSyncMode string
 const (
 	// ManifestSyncManual shows the diff and waits for `upshift manifests sync` (the default).
 	ManifestSyncManual ManifestSyncMode = "manual"
-	// ManifestSyncAuto would apply the diff as soon as it is computed. It is reserved: manifest sync is not built
-	// yet, so validation refuses it rather than accept a setting that would do nothing.
+	// ManifestSyncAuto applies the diff by itself once an upgrade is Done, never while one runs and never over a
+	// field another manager set.
 	ManifestSyncAuto ManifestSyncMode = "auto"
 )
+
+// KubernetesChecks are the names of the pre-checks of a Kubernetes upgrade, which --skip-checks takes: component
+// flags, feature gates and admission plugins the target removes, and objects of API versions it no longer serves.
+var KubernetesChecks = []string{"removed-flags", "removed-feature-gates", "removed-admission-plugins", "removed-apis"}
 
 // Cluster is the desired state of one Talos cluster: the versions it should run and how fast to roll them out.
 // Its ID is the cluster name.
@@ -58,6 +63,9 @@ type ClusterSpec struct {
 	ManifestSync ManifestSyncMode `yaml:"manifestSync,omitempty" protobuf:"5"`
 	// Paused stops new machines from starting an upgrade; machines already upgrading finish their step.
 	Paused bool `yaml:"paused" protobuf:"6"`
+	// SkipKubernetesChecks names the Kubernetes pre-checks whose failure the next Kubernetes upgrade overrides
+	// (`upshift upgrade kubernetes --skip-checks`): kept in this input, so the history shows who skipped what.
+	SkipKubernetesChecks []string `yaml:"skipKubernetesChecks,omitempty" protobuf:"7"`
 }
 
 // NewCluster returns an empty Cluster named id.
@@ -66,7 +74,11 @@ func NewCluster(id resource.ID) *Cluster {
 }
 
 // DeepCopy implements typed.DeepCopyable.
-func (s ClusterSpec) DeepCopy() ClusterSpec { return s }
+func (s ClusterSpec) DeepCopy() ClusterSpec {
+	s.SkipKubernetesChecks = slices.Clone(s.SkipKubernetesChecks)
+
+	return s
+}
 
 // Validate implements resources.Validator.
 func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Getter) error {
@@ -83,13 +95,17 @@ func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Ge
 		v.Add("spec.drainTimeout", "%s", err)
 	}
 
+	for i, name := range s.SkipKubernetesChecks {
+		if !slices.Contains(KubernetesChecks, name) {
+			v.Add(fmt.Sprintf("spec.skipKubernetesChecks[%d]", i), "%q is not a Kubernetes pre-check; the checks are %s",
+				name, strings.Join(KubernetesChecks, ", "))
+		}
+	}
+
 	switch s.ManifestSync {
-	case "", ManifestSyncManual:
-	case ManifestSyncAuto:
-		v.Add("spec.manifestSync", "%q is not available yet: bootstrap-manifest sync is planned, not built; use %q or leave it empty",
-			s.ManifestSync, ManifestSyncManual)
+	case "", ManifestSyncManual, ManifestSyncAuto:
 	default:
-		v.Add("spec.manifestSync", "%q is not a sync mode (the only one today is %q)", s.ManifestSync, ManifestSyncManual)
+		v.Add("spec.manifestSync", "%q is not a sync mode (%q or %q)", s.ManifestSync, ManifestSyncManual, ManifestSyncAuto)
 	}
 
 	return v.Err()

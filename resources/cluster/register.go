@@ -13,7 +13,7 @@ import (
 // a type comes after the types it references.
 func Resources() []meta.ResourceWithRD {
 	return []meta.ResourceWithRD{
-		NewCluster(""), NewCredentials(""), NewMachine(""), NewMachineLock(""), NewConfigPatch(""),
+		NewCluster(""), NewCredentials(""), NewMachine(""), NewMachineLock(""), NewConfigPatch(""), NewManifestSyncRequest(""),
 	}
 }
 

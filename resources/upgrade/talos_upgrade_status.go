@@ -83,6 +83,17 @@ type TalosUpgradeStatusSpec struct {
 	// EtcdWaitSince is when the rollout started waiting on the etcd gate (a control plane waiting to leave); the
 	// wait is routine (Upgrading) for a grace period, then the cluster is Blocked. Zero when nothing waits on etcd.
 	EtcdWaitSince time.Time `yaml:"etcdWaitSince,omitempty" protobuf:"18"`
+	// YieldsTo names the Kubernetes upgrade whose turn it is (its target, when Turn is "kubernetes"): the
+	// Kubernetes upgrade changes nothing before it reads this. Empty when the turn is another rollout's.
+	YieldsTo string `yaml:"yieldsTo,omitempty" protobuf:"19"`
+	// LastControlPlane is the control plane that goes last in every hop of the plan: the etcd leader when the plan
+	// was made, so leadership moves once. It is fixed with the plan, not followed, because leadership moves during a
+	// rollout to a member no one can predict, and the dry run must show the order the engine keeps.
+	LastControlPlane string `yaml:"lastControlPlane,omitempty" protobuf:"20"`
+	// Turn names the rollout of the cluster that may change machines now ("talos", "kubernetes", "config"; empty
+	// when none has work): the cluster's rollouts never change machines at once, and this controller, which
+	// decides the Talos and config rollouts, gives the turn (rollout.Turn, docs/architecture.md "Turns").
+	Turn string `yaml:"turn,omitempty" protobuf:"21"`
 }
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.

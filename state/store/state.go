@@ -23,6 +23,10 @@ func WithWriter(ctx context.Context, writer string) context.Context {
 	return context.WithValue(ctx, writerKey{}, writer)
 }
 
+// Writer is who writes through ctx as the event log records it for an input: the context's writer, else
+// DefaultWriter.
+func Writer(ctx context.Context) string { return writerOf(ctx, "") }
+
 // writerOf picks the writer recorded for an event: the context's writer, else the owner, else DefaultWriter.
 func writerOf(ctx context.Context, owner string) string {
 	if w, ok := ctx.Value(writerKey{}).(string); ok && w != "" {

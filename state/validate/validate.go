@@ -14,6 +14,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 
 	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/state/store"
 )
 
 // Error is a write refused because the resource is invalid. It is an error behaviour of its own (IsError), distinct
@@ -62,6 +63,7 @@ func (s *State) Create(ctx context.Context, r resource.Resource, opts ...state.C
 	}
 
 	setLabels(r)
+	setWriter(ctx, r)
 
 	return s.CoreState.Create(ctx, r, opts...)
 }
@@ -94,8 +96,16 @@ func (s *State) Update(ctx context.Context, r resource.Resource, opts ...state.U
 	}
 
 	setLabels(r)
+	setWriter(ctx, r)
 
 	return s.CoreState.Update(ctx, r, opts...)
+}
+
+// setWriter stamps the writer on an input that records it (resources.WriterRecorder).
+func setWriter(ctx context.Context, r resource.Resource) {
+	if _, ok := r.Spec().(resources.WriterRecorder); ok && r.Metadata().Namespace() == resources.Namespace {
+		r.Metadata().Annotations().Set(resources.WriterAnnotation, store.Writer(ctx))
+	}
 }
 
 // setLabels keeps the labels of an upshift input in step with its spec (resources.Labeller).

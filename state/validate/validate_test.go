@@ -76,6 +76,13 @@ func lock(id string) resource.Resource {
 	return l
 }
 
+func syncRequest(clusterID, requestID string) resource.Resource {
+	r := cluster.NewManifestSyncRequest(clusterID)
+	r.TypedSpec().RequestID = requestID
+
+	return r
+}
+
 func credentials(id, talosconfig, kubeconfig string) resource.Resource {
 	c := cluster.NewCredentials(id)
 	*c.TypedSpec() = cluster.CredentialsSpec{Talosconfig: talosconfig, Kubeconfig: kubeconfig}
@@ -108,7 +115,10 @@ func TestCreateRules(t *testing.T) {
 		{"bad drain timeout", clusterWith(func(s *cluster.ClusterSpec) { s.DrainTimeout = "-1m" }), "spec.drainTimeout", "positive duration"},
 		{"bad sync mode", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = "sometimes" }), "spec.manifestSync", "not a sync mode"},
 		{"manual sync mode", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = cluster.ManifestSyncManual }), "", ""},
-		{"auto sync mode, not built yet", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = cluster.ManifestSyncAuto }), "spec.manifestSync", `"auto" is not available yet`},
+		{"auto sync mode", clusterWith(func(s *cluster.ClusterSpec) { s.ManifestSync = cluster.ManifestSyncAuto }), "", ""},
+		{"manifest sync request", syncRequest("prod", "r1"), "", ""},
+		{"manifest sync request without ID", syncRequest("prod", ""), "spec.requestID", "is required"},
+		{"manifest sync request of unknown cluster", syncRequest("nope", "r1"), "metadata.id", `cluster "nope" does not exist`},
 		{"valid machine", machineWith("w-2", func(*cluster.MachineSpec) {}), "", ""},
 		{"machine without cluster", machineWith("w-2", func(s *cluster.MachineSpec) { s.Cluster = "" }), "spec.cluster", "is required"},
 		{"machine of unknown cluster", machineWith("w-2", func(s *cluster.MachineSpec) { s.Cluster = "nope" }), "spec.cluster", `cluster "nope" does not exist`},

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -67,6 +68,14 @@ func (c *controlPlane) StartKubelet(ctx context.Context, node talosemu.KubeletCo
 	return kubelet{k}, nil
 }
 
+func (c *controlPlane) ApplyManifests(ctx context.Context, objects []map[string]any) error {
+	return c.cp.ApplyManifests(ctx, objects)
+}
+
+func (c *controlPlane) InterruptAPIServer(ctx context.Context, d time.Duration) error {
+	return c.cp.InterruptAPIServer(ctx, d)
+}
+
 func (c *controlPlane) Stop() error {
 	c.kubelets.Wait()
 
@@ -86,10 +95,11 @@ func nodeConfig(node talosemu.KubeletConfig) kubeemu.NodeConfig {
 	}
 
 	return kubeemu.NodeConfig{
-		Name:           node.Name,
-		KubeletVersion: node.KubeletVersion,
-		ControlPlane:   node.ControlPlane,
-		StaticPods:     pods,
-		OSImage:        node.OSImage,
+		Name:             node.Name,
+		KubeletVersion:   node.KubeletVersion,
+		ControlPlane:     node.ControlPlane,
+		StaticPods:       pods,
+		OSImage:          node.OSImage,
+		StaticPodRestart: node.StaticPodRestart,
 	}
 }

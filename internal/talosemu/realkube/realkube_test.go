@@ -7,19 +7,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
-	"github.com/siderolabs/talos/pkg/machinery/config/configpatcher"
+	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/generate/stdpatches"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/upshift-io/upshift/internal/kubeemu"
 	"github.com/upshift-io/upshift/internal/talosemu"
-	"github.com/upshift-io/upshift/internal/talosemu/realkube"
 )
 
 // eventually polls cond until it holds, failing the test at the deadline.
@@ -53,44 +49,17 @@ func TestFleetRunsKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
-	fleet, err := talosemu.New(ctx, talosemu.WithStateDir(t.TempDir()), talosemu.WithControlPlanes(1), talosemu.WithWorkers(1),
-		talosemu.WithRebootDowntime(2*time.Second),
-		talosemu.WithKubernetes(realkube.Runner{KubeletOptions: []kubeemu.KubeletOption{kubeemu.WithHeartbeatInterval(time.Second)}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	t.Cleanup(func() {
-		if err := fleet.Close(); err != nil {
-			t.Errorf("closing fleet: %v", err)
-		}
-	})
+	b := startBed(ctx, t, talosemu.WithRebootDowntime(2*time.Second))
+	fleet, talos, clientset := b.fleet, b.talos, b.clientset
 
 	kubeconfig, err := os.ReadFile(fleet.KubeconfigPath("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	talos, err := client.New(ctx, client.WithConfigFromFile(fleet.TalosconfigPath()))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	defer talos.Close() //nolint:errcheck
-
 	fromAPI, err := talos.Kubeconfig(client.WithNode(ctx, "c1-cp-1"))
 	if err != nil || !bytes.Equal(fromAPI, kubeconfig) {
 		t.Fatalf("kubeconfig through the Talos API differs from the file (err %v)", err)
-	}
-
-	restConfig, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	clientset, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		t.Fatal(err)
 	}
 
 	want := "v" + talosemu.DefaultKubernetesVersion
@@ -111,24 +80,9 @@ func TestFleetRunsKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	patch, err := stdpatches.PreparePatch(stdpatches.WithKubeletImage(stdpatches.GuessVersionContractKubelet(emuNode.Config()), "ghcr.io/siderolabs/kubelet:v1.35.0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	patched, err := configpatcher.Apply(configpatcher.WithConfig(emuNode.Config()), []configpatcher.Patch{patch})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	data, err := patched.Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	if _, err = talos.ApplyConfiguration(client.WithNode(ctx, node), &machine.ApplyConfigurationRequest{Data: data, Mode: machine.ApplyConfigurationRequest_NO_REBOOT}); err != nil {
-		t.Fatal(err)
-	}
+	applyPatch(ctx, t, talos, node, emuNode.Config(), func(cfg talosconfig.Container) ([]byte, error) {
+		return stdpatches.WithKubeletImage(stdpatches.GuessVersionContractKubelet(cfg), "ghcr.io/siderolabs/kubelet:v1.35.0")
+	})
 
 	eventually(ctx, t, node+" reports kubelet v1.35.0", func(ctx context.Context) (bool, error) {
 		version, _, err := nodeState(ctx, clientset, node)
