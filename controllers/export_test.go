@@ -16,4 +16,4 @@ func NewCredentialsConnectorDialing(dial func(context.Context, ...talos.Option) 
 }
 
 // Executors counts the machine executors alive.
-func (ctrl *MachineUpgradeStatusController) Executors() int { return ctrl.executors() }
+func (ctrl *MachineUpgradeStatusController) Executors() int { return ctrl.exec.count() }

@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -29,16 +28,12 @@ type KubernetesUpgradeStatusController struct {
 	cfg    UpgradeConfig
 	policy kuberollout.Policy
 	now    func() time.Time
-
-	mu       sync.Mutex
-	runs     map[string]context.CancelFunc // by stepKey
-	stopping bool
-	wg       sync.WaitGroup
+	exec   executors // by stepKey
 }
 
 // NewKubernetesUpgradeStatusController returns the controller; conn reaches the machines and the Kubernetes API.
 func NewKubernetesUpgradeStatusController(conn Connector, cfg UpgradeConfig) *KubernetesUpgradeStatusController {
-	return &KubernetesUpgradeStatusController{conn: conn, cfg: cfg, now: time.Now, runs: map[string]context.CancelFunc{}}
+	return &KubernetesUpgradeStatusController{conn: conn, cfg: cfg, now: time.Now}
 }
 
 // Name implements controller.QController.
@@ -55,17 +50,7 @@ func (ctrl *KubernetesUpgradeStatusController) Settings() controller.QSettings {
 			cluster.CredentialsType, observe.EtcdStatusType, upgrade.MachineConfigStatusType),
 		Outputs:     []controller.Output{{Type: upgrade.KubernetesUpgradeStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
-		RunHook: func(ctx context.Context, _ *zap.Logger, _ controller.QRuntime) error {
-			<-ctx.Done()
-
-			ctrl.mu.Lock()
-			ctrl.stopping = true
-			ctrl.mu.Unlock()
-
-			ctrl.wg.Wait() // executors stop with the runtime; the next run resumes their steps
-
-			return nil
-		},
+		RunHook:     ctrl.exec.runHook, // executors stop with the runtime; the next run resumes their steps
 	}
 }
 
@@ -81,7 +66,7 @@ func (ctrl *KubernetesUpgradeStatusController) Reconcile(ctx context.Context, lo
 	view, err := ReadKubernetesView(ctx, r, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
-			ctrl.stopCluster(id)
+			ctrl.exec.stopPrefix(id + "/")
 
 			return destroyIfExists(ctx, r, upgrade.NewKubernetesUpgradeStatus(id).Metadata())
 		}
@@ -104,7 +89,8 @@ func (ctrl *KubernetesUpgradeStatusController) Reconcile(ctx context.Context, lo
 
 	for _, step := range next.Steps {
 		if step.State == upgrade.StepRunning {
-			ctrl.start(ctx, &kubeStepRun{ctrl: ctrl, r: r, logger: logger.With(zap.String("cluster", id), zap.Stringer("step", step)), cluster: id, step: step})
+			run := &kubeStepRun{ctrl: ctrl, r: r, logger: logger.With(zap.String("cluster", id), zap.Stringer("step", step)), cluster: id, step: step}
+			ctrl.exec.start(ctx, stepKey(id, step), func(ctx context.Context, _ *execution) { run.execute(ctx) })
 		}
 	}
 
@@ -139,41 +125,4 @@ func ReadKubernetesView(ctx context.Context, r controller.Reader, id string) (ku
 
 func stepKey(cluster string, s upgrade.KubernetesUpgradeStep) string {
 	return cluster + "/" + string(s.Kind) + "/" + s.Machine + "/" + s.Version
-}
-
-// start runs a step's executor unless one runs already.
-func (ctrl *KubernetesUpgradeStatusController) start(ctx context.Context, run *kubeStepRun) {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
-
-	key := stepKey(run.cluster, run.step)
-	if _, ok := ctrl.runs[key]; ok || ctrl.stopping || ctx.Err() != nil {
-		return
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	ctrl.runs[key] = cancel
-
-	ctrl.wg.Go(func() {
-		defer func() {
-			ctrl.mu.Lock()
-			delete(ctrl.runs, key)
-			ctrl.mu.Unlock()
-			cancel()
-		}()
-
-		run.execute(ctx)
-	})
-}
-
-// stopCluster cancels the executors of a deleted cluster.
-func (ctrl *KubernetesUpgradeStatusController) stopCluster(id string) {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
-
-	for key, cancel := range ctrl.runs {
-		if len(key) > len(id) && key[:len(id)+1] == id+"/" {
-			cancel()
-		}
-	}
 }

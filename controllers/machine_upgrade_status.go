@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/controller"
@@ -36,17 +35,12 @@ import (
 type MachineUpgradeStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
-
-	mu       sync.Mutex
-	runs     map[string]*machineRun
-	live     int // executor goroutines alive, for tests to see that none outlives its machine
-	stopping bool
-	wg       sync.WaitGroup
+	exec executors // by machine ID
 }
 
 // NewMachineUpgradeStatusController returns the controller; conn reaches the machines and their nodes.
 func NewMachineUpgradeStatusController(conn Connector, cfg UpgradeConfig) *MachineUpgradeStatusController {
-	return &MachineUpgradeStatusController{conn: conn, cfg: cfg, runs: map[string]*machineRun{}}
+	return &MachineUpgradeStatusController{conn: conn, cfg: cfg}
 }
 
 // Name implements controller.QController.
@@ -60,17 +54,7 @@ func (ctrl *MachineUpgradeStatusController) Settings() controller.QSettings {
 			cluster.MachineLockType, observe.MachineStatusType, cluster.ClusterType, cluster.CredentialsType),
 		Outputs:     []controller.Output{{Type: upgrade.MachineUpgradeStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
-		RunHook: func(ctx context.Context, _ *zap.Logger, _ controller.QRuntime) error {
-			<-ctx.Done()
-
-			ctrl.mu.Lock()
-			ctrl.stopping = true
-			ctrl.mu.Unlock()
-
-			ctrl.wg.Wait() // executors stop with the runtime; the next run resumes them from their resources
-
-			return nil
-		},
+		RunHook:     ctrl.exec.runHook, // executors stop with the runtime; the next run resumes them from their resources
 	}
 }
 
@@ -112,12 +96,15 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 	}
 
 	if machine == nil {
-		ctrl.stop(id) // a deleted machine's executor ends first, so nothing writes its status once destroyed
+		// A deleted machine's executor ends first, so nothing writes its status once destroyed.
+		if ctrl.exec.stop(id) {
+			logger.Warn("machine upgrade stopped: the machine was deleted", zap.String("machine", id))
+		}
 
 		return destroyIfExists(ctx, r, upgrade.NewMachineUpgradeStatus(id).Metadata())
 	}
 
-	if ctrl.running(id) {
+	if ctrl.exec.running(id) {
 		return nil
 	}
 
@@ -238,83 +225,15 @@ func admission(ctx context.Context, r controller.Reader, machine *cluster.Machin
 	return w, true, nil
 }
 
-func (ctrl *MachineUpgradeStatusController) running(id string) bool {
-	run := ctrl.run(id)
-	if run == nil {
-		return false
-	}
-
-	// An executor writing its last step holds its lock until it is done, so a reconcile woken by that write waits
-	// here and then finds the machine free.
-	run.mu.Lock()
-	defer run.mu.Unlock()
-
-	return !run.finished
-}
-
-// start runs an executor for run.id in the background until it finishes, the runtime stops, or stop ends it.
+// start runs run's executor in the background (executors.start): body takes the machine to the end of its
+// upgrade, or until the runtime stops or the machine is deleted.
 func (ctrl *MachineUpgradeStatusController) start(ctx context.Context, run *machineRun, body func(context.Context)) {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
-
-	// A reconcile still running as the runtime stops (its context ends before the run hook marks the controller
-	// stopping) would otherwise start an executor that makes its first call on the way out.
-	if ctrl.stopping || ctx.Err() != nil {
-		return
-	}
-
-	ctx, run.cancel = context.WithCancel(ctx)
-	run.done = make(chan struct{})
 	run.logger = run.logger.With(zap.String("cluster", run.machine.Cluster))
-	ctrl.runs[run.id] = run
-	ctrl.live++
 
-	ctrl.wg.Go(func() {
-		defer close(run.done)
-		defer run.cancel()
-
+	ctrl.exec.start(ctx, run.id, func(ctx context.Context, x *execution) {
+		run.x = x
 		body(ctx)
-
-		ctrl.mu.Lock()
-		defer ctrl.mu.Unlock()
-
-		if ctrl.runs[run.id] == run {
-			delete(ctrl.runs, run.id)
-		}
-
-		ctrl.live--
 	})
-}
-
-// stop ends the executor of machine id, if one runs, and waits until its goroutine is gone.
-func (ctrl *MachineUpgradeStatusController) stop(id string) {
-	run := ctrl.run(id)
-	if run == nil {
-		return
-	}
-
-	run.cancel()
-	<-run.done
-
-	if !run.finished {
-		run.logger.Warn("machine upgrade stopped: the machine was deleted", zap.String("step", string(run.spec.Phase)))
-	}
-}
-
-// run is the executor of machine id started last, nil when none runs.
-func (ctrl *MachineUpgradeStatusController) run(id string) *machineRun {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
-
-	return ctrl.runs[id]
-}
-
-// executors counts the executor goroutines alive.
-func (ctrl *MachineUpgradeStatusController) executors() int {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
-
-	return ctrl.live
 }
 
 // machineRun is the executor of one machine's upgrade.
@@ -328,12 +247,7 @@ type machineRun struct {
 	// resumed says that the recorded step was entered by an earlier run (before a restart of the engine or of the
 	// runtime), so its side effect may have happened already; it holds for that first step only.
 	resumed bool
-
-	cancel context.CancelFunc // ends the executor (its machine was deleted)
-	done   chan struct{}      // closed when the executor's goroutine returns
-
-	mu       sync.Mutex
-	finished bool
+	x       *execution
 }
 
 // begin starts an admitted machine on its way: it observes the machine, then records the first step toward the
@@ -478,12 +392,7 @@ func (run *machineRun) backoff() func(context.Context) error {
 
 // finish writes the last transition and frees the machine for the next reconcile in one step.
 func (run *machineRun) finish(ctx context.Context, spec upgrade.MachineUpgradeStatusSpec) {
-	run.mu.Lock()
-	defer run.mu.Unlock()
-
-	if run.write(ctx, spec) == nil {
-		run.finished = true
-
+	if run.x.finish(func() error { return run.write(ctx, spec) }) == nil {
 		level := zap.InfoLevel
 		if spec.Phase == upgrade.MachineFailed {
 			level = zap.ErrorLevel

@@ -43,21 +43,20 @@ type ManifestSyncController struct {
 	cfg  UpgradeConfig
 	now  func() time.Time
 
-	mu   sync.Mutex
-	jobs map[string]*jobState // the clusters' check or apply, started last
+	exec executors // the clusters' check or apply, by cluster ID
+
+	mu sync.Mutex
 	// started is when each cluster's last job started: its diff is that fresh. It is kept here, not in the
 	// ManifestSync, so that a check finding what the last one found writes nothing (see syncJob.write).
 	started map[string]time.Time
 	// applied is the ID of each cluster's last apply started in this run. A reconcile may read a ManifestSync older
 	// than the last job's writes (the runtime's cache lags behind them): it must not make that apply again.
-	applied  map[string]string
-	stopping bool
-	wg       sync.WaitGroup
+	applied map[string]string
 }
 
 // NewManifestSyncController returns the controller; conn reaches the clusters' Talos and Kubernetes APIs.
 func NewManifestSyncController(conn ManifestConnector, cfg UpgradeConfig) *ManifestSyncController {
-	return &ManifestSyncController{conn: conn, cfg: cfg, now: time.Now, jobs: map[string]*jobState{}, started: map[string]time.Time{}, applied: map[string]string{}}
+	return &ManifestSyncController{conn: conn, cfg: cfg, now: time.Now, started: map[string]time.Time{}, applied: map[string]string{}}
 }
 
 // Name implements controller.QController.
@@ -70,17 +69,7 @@ func (ctrl *ManifestSyncController) Settings() controller.QSettings {
 			observe.MachineStatusType, upgrade.TalosUpgradeStatusType, upgrade.KubernetesUpgradeStatusType, manifest.ManifestSyncType),
 		Outputs:     []controller.Output{{Type: manifest.ManifestSyncType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
-		RunHook: func(ctx context.Context, _ *zap.Logger, _ controller.QRuntime) error {
-			<-ctx.Done()
-
-			ctrl.mu.Lock()
-			ctrl.stopping = true
-			ctrl.mu.Unlock()
-
-			ctrl.wg.Wait() // jobs stop with the runtime; the next run resumes an apply from its ManifestSync
-
-			return nil
-		},
+		RunHook:     ctrl.exec.runHook, // jobs stop with the runtime; the next run resumes an apply from its ManifestSync
 	}
 }
 
@@ -126,7 +115,7 @@ func (ctrl *ManifestSyncController) Reconcile(ctx context.Context, logger *zap.L
 
 	// A job's last write wakes the next reconcile only when it changed something; one that finds what the last
 	// one found writes nothing, so the cluster is looked at again after the interval in any case.
-	if ctrl.running(id) {
+	if ctrl.exec.running(id) {
 		return controller.NewRequeueInterval(ctrl.cfg.ManifestCheckInterval)
 	}
 
@@ -283,59 +272,26 @@ func running(p upgrade.ClusterPhase) bool {
 	return p != "" && p != upgrade.PhaseDone
 }
 
-// jobState is whether a cluster's job finished. A job holds mu while it writes its last result, so the reconcile
-// that write wakes waits here and then finds the cluster free.
-type jobState struct {
-	mu       sync.Mutex
-	finished bool
-}
-
-func (ctrl *ManifestSyncController) running(id string) bool {
-	ctrl.mu.Lock()
-	st := ctrl.jobs[id]
-	ctrl.mu.Unlock()
-
-	if st == nil {
-		return false
-	}
-
-	st.mu.Lock()
-	defer st.mu.Unlock()
-
-	return !st.finished
-}
-
-// start runs body for the cluster of job in the background, unless the runtime is stopping.
+// start runs body for the cluster of job in the background (executors.start), and records when it started and
+// which apply it makes.
 func (ctrl *ManifestSyncController) start(ctx context.Context, job *syncJob, body func(context.Context)) {
-	ctrl.mu.Lock()
-	defer ctrl.mu.Unlock()
+	started := ctrl.now()
 
-	if ctrl.stopping {
+	if !ctrl.exec.start(ctx, job.id, func(ctx context.Context, x *execution) {
+		job.x = x
+		body(ctx)
+	}) {
 		return
 	}
 
-	job.state = &jobState{}
-	ctrl.jobs[job.id] = job.state
-	ctrl.started[job.id] = ctrl.now()
+	ctrl.mu.Lock()
+	defer ctrl.mu.Unlock()
+
+	ctrl.started[job.id] = started
 
 	if job.request != "" {
 		ctrl.applied[job.id] = job.request
 	}
-
-	ctrl.wg.Go(func() {
-		body(ctx)
-
-		job.state.mu.Lock()
-		job.state.finished = true
-		job.state.mu.Unlock()
-
-		ctrl.mu.Lock()
-		defer ctrl.mu.Unlock()
-
-		if ctrl.jobs[job.id] == job.state {
-			delete(ctrl.jobs, job.id)
-		}
-	})
 }
 
 // lastStart is when the cluster's last job started in this run; zero before the first.
@@ -370,7 +326,7 @@ type syncJob struct {
 	logger *zap.Logger
 	id     string
 	in     syncInputs
-	state  *jobState
+	x      *execution
 	// request is the ID of the apply the job makes; empty for a check.
 	request string
 }
@@ -396,15 +352,9 @@ func (job *syncJob) write(ctx context.Context, edit func(*manifest.ManifestSyncS
 	})
 }
 
-// finish writes the job's last result and ends the job in the same step (see jobState).
+// finish writes the job's last result and ends the job in the same step (execution.finish).
 func (job *syncJob) finish(ctx context.Context, edit func(*manifest.ManifestSyncSpec)) error {
-	job.state.mu.Lock()
-	defer job.state.mu.Unlock()
-
-	err := job.write(ctx, edit)
-	job.state.finished = true
-
-	return err
+	return job.x.finish(func() error { return job.write(ctx, edit) })
 }
 
 // checked is the diff of every rendered object, as read now.
