@@ -58,37 +58,60 @@ func benchRollout(b *testing.B, clusters int) {
 
 		require.NoError(b, waitPhase(b.Context(), st, ids, func(s *upgrade.TalosUpgradeStatusSpec) bool { return s.Phase == upgrade.PhaseDone }))
 
-		before, err := bed.EngineUsage()
-		require.NoError(b, err)
+		rollout := measureEngine(b, bed, func() {
+			for _, id := range ids {
+				_, err = safeUpdateCluster(b.Context(), st, id, func(s *cluster.ClusterSpec) {
+					s.Parallelism = "100%"
+					s.TalosVersion = "v1.14.1"
+				})
+				require.NoError(b, err)
+			}
 
-		b.StartTimer()
-
-		start := time.Now()
-
-		for _, id := range ids {
-			_, err = safeUpdateCluster(b.Context(), st, id, func(s *cluster.ClusterSpec) {
-				s.Parallelism = "100%"
-				s.TalosVersion = "v1.14.1"
-			})
-			require.NoError(b, err)
-		}
-
-		require.NoError(b, waitPhase(b.Context(), st, ids, phaseIs(upgrade.PhaseDone, "1.14.1")))
-
-		elapsed := time.Since(start)
-
-		b.StopTimer()
-
-		after, err := bed.EngineUsage()
-		require.NoError(b, err)
+			require.NoError(b, waitPhase(b.Context(), st, ids, phaseIs(upgrade.PhaseDone, "1.14.1")))
+		})
 
 		machines := float64(clusters * machinesPerCluster)
-		b.ReportMetric(float64(elapsed.Microseconds())/machines, "wall-µs/machine")
-		b.ReportMetric(float64((after.CPU-before.CPU).Microseconds())/machines, "engine-cpu-µs/machine")
-		b.ReportMetric(float64(after.PeakRSS)/(1<<20), "engine-peak-MiB")
+		b.ReportMetric(float64(rollout.wall.Microseconds())/machines, "wall-µs/machine")
+		b.ReportMetric(float64(rollout.cpu.Microseconds())/machines, "engine-cpu-µs/machine")
+		b.ReportMetric(float64(rollout.peakRSS)/(1<<20), "engine-peak-MiB")
 
 		require.NoError(b, bed.Close())
 	}
+}
+
+// engineSpan is what a measured span of a benchmark took: wall time, and the child engine's CPU time and peak
+// resident memory.
+type engineSpan struct {
+	wall, cpu time.Duration
+	peakRSS   uint64
+}
+
+func (s *engineSpan) add(o engineSpan) {
+	s.wall, s.cpu, s.peakRSS = s.wall+o.wall, s.cpu+o.cpu, max(s.peakRSS, o.peakRSS)
+}
+
+// measureEngine runs span with the benchmark timer on and reports its wall time and the child engine's CPU time
+// over it (read from /proc, in clock ticks of 10 ms), and the engine's peak memory at its end.
+func measureEngine(b *testing.B, bed *testbed.Bed, span func()) engineSpan {
+	b.Helper()
+
+	before, err := bed.EngineUsage()
+	require.NoError(b, err)
+
+	b.StartTimer()
+
+	start := time.Now()
+
+	span()
+
+	elapsed := time.Since(start)
+
+	b.StopTimer()
+
+	after, err := bed.EngineUsage()
+	require.NoError(b, err)
+
+	return engineSpan{wall: elapsed, cpu: after.CPU - before.CPU, peakRSS: after.PeakRSS}
 }
 
 // safeUpdateCluster changes a Cluster, retrying on conflicts.

@@ -21,7 +21,7 @@ import (
 )
 
 // kubeClient is a client of the cluster's real kube-apiserver.
-func kubeClient(t *testing.T, bed *testbed.Bed, clusterID string) kubernetes.Interface {
+func kubeClient(t testing.TB, bed *testbed.Bed, clusterID string) kubernetes.Interface {
 	t.Helper()
 
 	kubeconfig, err := bed.Fleet.Kubeconfig(clusterID)

@@ -46,7 +46,7 @@ const kubeStaticPodRestart = 200 * time.Millisecond
 // startKubeBed starts a bed of one full cluster (3 control planes, 2 workers, real etcd and kube-apiserver) on
 // Talos talosVersion and Kubernetes kubeFrom, logging the upgrade and the journal if the test fails, and waits until
 // the engine observed every machine's Talos and kubelet versions (what a Kubernetes upgrade is planned from).
-func startKubeBed(t *testing.T, talosVersion string, opts ...testbed.Option) *testbed.Bed {
+func startKubeBed(t testing.TB, talosVersion string, opts ...testbed.Option) *testbed.Bed {
 	t.Helper()
 
 	bed := startBed(t, append([]testbed.Option{testbed.WithFleetOptions(
@@ -86,7 +86,7 @@ func startKubeBed(t *testing.T, talosVersion string, opts ...testbed.Option) *te
 }
 
 // waitKube waits until the cluster's KubernetesUpgradeStatus satisfies cond.
-func waitKube(t *testing.T, bed *testbed.Bed, timeout time.Duration, what string, cond func(*upgrade.KubernetesUpgradeStatusSpec) bool) *upgrade.KubernetesUpgradeStatusSpec {
+func waitKube(t testing.TB, bed *testbed.Bed, timeout time.Duration, what string, cond func(*upgrade.KubernetesUpgradeStatusSpec) bool) *upgrade.KubernetesUpgradeStatusSpec {
 	t.Helper()
 
 	return waitFor(t, bed.State(), upgrade.NewKubernetesUpgradeStatus("c1").Metadata(), timeout, what, func(r *upgrade.KubernetesUpgradeStatus) bool {
@@ -281,7 +281,7 @@ func sameSet(a, b []string) bool {
 
 // requireKubernetesOn checks, in the real API server, that every control-plane mirror pod and the kube-proxy
 // DaemonSet run version's images and that every Node reports version's kubelet.
-func requireKubernetesOn(t *testing.T, bed *testbed.Bed, version string) {
+func requireKubernetesOn(t testing.TB, bed *testbed.Bed, version string) {
 	t.Helper()
 
 	ctx := t.Context()

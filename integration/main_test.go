@@ -71,7 +71,7 @@ func run(m *testing.M) int {
 const rebootDowntime = 300 * time.Millisecond
 
 // startBed starts a fleet and an engine in charge of it, stopped at the end of the test.
-func startBed(t *testing.T, opts ...testbed.Option) *testbed.Bed {
+func startBed(t testing.TB, opts ...testbed.Option) *testbed.Bed {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -127,7 +127,7 @@ func mustCLI(t *testing.T, bed *testbed.Bed, args ...string) string {
 
 // waitFor waits, on a watch, until the resource of type T named id satisfies cond, and returns it. Watches that
 // end with the engine (a crash test kills it) are opened again until the deadline.
-func waitFor[T resource.Resource](t *testing.T, st state.State, ptr resource.Pointer, timeout time.Duration, what string, cond func(T) bool) T {
+func waitFor[T resource.Resource](t testing.TB, st state.State, ptr resource.Pointer, timeout time.Duration, what string, cond func(T) bool) T {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
@@ -187,7 +187,7 @@ func sameVersion(a, b string) bool {
 }
 
 // setCluster changes the Cluster named id as a user would.
-func setCluster(t *testing.T, st state.State, id string, set func(*cluster.ClusterSpec)) {
+func setCluster(t testing.TB, st state.State, id string, set func(*cluster.ClusterSpec)) {
 	t.Helper()
 
 	_, err := safeUpdateCluster(t.Context(), st, id, set)

@@ -278,7 +278,7 @@ func waitSync(t *testing.T, bed *testbed.Bed, what string, cond func(*manifest.M
 }
 
 // waitSyncWithin waits up to timeout until c1's ManifestSync passes cond.
-func waitSyncWithin(t *testing.T, bed *testbed.Bed, timeout time.Duration, what string, cond func(*manifest.ManifestSyncSpec) bool) *manifest.ManifestSyncSpec {
+func waitSyncWithin(t testing.TB, bed *testbed.Bed, timeout time.Duration, what string, cond func(*manifest.ManifestSyncSpec) bool) *manifest.ManifestSyncSpec {
 	t.Helper()
 
 	return waitFor(t, bed.State(), manifest.NewManifestSync("c1").Metadata(), timeout, what, func(r *manifest.ManifestSync) bool {

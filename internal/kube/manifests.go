@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Talos' names for its bootstrap manifests: applying under the same field manager and inventory keeps the ownership
@@ -109,9 +108,9 @@ var _ BootstrapObjects = (*Manifests)(nil)
 
 // NewManifests returns a Manifests for the cluster a kubeconfig describes.
 func NewManifests(ctx context.Context, kubeconfig []byte) (*Manifests, error) {
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
+	cfg, err := restConfig(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes client: reading kubeconfig: %w", err)
+		return nil, err
 	}
 
 	m := &Manifests{config: cfg, legacyConfig: rest.CopyConfig(cfg)}
