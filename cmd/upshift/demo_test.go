@@ -120,7 +120,7 @@ func TestDemoUpgradesEveryMachineToTheNewestVersion(t *testing.T) {
 	assert.Contains(t, summary, "Event log (every transition above, with its time and writer):")
 	assert.Contains(t, summary, "upshift serve --data-dir ")
 	assert.Contains(t, summary, "\n  upshift history machineupgradestatus c1-cp-1\n")
-	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+	assert.Regexp(t, `\nEvery machine runs Talos v1\.14\.1 and Kubernetes v\d+\.\d+\.\d+\.\n`, summary, "then Kubernetes, by default")
 }
 
 func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
@@ -199,7 +199,12 @@ func TestDemoUpgradesKubernetesAfterTalos(t *testing.T) {
 	last := summary[strings.Index(summary, "Every machine runs"):]
 	assert.Regexp(t, "\nc1 bootstrap manifests: (up to date|OutOfSync, \\d+ objects changed; see)", last)
 
-	for _, l := range strings.Split(summary, "\n") {
+	// The summary fits 80 columns (the paths after it are the test's temporary directories).
+	for _, l := range strings.Split(summary[:strings.Index(summary, "\nEvent log")], "\n") {
+		assert.LessOrEqual(t, len([]rune(l)), 80, "line %q", l)
+	}
+
+	for _, l := range strings.Split(last, "\n") {
 		assert.LessOrEqual(t, len([]rune(l)), 80, "line %q", l)
 	}
 }
