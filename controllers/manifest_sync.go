@@ -219,7 +219,9 @@ func readSyncInputs(ctx context.Context, r controller.Reader, id string) (syncIn
 
 	if kus, err := safe.ReaderGetByID[*upgrade.KubernetesUpgradeStatus](ctx, r, id); err == nil {
 		in.upgrading = in.upgrading || running(kus.TypedSpec().Phase)
-		parts = append(parts, "kubernetes="+string(kus.TypedSpec().Phase))
+		// The version too: the manifests render kube-proxy (and what else follows Kubernetes) for it, and an
+		// upgrade ends Done like the status before it, so the phase alone would not make a check due.
+		parts = append(parts, "kubernetes="+string(kus.TypedSpec().Phase)+"/"+kus.TypedSpec().ToVersion)
 	} else if !state.IsNotFoundError(err) {
 		return syncInputs{}, fmt.Errorf("reading Kubernetes upgrade status of cluster %q: %w", id, err)
 	}

@@ -339,7 +339,8 @@ func nodeReady(n corev1.Node) bool {
 // TestKubeUpgradeOneMinor upgrades 3 control planes and 2 workers from Kubernetes 1.35 to 1.36 with the CLI: the
 // journal shows the pre-pulls on every node first, then the static pods control plane by control plane, then
 // kube-proxy, then the kubelets (control planes first), and no ApplyConfiguration sent twice for a step; the real
-// API server shows the new images and kubelet versions; the status is Done.
+// API server shows the new images and kubelet versions; the status is Done. Then the bootstrap manifests of the
+// upgraded cluster (manifestsAfterKubeUpgrade).
 func TestKubeUpgradeOneMinor(t *testing.T) {
 	bed := startKubeBed(t, kubeTalos)
 	from := len(bed.Fleet.Journal().Entries())
@@ -355,6 +356,8 @@ func TestKubeUpgradeOneMinor(t *testing.T) {
 
 	requireKubernetesOn(t, bed, kubeNext)
 	assert.Contains(t, mustCLI(t, bed, "status", "c1"), kubeNext)
+
+	t.Run("manifests", func(t *testing.T) { manifestsAfterKubeUpgrade(t, bed, done) })
 }
 
 // TestKubePullFailThenRetry fails the pull of the target kubelet image on one worker: the upgrade fails at the

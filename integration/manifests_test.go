@@ -306,3 +306,54 @@ func diffIndex(s *manifest.ManifestSyncSpec, object string) int {
 }
 
 func hasDiff(s *manifest.ManifestSyncSpec, object string) bool { return diffIndex(s, object) >= 0 }
+
+// manifestsAfterKubeUpgrade checks the bootstrap manifests of a cluster whose Kubernetes upgrade has just ended
+// (done; manual mode, the default check interval of minutes): the engine computes the diff against what the control
+// planes re-rendered for the new version at once, names each object that differs and what differs, and `upshift
+// manifests sync` brings the diff to empty. It runs on the cluster TestKubeUpgradeOneMinor upgraded, so it costs no
+// cluster of its own.
+//
+// What differs is what the upgrade's own apply of the kube-proxy DaemonSet (that object only, outside Talos'
+// inventory) left out: the inventory annotation Talos' sync puts on every object it owns. The image is new already,
+// so the diff holds no image line; the emulated releases render nothing else that follows the Kubernetes version.
+func manifestsAfterKubeUpgrade(t *testing.T, bed *testbed.Bed, done *upgrade.KubernetesUpgradeStatusSpec) {
+	t.Helper()
+
+	var finished time.Time
+
+	for _, s := range done.Steps {
+		if s.FinishedAt.After(finished) {
+			finished = s.FinishedAt
+		}
+	}
+
+	ms := waitSync(t, bed, "the diff computed after the Kubernetes upgrade", func(s *manifest.ManifestSyncSpec) bool {
+		return !s.CheckedAt.Before(finished) && s.Phase != manifest.PhaseApplying
+	})
+
+	const kubeProxy = "DaemonSet kube-system/kube-proxy"
+
+	assert.Equal(t, manifest.PhaseOutOfSync, ms.Phase)
+	assert.Equal(t, len(ms.Diffs), ms.OutOfSync)
+	require.True(t, hasDiff(ms, kubeProxy), "%+v", ms.Diffs)
+
+	proxy := ms.Diffs[diffIndex(ms, kubeProxy)]
+	assert.Equal(t, "update", proxy.Action)
+	assert.Contains(t, proxy.Diff, "+    config.k8s.io/owning-inventory: talos-bootstrap-manifests-inventory")
+	assert.NotContains(t, proxy.Diff, "image:", "the upgrade rolled the new kube-proxy image out itself")
+	assert.Empty(t, proxy.Conflicts)
+
+	diff := mustCLI(t, bed, "manifests", "diff", "c1")
+	assert.Contains(t, diff, "## "+kubeProxy+" (update)")
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), "`upshift manifests sync c1`")
+
+	out := mustCLI(t, bed, "manifests", "sync", "c1")
+	assert.Contains(t, out, "Applied   "+kubeProxy+" (update)")
+	assert.Contains(t, out, "UpToDate: applied")
+
+	ms = syncOf(t, bed)
+	assert.Equal(t, manifest.PhaseUpToDate, ms.Phase)
+	assert.Zero(t, ms.OutOfSync)
+	assert.Empty(t, ms.Diffs)
+	assert.Equal(t, "registry.k8s.io/kube-proxy:v"+kubeNext, liveDaemonSetImage(t, kubeClient(t, bed, "c1"), "kube-proxy"))
+}

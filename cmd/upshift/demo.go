@@ -25,10 +25,12 @@ import (
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/demoview"
 	"github.com/upshift-io/upshift/internal/kubeemu"
+	"github.com/upshift-io/upshift/internal/kuberollout"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -40,6 +42,7 @@ type demoFlags struct {
 	clusters       int
 	workers        int
 	from, to       string
+	kubernetesTo   string
 	faults         []string
 	retryAfter     time.Duration
 	keep           bool
@@ -57,7 +60,9 @@ func init() {
 		Use:   "demo",
 		Short: "Upgrade an emulated fleet (real etcd, real kube-apiserver) with an engine in this process, live",
 		Long: "Start an engine and an emulated Talos fleet in this process, register clusters of 3 control planes and\n" +
-			"--workers workers, and upgrade Talos from --from to --to while showing every machine's phase live.\n" +
+			"--workers workers, and upgrade Talos from --from to --to while showing every machine's phase live; then\n" +
+			"upgrade Kubernetes to --kubernetes-to (by default the next release the engine offers), step by step, and\n" +
+			"end with the bootstrap manifests the engine finds out of sync after both upgrades.\n" +
 			"The engine serves its gRPC API while the demo runs, so the CLI works against it from another terminal.\n" +
 			"On a terminal the view redraws in place; otherwise (CI, a pipe, --plain) it prints one line per transition.\n\n" +
 			"--fault NODE=KIND makes a node misbehave (kinds: " + fmt.Sprint(talosemu.Faults()) + "). When the\n" +
@@ -77,6 +82,8 @@ func init() {
 	f.IntVar(&flags.workers, "workers", 3, "workers per cluster (each cluster has 3 control planes)")
 	f.StringVar(&flags.from, "from", supported[0], "Talos version the fleet runs at start")
 	f.StringVar(&flags.to, "to", supported[len(supported)-1], "Talos version to upgrade to")
+	f.StringVar(&flags.kubernetesTo, "kubernetes-to", "",
+		"Kubernetes version to upgrade to after the Talos rollout (default: the first one the engine offers then); "+kubernetesNone+" skips it")
 	f.StringArrayVar(&flags.faults, "fault", nil, "make a node misbehave, NODE=KIND[:DURATION] (repeatable), e.g. c1-w-1=rollback")
 	f.DurationVar(&flags.retryAfter, "retry-after", 20*time.Second, "after a failure, how long the demo leaves you to run the retry command before it runs it itself")
 	f.BoolVar(&flags.keep, "keep", false, "keep the engine and the fleet running after the upgrade, until Ctrl-C")
@@ -86,6 +93,9 @@ func init() {
 	rootCmd.AddCommand(cmd)
 }
 
+// kubernetesNone as --kubernetes-to leaves Kubernetes alone: the demo ends after the Talos rollout.
+const kubernetesNone = "none"
+
 // demoTick is how often the live view redraws and the demo checks whether to act (retry, finish).
 const demoTick = 200 * time.Millisecond
 
@@ -94,11 +104,14 @@ type demo struct {
 	flags   demoFlags
 	console *demoview.Console
 	bed     *testbed.Bed
+	logger  *zap.Logger // demo.log
 	// faults are the injected faults not cleared yet, by node.
 	faults    map[string][]talosemu.Fault
 	incidents map[string]*incident // by cluster
 	// blocked says since when each blocked cluster has been blocked while one of its nodes has an injected fault.
 	blocked map[string]time.Time
+	// kubernetes is the Kubernetes version asked for after the Talos rollout, once asked (by cluster).
+	kubernetes map[string]string
 }
 
 // incident is an upgrade stopped on a failed machine, until it is retried. Its notes are held on the console
@@ -117,6 +130,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 	d := &demo{
 		flags: flags, console: demoview.NewConsole(out, flags.plain, time.Now()),
 		faults: map[string][]talosemu.Fault{}, incidents: map[string]*incident{}, blocked: map[string]time.Time{},
+		kubernetes: map[string]string{},
 	}
 
 	fleetOptions, err := d.fleetOptions()
@@ -143,6 +157,8 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 	}
 
 	defer logger.Sync() //nolint:errcheck // best effort for a log file
+
+	d.logger = logger
 
 	d.console.Starting(flags.clusters, flags.workers, flags.from, logPath)
 
@@ -202,6 +218,12 @@ func (d *demo) fleetOptions() ([]talosemu.Option, error) {
 
 	if !slices.Contains(talosemu.SupportedVersions(), strings.TrimPrefix(d.flags.to, "v")) {
 		return nil, fmt.Errorf("--to %s: the emulator runs only %s", d.flags.to, strings.Join(talosemu.SupportedVersions(), ", "))
+	}
+
+	if k := d.flags.kubernetesTo; k != "" && k != kubernetesNone {
+		if _, err := kuberollout.NewPlan(k, k, k, nil); err != nil {
+			return nil, fmt.Errorf("--kubernetes-to: %w", err)
+		}
 	}
 
 	opts := []talosemu.Option{
@@ -289,7 +311,8 @@ func (d *demo) run(ctx context.Context) error {
 	events := make(chan state.Event, 256)
 
 	for _, t := range []resource.Type{cluster.MachineType, observe.MachineStatusType, observe.EtcdStatusType,
-		upgrade.TalosUpgradeStatusType, upgrade.MachineUpgradeStatusType} {
+		upgrade.TalosUpgradeStatusType, upgrade.MachineUpgradeStatusType, upgrade.KubernetesUpgradeStatusType,
+		manifest.ManifestSyncType} {
 		if err := st.WatchKind(ctx, resource.NewMetadata(resources.Namespace, t, "", resource.VersionUndefined), events,
 			state.WithBootstrapContents(true)); err != nil {
 			return fmt.Errorf("watching %s: %w", t, err)
@@ -333,6 +356,10 @@ func (d *demo) run(ctx context.Context) error {
 			return err
 		}
 
+		if err := d.requestKubernetes(ctx); err != nil {
+			return err
+		}
+
 		d.console.Redraw()
 
 		if d.finished() {
@@ -355,17 +382,83 @@ func (d *demo) handle(ev state.Event) error {
 	return nil
 }
 
-// finished reports whether every cluster's Talos upgrade is done and every machine runs the target, as far as the
-// engine knows.
+// finished reports whether every cluster is through: its Talos upgrade done with every machine on the target, as
+// far as the engine knows, then its Kubernetes upgrade done (unless none was asked for), and the engine's diff of
+// the bootstrap manifests computed since.
 func (d *demo) finished() bool {
 	for _, id := range d.bed.Fleet.Clusters() {
-		tus, ok := d.console.View().TalosUpgrade(id)
-		if !ok || tus.Phase != upgrade.PhaseDone || tus.ToVersion != d.target() || !d.console.View().OnVersion(id, d.target()) {
+		if !d.talosDone(id) {
+			return false
+		}
+
+		if d.flags.kubernetesTo != kubernetesNone {
+			want, asked := d.kubernetes[id]
+			kus, ok := d.console.View().KubernetesUpgrade(id)
+
+			if !asked || !ok || kus.Phase != upgrade.PhaseDone || !kuberollout.SameVersion(kus.ToVersion, want) {
+				return false
+			}
+		}
+
+		if _, ok := d.console.View().ManifestsAfterUpgrades(id); !ok {
 			return false
 		}
 	}
 
 	return true
+}
+
+// talosDone reports whether the cluster's Talos upgrade is done and every machine runs the target, as far as the
+// engine knows.
+func (d *demo) talosDone(id string) bool {
+	tus, ok := d.console.View().TalosUpgrade(id)
+
+	return ok && tus.Phase == upgrade.PhaseDone && tus.ToVersion == d.target() && d.console.View().OnVersion(id, d.target())
+}
+
+// requestKubernetes asks, for every cluster whose Talos rollout is done, for its Kubernetes upgrade, through the
+// same code as `upshift upgrade kubernetes` (its plan, its refusals): to --kubernetes-to, or else to the first
+// version the engine offers the cluster (KubernetesUpgradeStatus.AvailableVersions, the next minor). A cluster
+// whose machines the engine has not observed enough to plan from yet is asked again at the next tick.
+func (d *demo) requestKubernetes(ctx context.Context) error {
+	if d.flags.kubernetesTo == kubernetesNone {
+		return nil
+	}
+
+	for _, id := range d.bed.Fleet.Clusters() {
+		if _, asked := d.kubernetes[id]; asked || !d.talosDone(id) {
+			continue
+		}
+
+		to := d.flags.kubernetesTo
+		if to == "" {
+			kus, ok := d.console.View().KubernetesUpgrade(id)
+			if !ok || len(kus.AvailableVersions) == 0 {
+				continue // the engine has not offered a version since the rollout yet
+			}
+
+			to = "v" + kuberollout.Canonical(kus.AvailableVersions[0])
+		}
+
+		var out strings.Builder
+
+		err := upgradeKubernetes(ctx, d.bed.State(), &out, id, to, nil, false)
+		if errors.Is(err, errNotPlannableYet) {
+			continue
+		}
+
+		d.logger.Info("upshift upgrade kubernetes "+id+" --to "+to, zap.String("output", out.String()), zap.Error(err))
+
+		if err != nil {
+			return fmt.Errorf("requesting the Kubernetes upgrade of cluster %q: %w", id, err)
+		}
+
+		d.kubernetes[id] = to
+		d.console.Note("", fmt.Sprintf("requested: %s to Kubernetes %s, as", id, to),
+			fmt.Sprintf("  `upshift upgrade kubernetes %s --to %s` does", id, to))
+	}
+
+	return nil
 }
 
 // act deals with stopped upgrades: a failed machine is shown with its reason, repaired (its injected faults
@@ -477,8 +570,16 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 
 // finish prints the summary, and returns err or, when some machine is not on the target, why not.
 func (d *demo) finish(err error) error {
+	kubernetes := ""
+	if d.flags.kubernetesTo != kubernetesNone {
+		kubernetes = d.kubernetes[d.bed.Fleet.Clusters()[0]]
+		if kubernetes == "" {
+			kubernetes = "(not requested)" // the run ended before the Talos rollout did
+		}
+	}
+
 	return d.console.Finish(demoview.Closing{
-		Clusters: d.bed.Fleet.Clusters(), Target: d.target(), Endpoint: d.bed.Endpoint(),
+		Clusters: d.bed.Fleet.Clusters(), Target: d.target(), Kubernetes: kubernetes, Endpoint: d.bed.Endpoint(),
 		EngineDir: d.bed.EngineDir(), StateFile: d.stateFile(), Keep: d.flags.keep,
 	}, err)
 }

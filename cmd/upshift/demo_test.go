@@ -120,14 +120,16 @@ func TestDemoUpgradesEveryMachineToTheNewestVersion(t *testing.T) {
 	assert.Contains(t, summary, "Event log (every transition above, with its time and writer):")
 	assert.Contains(t, summary, "upshift serve --data-dir ")
 	assert.Contains(t, summary, "\n  upshift history machineupgradestatus c1-cp-1\n")
-	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+	assert.Regexp(t, `\nEvery machine runs Talos v1\.14\.1 and Kubernetes v\d+\.\d+\.\d+\.\n`, summary, "then Kubernetes, by default")
 }
 
 func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
 	t.Parallel()
 
-	// The retry is left to the user (this test) for longer than the test takes.
-	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1", "--fault", "c1-w-1=rollback", "--retry-after", "1h")
+	// The retry is left to the user (this test) for longer than the test takes; the Kubernetes phase is
+	// TestDemoUpgradesKubernetesAfterTalos's.
+	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1", "--fault", "c1-w-1=rollback", "--retry-after", "1h",
+		"--kubernetes-to", "none")
 	endpoint := d.until(t, engineLine)[1]
 
 	failed := d.until(t, regexp.MustCompile(`✗ c1-w-1 failed: (.*)`))
@@ -151,4 +153,58 @@ func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
 	assert.Regexp(t, `(?m)^  c1-w-1 failed at WaitingReady \(attempt \d+, v1\.13\.4 → v1\.14\.1\):\n    rolled back`, summary)
 	assert.Contains(t, summary, "\n  upshift history machineupgradestatus c1-w-1\n", "the failed machine's history tells the most")
 	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+}
+
+// TestDemoUpgradesKubernetesAfterTalos: once the Talos rollout is done, the demo asks for the next Kubernetes
+// release the engine offers, as `upshift upgrade kubernetes` does, shows its stages as it goes and its steps with
+// their times in the summary, checks that it ended Done, and ends with the engine's diff of the bootstrap
+// manifests computed after both upgrades.
+func TestDemoUpgradesKubernetesAfterTalos(t *testing.T) {
+	t.Parallel()
+
+	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1")
+	endpoint := d.until(t, engineLine)[1]
+
+	to := d.until(t, regexp.MustCompile(`requested: c1 to Kubernetes (v[0-9.]+), as$`))[1]
+	assert.Equal(t, to, d.until(t, regexp.MustCompile("^ +`upshift upgrade kubernetes c1 --to (v[0-9.]+)` does$"))[1])
+	assert.Equal(t, "v1.35.2", to, "the next minor after the fleet's v1.34.3, the first the engine offers on Talos 1.14")
+
+	// The request went through the engine: the Cluster asks for it, and the upgrade is planned.
+	assert.Contains(t, mustRun(t, endpoint, "get", "cluster", "c1", "-o", "yaml"), "kubernetesVersion: "+to)
+
+	// The stages go by in order, each with its own count.
+	for _, stage := range []string{"pre-pull", "static pods", "kube-proxy", "kubelets"} {
+		d.until(t, regexp.MustCompile(`^ +[\d.]+s  c1 Kubernetes Upgrading  1\.34\.3 → 1\.35\.2  \d+/\d+ steps  `+stage+` \d+/\d+`))
+	}
+
+	d.until(t, regexp.MustCompile(`^ +[\d.]+s  c1 Kubernetes Done  1\.34\.3 → 1\.35\.2  (\d+)/(\d+) steps$`))
+
+	out, err := d.wait(t)
+	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
+
+	summary := out[strings.LastIndex(out, "\ncluster c1\n"):]
+	assert.Regexp(t, `(?m)^  Kubernetes upgrade: Done in \d`, summary)
+	assert.Contains(t, summary, "  plan  1.34.3 ⇒ 1.35.2")
+
+	for kind, times := range map[string]int{
+		"pre-checks": 1, "pre-pull": 4, "kube-apiserver": 3, "kube-controller-manager": 3, "kube-scheduler": 3,
+		"kube-proxy": 1, "kubelet": 4,
+	} {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^  %s +%d +\S+ +\S+ +\S+$`, kind, times), summary, "time of the %s steps", kind)
+	}
+
+	assert.Contains(t, summary, "\nEvery machine runs Talos v1.14.1 and Kubernetes v1.35.2.\n")
+
+	// The last lines: the engine's diff after the upgrades, in the words `upshift status` uses.
+	last := summary[strings.Index(summary, "Every machine runs"):]
+	assert.Regexp(t, "\nc1 bootstrap manifests: (up to date|OutOfSync, \\d+ objects changed; see)", last)
+
+	// The summary fits 80 columns (the paths after it are the test's temporary directories).
+	for _, l := range strings.Split(summary[:strings.Index(summary, "\nEvent log")], "\n") {
+		assert.LessOrEqual(t, len([]rune(l)), 80, "line %q", l)
+	}
+
+	for _, l := range strings.Split(last, "\n") {
+		assert.LessOrEqual(t, len([]rune(l)), 80, "line %q", l)
+	}
 }

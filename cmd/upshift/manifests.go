@@ -247,22 +247,3 @@ func manifestSyncDetail(resourceYAML string) string {
 
 	return strings.Join(parts, "; ")
 }
-
-// manifestsLine is the status line of a cluster's bootstrap manifests: how many objects changed, and the exact
-// commands to see and apply them.
-func manifestsLine(id string, s *manifest.ManifestSyncSpec) string {
-	switch {
-	case s.Phase == manifest.PhaseApplying:
-		return fmt.Sprintf("bootstrap manifests: applying (sync %s by %s)", s.Request.ID, s.Request.By)
-	case s.OutOfSync == 0 && s.Phase != manifest.PhaseFailed:
-		return "bootstrap manifests: up to date"
-	}
-
-	line := fmt.Sprintf("bootstrap manifests: %s, %d objects changed; see `upshift manifests diff %s`, apply with `upshift manifests sync %s`",
-		s.Phase, s.OutOfSync, id, id)
-	if s.Error != "" {
-		line += " (" + s.Error + ")"
-	}
-
-	return line
-}

@@ -224,7 +224,7 @@ func (v *clusterView) printTree(w io.Writer) error {
 	}
 
 	if v.sync != nil {
-		fmt.Fprintf(&b, "├─ %s\n", manifestsLine(v.cluster.Metadata().ID(), v.sync.TypedSpec()))
+		fmt.Fprintf(&b, "├─ %s\n", v.sync.TypedSpec().Summary(v.cluster.Metadata().ID()))
 	}
 
 	fmt.Fprintf(&b, "└─ machines (%d)\n", len(v.machines))

@@ -60,6 +60,10 @@ func upgradeKubernetesCmd() *cobra.Command {
 	return cmd
 }
 
+// errNotPlannableYet is a Kubernetes change refused only because the engine has not observed the cluster enough to
+// plan it (a machine or its kubelet version not seen yet): the same request succeeds once it has.
+var errNotPlannableYet = errors.New("cannot be planned yet")
+
 // upgradeKubernetes plans cluster id's Kubernetes change with kuberollout.Decide (what the controller runs) over the
 // cluster as the engine reads it, prints it and, unless dryRun, requests it. A plan the rules refuse (no path, a
 // node's Talos that does not support a hop) is refused with the reason and changes nothing.
@@ -88,7 +92,7 @@ func upgradeKubernetes(ctx context.Context, st state.State, w io.Writer, id, to 
 	case plan.Phase == upgrade.PhaseBlocked:
 		return fmt.Errorf("refusing to change cluster %q to Kubernetes %s: %s", id, to, plan.Error)
 	case plan.Phase == upgrade.PhasePending && len(plan.Steps) == 0:
-		return fmt.Errorf("cluster %q cannot be planned yet: %s; try again shortly", id, plan.Reason)
+		return fmt.Errorf("cluster %q %w: %s; try again shortly", id, errNotPlannableYet, plan.Reason)
 	}
 
 	printKubernetesPlan(w, view, plan)

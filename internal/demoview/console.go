@@ -151,6 +151,8 @@ type Closing struct {
 	Clusters []string
 	// Target is the Talos version every machine should run.
 	Target string
+	// Kubernetes is the Kubernetes version the demo asked for after the Talos rollout; empty when it asked for none.
+	Kubernetes string
 	// Endpoint is the engine's gRPC API.
 	Endpoint string
 	// EngineDir is the engine's data directory, StateFile its state and event log in it.
@@ -160,7 +162,8 @@ type Closing struct {
 }
 
 // Finish prints the summary of the run and where to look deeper, and returns err or, when some machine is not on
-// the target, why not.
+// the target or the Kubernetes upgrade did not end Done on its version, why not. It ends with the bootstrap
+// manifests the engine found out of sync after the upgrades.
 func (c *Console) Finish(cl Closing, err error) error {
 	width := 80
 	if c.terminal != nil {
@@ -172,6 +175,10 @@ func (c *Console) Finish(cl Closing, err error) error {
 	for _, id := range cl.Clusters {
 		if err == nil {
 			err = c.view.offVersion(id, cl.Target)
+		}
+
+		if err == nil && cl.Kubernetes != "" {
+			err = c.view.offKubernetes(id, cl.Kubernetes)
 		}
 	}
 
@@ -193,20 +200,38 @@ func (c *Console) Finish(cl Closing, err error) error {
 		ep = "" // the default address of `upshift serve`
 	}
 
-	for _, command := range []string{
+	commands := []string{
 		"history machineupgradestatus " + machine,
 		"get machineupgradestatuses",
 		"get talosupgradestatus " + cl.Clusters[0] + " -o yaml",
-		"status " + cl.Clusters[0],
-	} {
+	}
+
+	if cl.Kubernetes != "" {
+		commands = append(commands, "get kubernetesupgradestatus "+cl.Clusters[0]+" -o yaml")
+	}
+
+	for _, command := range append(commands, "status "+cl.Clusters[0]) {
 		c.Printf("  %s\n", strings.TrimSpace("upshift "+command+" "+ep))
 	}
 
-	if err == nil {
+	if err != nil {
+		return err
+	}
+
+	if cl.Kubernetes != "" {
+		c.Printf("\nEvery machine runs Talos %s and Kubernetes %s.\n", cl.Target, cl.Kubernetes)
+	} else {
 		c.Printf("\nEvery machine runs Talos %s.\n", cl.Target)
 	}
 
-	return err
+	// Last, what the upgrades left to the user: the bootstrap objects that now differ from what Talos renders.
+	for _, id := range cl.Clusters {
+		for _, l := range c.view.manifestsLines(id, width) {
+			c.Printf("%s\n", l)
+		}
+	}
+
+	return nil
 }
 
 // KeepServing says that the engine and the fleet stay up after the summary, and how to stop them.

@@ -14,8 +14,8 @@ import (
 // barWidth is the number of cells of a machine's progress bar.
 const barWidth = 10
 
-// Screen renders the live view: per cluster its Talos upgrade (phase, hop, progress, plan, failure), its etcd
-// health and one row per machine (version, phase, progress bar, what it waits for), each line cut to width
+// Screen renders the live view: per cluster its Talos upgrade (phase, hop, progress, plan, failure), its
+// Kubernetes upgrade once it has steps (phase, steps done, the stage it is at and what runs), its etcd health and one row per machine (version, phase, progress bar, what it waits for), each line cut to width
 // columns; at most height lines (the last one then says how many were left out). A width or height below 1 means
 // no limit.
 func (v *View) Screen(width, height int) []string {
@@ -56,6 +56,8 @@ func (v *View) clusterScreen(id string, width int) []string {
 		}
 	}
 
+	lines = append(lines, kubeScreen(c.kube, width)...)
+
 	if c.etcd != nil {
 		lines = append(lines, "  "+etcdSummary(c.etcd))
 	}
@@ -95,6 +97,10 @@ func (v *View) clusterScreen(id string, width int) []string {
 		shown := m.shown()
 		if shown.Unreachable && note == "" {
 			note = "unreachable"
+		}
+
+		if note == "" {
+			note = kubeStepOn(c.kube, m.id)
 		}
 
 		lines = append(lines, row(m.id, orUnknown(shown.Version), phase, bar, steps, note))
@@ -234,7 +240,8 @@ func phaseOrder(p upgrade.MachinePhase) int {
 	return len(order)
 }
 
-// Summary renders what the demo did: per cluster the Talos upgrade (outcome, plan, time per hop), every machine
+// Summary renders what the demo did: per cluster the Talos upgrade (outcome, plan, time per hop), the Kubernetes
+// upgrade (outcome, plan, time per step kind), every machine
 // from the version first seen to the one it runs now, the failures met on the way; then the time per step.
 // Failure reasons are wrapped at width columns (no limit below 1).
 func (v *View) Summary(width int) []string {
@@ -281,6 +288,7 @@ func (v *View) clusterSummary(id string, width int) []string {
 		}
 	}
 
+	lines = append(lines, kubeSummary(c.kube, width)...)
 	lines = append(lines, fmt.Sprintf("  %-10s %-13s %-9s %-9s %s", "MACHINE", "ROLE", "FROM", "NOW", "FAILURES"))
 
 	for _, m := range v.machinesOf(id) {

@@ -6,8 +6,9 @@
 // the closing pointers to the event log; the demo's command only starts the engine and the fleet and drives the
 // run.
 //
-// Each cluster-wide upgrade is a track of the view. The Talos upgrade is the first; the Kubernetes upgrade and the
-// manifest sync slot in as further tracks of the same cluster section.
+// Each cluster-wide upgrade is a track of the view: the Talos upgrade, then the Kubernetes upgrade (kubernetes.go)
+// under it in the same cluster section; the bootstrap-manifest diff the engine computes after them closes the
+// summary.
 package demoview
 
 import (
@@ -22,6 +23,7 @@ import (
 	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
@@ -46,6 +48,11 @@ type clusterState struct {
 	finished time.Time
 	lastLine string
 	etcdLine string
+	// kube is the cluster's Kubernetes upgrade as last seen, kubeLine its last plain line.
+	kube     *upgrade.KubernetesUpgradeStatusSpec
+	kubeLine string
+	// sync is the cluster's bootstrap-manifest diff as last seen.
+	sync *manifest.ManifestSyncSpec
 }
 
 type hop struct {
@@ -96,6 +103,10 @@ func (v *View) Update(r resource.Resource) []string {
 		return v.updateTalos(r.Metadata().ID(), r.TypedSpec().DeepCopy(), r.Metadata().Updated())
 	case *upgrade.MachineUpgradeStatus:
 		return v.updateMachineUpgrade(r.Metadata().ID(), r.TypedSpec().DeepCopy())
+	case *upgrade.KubernetesUpgradeStatus:
+		return v.updateKubernetes(r.Metadata().ID(), r.TypedSpec().DeepCopy(), r.Metadata().Updated())
+	case *manifest.ManifestSync:
+		v.updateManifests(r.Metadata().ID(), r.TypedSpec().DeepCopy())
 	}
 
 	return nil

@@ -324,6 +324,45 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("coredns exits after its lameduck, not its grace period", func(t *testing.T) {
+		grace := int64(30)
+
+		if _, err := c.client.CoreV1().Pods(metav1.NamespaceSystem).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "coredns-test", Labels: map[string]string{"k8s-app": "kube-dns"}},
+			Spec: corev1.PodSpec{
+				NodeName:                      other,
+				Containers:                    []corev1.Container{{Name: "coredns", Image: "registry.k8s.io/coredns/coredns:v1.12.4"}},
+				TerminationGracePeriodSeconds: &grace,
+			},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+
+		eventually(t, waitTimeout, "the coredns pod to run", func() (bool, error) {
+			pod, err := c.client.CoreV1().Pods(metav1.NamespaceSystem).Get(ctx, "coredns-test", metav1.GetOptions{})
+
+			return err == nil && pod.Status.Phase == corev1.PodRunning, err
+		})
+
+		evicted := time.Now()
+
+		if err := c.client.PolicyV1().Evictions(metav1.NamespaceSystem).Evict(ctx, &policyv1.Eviction{
+			ObjectMeta: metav1.ObjectMeta{Name: "coredns-test", Namespace: metav1.NamespaceSystem},
+		}); err != nil {
+			t.Fatalf("evicting coredns: %v", err)
+		}
+
+		eventually(t, waitTimeout, "the evicted coredns pod to be gone", func() (bool, error) {
+			_, err := c.client.CoreV1().Pods(metav1.NamespaceSystem).Get(ctx, "coredns-test", metav1.GetOptions{})
+
+			return apierrors.IsNotFound(err), err
+		})
+
+		if gone := time.Since(evicted); gone < 5*time.Second || gone >= time.Duration(grace)*time.Second {
+			t.Errorf("the coredns pod was gone %s after its eviction; want its 5 s lameduck, under its %d s grace period", gone, grace)
+		}
+	})
+
 	t.Run("nodedrain leaves mirror and daemonset pods alone", func(t *testing.T) {
 		if err := nodedrain.Uncordon(ctx, c.client, drained); err != nil {
 			t.Fatal(err)

@@ -107,8 +107,12 @@ func (k *Kubelet) finishTermination(ctx context.Context, key string, pod *corev1
 	}
 
 	var grace time.Duration
-	if pod.DeletionGracePeriodSeconds != nil && !ownedByDaemonSet(pod) {
+	if pod.DeletionGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
+	}
+
+	if exit, ok := exitsAfterSIGTERM(pod); ok {
+		grace = min(grace, exit)
 	}
 
 	if wait := time.Until(seen.seen.Add(grace)); wait > 0 {
@@ -126,9 +130,27 @@ func (k *Kubelet) finishTermination(ctx context.Context, key string, pod *corev1
 	return nil
 }
 
-// ownedByDaemonSet reports whether a DaemonSet runs the pod. Such pods are node agents (kube-proxy, CNI) that exit
-// as soon as they get SIGTERM, so the kubelet does not hold them for their grace period: a DaemonSet rollout then
-// takes as long as on a real node, instead of a full grace period (30 s by default) per node.
+// coreDNSLameduck is how long CoreDNS keeps serving after SIGTERM before it exits: the lameduck of the health plugin
+// in the Corefile Talos renders.
+const coreDNSLameduck = 5 * time.Second
+
+// exitsAfterSIGTERM says how long the processes of a pod the emulator knows take to exit on SIGTERM, which ends the
+// pod before its grace period does, as a real kubelet ends it when its containers exit: node agents run by a
+// DaemonSet (kube-proxy, the CNI) exit at once, so a DaemonSet rollout takes as long as on a real node; CoreDNS
+// (the bootstrap Deployment, k8s-app=kube-dns) after its lameduck, so a drain that evicts it does not wait a full
+// grace period (30 s by default). Other pods are held for their grace period.
+func exitsAfterSIGTERM(pod *corev1.Pod) (time.Duration, bool) {
+	switch {
+	case ownedByDaemonSet(pod):
+		return 0, true
+	case pod.Namespace == metav1.NamespaceSystem && pod.Labels["k8s-app"] == "kube-dns":
+		return coreDNSLameduck, true
+	}
+
+	return 0, false
+}
+
+// ownedByDaemonSet reports whether a DaemonSet runs the pod.
 func ownedByDaemonSet(pod *corev1.Pod) bool {
 	owner := metav1.GetControllerOf(pod)
 

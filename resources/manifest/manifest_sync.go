@@ -4,6 +4,7 @@ package manifest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -125,6 +126,26 @@ func (s ManifestSyncSpec) DeepCopy() ManifestSyncSpec {
 	s.Prunable, s.Pruned = slices.Clone(s.Prunable), slices.Clone(s.Pruned)
 
 	return s
+}
+
+// Summary says in one line how the bootstrap manifests of cluster clusterID stand: up to date, being applied, or how
+// many objects changed with the exact commands to see and apply them. `upshift status` and the demo both show it,
+// so a user meets the same words in each.
+func (s ManifestSyncSpec) Summary(clusterID string) string {
+	switch {
+	case s.Phase == PhaseApplying:
+		return fmt.Sprintf("bootstrap manifests: applying (sync %s by %s)", s.Request.ID, s.Request.By)
+	case s.OutOfSync == 0 && s.Phase != PhaseFailed:
+		return "bootstrap manifests: up to date"
+	}
+
+	line := fmt.Sprintf("bootstrap manifests: %s, %d objects changed; see `upshift manifests diff %s`, apply with `upshift manifests sync %s`",
+		s.Phase, s.OutOfSync, clusterID, clusterID)
+	if s.Error != "" {
+		line += " (" + s.Error + ")"
+	}
+
+	return line
 }
 
 // ManifestSyncExtension gives ManifestSync its resource definition.
