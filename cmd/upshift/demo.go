@@ -20,6 +20,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"k8s.io/klog/v2"
 
 	"github.com/upshift-io/upshift"
 	"github.com/upshift-io/upshift/controllers"
@@ -160,6 +161,13 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 
 	d.logger = logger
 
+	klogFile, err := klogTo(logPath)
+	if err != nil {
+		return err
+	}
+
+	defer klogFile.Close() //nolint:errcheck // best effort for a log file
+
 	d.console.Starting(flags.clusters, flags.workers, flags.from, logPath)
 
 	findKubeBinaries()
@@ -284,6 +292,21 @@ func free(addr string) bool {
 	}
 
 	return l.Close() == nil
+}
+
+// klogTo sends klog's output to the demo's log at path. client-go logs through klog, to stderr by default: the
+// API server restarts of a Kubernetes upgrade's static-pod steps make its watches log errors that would tear the
+// live view.
+func klogTo(path string) (io.Closer, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the demo log for klog: %w", err)
+	}
+
+	klog.LogToStderr(false)
+	klog.SetOutput(f)
+
+	return f, nil
 }
 
 func fileLogger(path string) (*zap.Logger, error) {
