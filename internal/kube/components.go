@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/siderolabs/go-kubernetes/kubernetes/ssa"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -84,21 +87,42 @@ func (c *Client) MirrorPod(ctx context.Context, node, component string) (MirrorP
 	return out, nil
 }
 
-// ApplyDaemonSet implements Components.
+// ApplyDaemonSet implements Components. The object keeps the live DaemonSet's owning-inventory annotation: applied
+// under Talos' field manager without it, server-side apply would remove the annotation Talos' own sync set, and the
+// bootstrap manifests would be out of sync (and the object outside the inventory) after every Kubernetes upgrade.
 func (c *Client) ApplyDaemonSet(ctx context.Context, object []byte) error {
-	var meta struct {
-		Metadata metav1.ObjectMeta `json:"metadata"`
+	var ds map[string]any
+
+	if err := json.Unmarshal(object, &ds); err != nil {
+		return fmt.Errorf("reading the DaemonSet to apply: %w", err)
 	}
 
-	if err := json.Unmarshal(object, &meta); err != nil {
-		return fmt.Errorf("reading the DaemonSet to apply: %w", err)
+	namespace, _, _ := unstructured.NestedString(ds, "metadata", "namespace")
+	name, _, _ := unstructured.NestedString(ds, "metadata", "name")
+
+	live, err := c.cs.AppsV1().DaemonSets(namespace).Get(ctx, name, metav1.GetOptions{})
+
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("reading DaemonSet %s/%s: %w", namespace, name, err)
+	default:
+		if inventory, ok := live.Annotations[ssa.InventoryAnnotationKey]; ok {
+			if err = unstructured.SetNestedField(ds, inventory, "metadata", "annotations", ssa.InventoryAnnotationKey); err != nil {
+				return fmt.Errorf("keeping the inventory of DaemonSet %s/%s: %w", namespace, name, err)
+			}
+		}
+	}
+
+	if object, err = json.Marshal(ds); err != nil {
+		return fmt.Errorf("encoding DaemonSet %s/%s: %w", namespace, name, err)
 	}
 
 	force := true
 
-	if _, err := c.cs.AppsV1().DaemonSets(meta.Metadata.Namespace).Patch(ctx, meta.Metadata.Name, types.ApplyPatchType, object,
+	if _, err := c.cs.AppsV1().DaemonSets(namespace).Patch(ctx, name, types.ApplyPatchType, object,
 		metav1.PatchOptions{FieldManager: FieldManager, Force: &force}); err != nil {
-		return fmt.Errorf("applying DaemonSet %s/%s: %w", meta.Metadata.Namespace, meta.Metadata.Name, err)
+		return fmt.Errorf("applying DaemonSet %s/%s: %w", namespace, name, err)
 	}
 
 	return nil
