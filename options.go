@@ -27,6 +27,7 @@ type engineOptions struct {
 	upgradeOptions []controllers.UpgradeOption
 	runtimeOptions []options.Option
 	storeOptions   []store.Option
+	encryptionKey  []byte
 }
 
 func defaultOptions() engineOptions {
@@ -36,7 +37,8 @@ func defaultOptions() engineOptions {
 	}
 }
 
-// WithDataDir sets the directory holding the engine's state (DataDir/state.db). Required.
+// WithDataDir sets the directory holding the engine's state (DataDir/state.db) and, unless WithEncryptionKey gives
+// the key, the key that encrypts its secrets (DataDir/state.key). Required.
 func WithDataDir(dir string) Option {
 	return func(o *engineOptions) {
 		o.dataDir = dir

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -61,7 +60,7 @@ func New(opts ...Option) (*Engine, error) {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
 
-	st, err := store.Open(filepath.Join(o.dataDir, StateFileName), append([]store.Option{store.WithLogger(o.logger)}, o.storeOptions...)...)
+	st, err := openStore(o)
 	if err != nil {
 		return nil, err
 	}

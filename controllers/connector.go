@@ -329,7 +329,8 @@ func (c *CredentialsConnector) Talos(ctx context.Context, access ClusterAccess) 
 	if !ok || tc.talosconfig != talosconfig {
 		cfg, err := clientconfig.FromString(talosconfig)
 		if err != nil {
-			return nil, fmt.Errorf("cluster %q: reading talosconfig: %w", access.Cluster, err)
+			// The parser's message may quote the text it chokes on, a secret here: it ends up in statuses and logs.
+			return nil, fmt.Errorf("cluster %q: its talosconfig does not parse (apply the Credentials again to see the problem)", access.Cluster)
 		}
 
 		if ok {

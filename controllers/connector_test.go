@@ -48,8 +48,9 @@ func TestCredentialsConnector(t *testing.T) {
 	_, err = conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c2", Credentials: cluster.CredentialsSpec{Kubeconfig: testKubeconfig}})
 	require.ErrorContains(t, err, `cluster "c2": no talosconfig`)
 
-	_, err = conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c2", Credentials: cluster.CredentialsSpec{Talosconfig: "{{"}})
-	require.ErrorContains(t, err, "reading talosconfig")
+	_, err = conn.Talos(t.Context(), controllers.ClusterAccess{Cluster: "c2", Credentials: cluster.CredentialsSpec{Talosconfig: "{{ secret-7d1a"}})
+	require.ErrorContains(t, err, "talosconfig does not parse")
+	require.NotContains(t, err.Error(), "secret-7d1a", "the error lands in statuses and logs: it never quotes the talosconfig")
 }
 
 // TestCredentialsConnectorTalos: one Talos client per cluster when its talosconfig names endpoints, one per

@@ -54,6 +54,18 @@ type WriterRecorder interface {
 	RecordsWriter()
 }
 
+// Redacted replaces, in what the API shows, the value of every secret that is set: a reader sees which secrets
+// a resource holds, never their content.
+const Redacted = "<set, redacted>"
+
+// Redactor is implemented by the spec of a sensitive type (its resource definition's Sensitivity is meta.Sensitive,
+// which is also what makes the store encrypt it) to say how it is shown without its secrets: Redact replaces the
+// value of every secret field that is set with Redacted and leaves the rest. A sensitive type without it is shown
+// with an empty spec.
+type Redactor interface {
+	Redact()
+}
+
 // Violation is one problem with one field of a resource, worded for the user who wrote it.
 type Violation struct {
 	// Field is the path of the field, e.g. "spec.talosVersion".

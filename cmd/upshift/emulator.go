@@ -177,5 +177,6 @@ func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) 
 
 	defer c.Close() //nolint:errcheck
 
-	return testbed.Register(ctx, c.State(), fleet)
+	// Credentials are compared with the stored ones, so registering the same fleet again writes nothing new.
+	return testbed.Register(server.WithSecretsShown(ctx), c.State(), fleet)
 }

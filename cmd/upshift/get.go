@@ -10,26 +10,31 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
 
+	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/state/server"
 )
 
 func init() {
 	var (
-		output string
-		watch  bool
+		output      string
+		watch       bool
+		showSecrets bool
 	)
 
 	cmd := &cobra.Command{
 		Use:   "get TYPE [ID]",
 		Short: "Show resources of one type, or one resource, and optionally watch them change",
 		Long: "Show resources of one type (any type name or alias, e.g. cluster, machines, ms), or one resource by ID.\n" +
-			"With -w, keep printing changes as they happen; the EVENT column (or event field) says created, updated or destroyed.",
+			"With -w, keep printing changes as they happen; the EVENT column (or event field) says created, updated or destroyed.\n" +
+			"Secrets (credentials) are shown as " + resources.Redacted + " when set, with when they were last rotated;\n" +
+			"--show-secrets reads them back.",
 		Args: cobra.RangeArgs(1, 2),
 	}
 
 	endpoint := endpointFlag(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, yaml or json")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print changes as they happen")
+	cmd.Flags().BoolVar(&showSecrets, "show-secrets", false, "print the content of secrets (credentials) instead of whether they are set")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		c, err := connect(*endpoint)
@@ -39,7 +44,12 @@ func init() {
 
 		defer c.Close() //nolint:errcheck
 
-		return explain(*endpoint, get(cmd.Context(), c, cmd.OutOrStdout(), args, output, watch))
+		ctx := cmd.Context()
+		if showSecrets {
+			ctx = server.WithSecretsShown(ctx)
+		}
+
+		return explain(*endpoint, get(ctx, c, cmd.OutOrStdout(), args, output, watch))
 	}
 
 	rootCmd.AddCommand(cmd)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -34,7 +35,7 @@ func newPrinter(format string, w io.Writer, rd *meta.ResourceDefinition, watch b
 }
 
 // tablePrinter prints the columns talosctl prints (NAMESPACE TYPE ID VERSION) plus the type's print columns, and
-// EVENT first in watch mode. Column widths only grow, so rows printed as a watch goes on stay aligned with the
+// EVENT first in watch mode; for a sensitive type, ROTATED last. Column widths only grow, so rows printed as a watch goes on stay aligned with the
 // header and the rows before them.
 type tablePrinter struct {
 	w       io.Writer
@@ -42,6 +43,7 @@ type tablePrinter struct {
 	rows    [][]string // not yet flushed
 	widths  []int
 	watch   bool
+	rotated bool // a sensitive type: the last write of a secret is when it was rotated
 }
 
 // columnGap separates table columns.
@@ -65,6 +67,11 @@ func newTablePrinter(w io.Writer, rd *meta.ResourceDefinition, watch bool) (*tab
 
 		p.columns = append(p.columns, jp)
 		header = append(header, strings.ToUpper(col.Name))
+	}
+
+	if rd.TypedSpec().Sensitivity == meta.Sensitive {
+		p.rotated = true
+		header = append(header, "ROTATED")
 	}
 
 	p.rows = append(p.rows, header)
@@ -94,6 +101,10 @@ func (p *tablePrinter) print(r resource.Resource, event string) error {
 		}
 
 		row = append(row, buf.String())
+	}
+
+	if p.rotated {
+		row = append(row, md.Updated().Local().Format(time.RFC3339))
 	}
 
 	p.rows = append(p.rows, row)

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
@@ -16,7 +17,8 @@ import (
 const CredentialsType = resource.Type("Credentials.upshift.dev")
 
 // Credentials are what the engine needs to reach one cluster: a talosconfig for the Talos API and a kubeconfig for
-// Kubernetes. Its ID is the cluster's ID. The definition is marked sensitive.
+// Kubernetes. Its ID is the cluster's ID.
+// The definition is marked sensitive: the store encrypts them at rest and the API shows them redacted.
 type Credentials = typed.Resource[CredentialsSpec, CredentialsExtension]
 
 // CredentialsSpec holds the two client configurations of a cluster.
@@ -47,19 +49,38 @@ func (s *CredentialsSpec) Validate(ctx context.Context, md *resource.Metadata, s
 		v.Add("spec", "needs spec.talosconfig, spec.kubeconfig or both")
 	}
 
-	if s.Talosconfig != "" {
+	// The parsers' errors may quote the text they choke on, which here is a secret: they are not passed on.
+	switch {
+	case s.Talosconfig == resources.Redacted:
+		v.Add("spec.talosconfig", "%s", redactedProblem)
+	case s.Talosconfig != "":
 		if _, err := clientconfig.FromString(s.Talosconfig); err != nil {
-			v.Add("spec.talosconfig", "is not a talosconfig: %s", err)
+			v.Add("spec.talosconfig", "is not a talosconfig (YAML with a context naming endpoints, CA, certificate and key)")
 		}
 	}
 
-	if s.Kubeconfig != "" {
+	switch {
+	case s.Kubeconfig == resources.Redacted:
+		v.Add("spec.kubeconfig", "%s", redactedProblem)
+	case s.Kubeconfig != "":
 		if _, err := clientcmd.Load([]byte(s.Kubeconfig)); err != nil {
-			v.Add("spec.kubeconfig", "is not a kubeconfig: %s", err)
+			v.Add("spec.kubeconfig", "is not a kubeconfig (YAML with clusters, users and contexts)")
 		}
 	}
 
 	return v.Err()
+}
+
+// redactedProblem refuses writing back what a read without --show-secrets returned.
+var redactedProblem = fmt.Sprintf("is %q, the placeholder a read without --show-secrets shows; write the configuration itself", resources.Redacted)
+
+// Redact implements resources.Redactor: which of the two configurations are set stays visible, not their content.
+func (s *CredentialsSpec) Redact() {
+	for _, secret := range []*string{&s.Talosconfig, &s.Kubeconfig} {
+		if *secret != "" {
+			*secret = resources.Redacted
+		}
+	}
 }
 
 // CredentialsExtension gives Credentials its resource definition.
@@ -71,7 +92,11 @@ func (CredentialsExtension) ResourceDefinition() meta.ResourceDefinitionSpec {
 		Type:             CredentialsType,
 		Aliases:          []resource.Type{"creds"},
 		DefaultNamespace: resources.Namespace,
-		Sensitivity:      meta.Sensitive,
+		PrintColumns: []meta.PrintColumn{
+			{Name: "Talosconfig", JSONPath: "{.talosconfig}"},
+			{Name: "Kubeconfig", JSONPath: "{.kubeconfig}"},
+		},
+		Sensitivity: meta.Sensitive,
 	}
 }
 

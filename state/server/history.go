@@ -81,6 +81,11 @@ func (h *historyServer) get(ctx context.Context, req *structpb.Struct) (*structp
 		return nil, status.Error(codes.InvalidArgument, "history needs a type and an id")
 	}
 
+	show, err := secretsShown(ctx)
+	if err != nil {
+		return nil, err
+	}
+
 	hist, err := h.source.History(ctx, ns, typ, id)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -89,7 +94,12 @@ func (h *historyServer) get(ctx context.Context, req *structpb.Struct) (*structp
 	events := make([]any, 0, len(hist.Events))
 
 	for _, ev := range hist.Events {
-		doc, err := marshalYAML(ev.Resource)
+		r := ev.Resource
+		if !show {
+			r = redact(r)
+		}
+
+		doc, err := marshalYAML(r)
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}

@@ -21,7 +21,7 @@ import (
 func serve(t *testing.T) (*server.Client, state.State) {
 	t.Helper()
 
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), store.WithEncryptionKey(make([]byte, store.KeySize)))
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, st.Close()) })
 

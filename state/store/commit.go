@@ -127,7 +127,7 @@ func (s *Store) commitQueued() {
 	var err error
 
 	if len(batch) > 0 {
-		err = s.db.Update(func(tx *bbolt.Tx) error { return applyBatch(tx, batch) })
+		err = s.db.Update(func(tx *bbolt.Tx) error { return s.codec.applyBatch(tx, batch) })
 	}
 
 	s.mu.Lock()
@@ -158,7 +158,7 @@ func (s *Store) commitQueued() {
 }
 
 // applyBatch writes a batch: for every record the log entry, its index entry and the new current state.
-func applyBatch(tx *bbolt.Tx, batch []*record) error {
+func (c codec) applyBatch(tx *bbolt.Tx, batch []*record) error {
 	stateB, logB, indexB := tx.Bucket(bucketState), tx.Bucket(bucketLog), tx.Bucket(bucketIndex)
 	logB.FillPercent = 1 // append-only: pack pages full
 
@@ -171,7 +171,7 @@ func applyBatch(tx *bbolt.Tx, batch []*record) error {
 
 			rec.data = append([]byte(nil), last...)
 
-			res, err := marshaler.UnmarshalResource(rec.data)
+			res, err := c.unmarshal(rec.data)
 			if err != nil {
 				return fmt.Errorf("destroying %s: reading its last state: %w", describeKey(rec.key), err)
 			}

@@ -21,14 +21,16 @@
 //
 // # Layout of the bbolt file
 //
-//	meta      magic "upshift-state", schema version, snapshot sequence and time
+//	meta      magic "upshift-state", schema version, snapshot sequence and time, the sealed key check
 //	state     resource key → marshaled resource: the current state
 //	log       sequence number (8 bytes, big endian) → record: kind, time, version, writer, resource key, resource
 //	index     resource key + sequence number → nothing: the per-resource history
 //	snapshot  resource key → marshaled resource: the state as of the snapshot sequence (compaction)
 //
 // A resource key is the length-prefixed namespace, type and id. Resources are marshaled with COSI's protobuf
-// marshaling (registered types round-trip; others load as *protobuf.Resource). Every write puts its log record,
+// marshaling (registered types round-trip; others load as *protobuf.Resource); those of types whose resource
+// definition is meta.Sensitive are then sealed with AES-256-GCM (WithEncryptionKey, seal.go), so no secret reaches
+// the state, log or snapshot bucket in clear. Every write puts its log record,
 // index entry and new current state in the same transaction. Open rebuilds the state by replaying the snapshot and
 // then the log, refusing a file whose log is not a legal sequence of transitions; Verify does the same read-only
 // and also compares the result with the stored current state.

@@ -51,7 +51,7 @@ func (s *Store) History(ctx context.Context, ns resource.Namespace, typ resource
 		}
 
 		if data := tx.Bucket(bucketSnapshot).Get(key); data != nil {
-			if h.Snapshot, err = marshaler.UnmarshalResource(data); err != nil {
+			if h.Snapshot, err = s.codec.unmarshal(data); err != nil {
 				return fmt.Errorf("%w: snapshot of %s: %w", ErrCorrupt, describeKey(key), err)
 			}
 		}
@@ -66,7 +66,7 @@ func (s *Store) History(ctx context.Context, ns resource.Namespace, typ resource
 
 			seq := k[len(key):]
 
-			ev, err := decodeEvent(seq, logB.Get(seq))
+			ev, err := s.codec.decodeEvent(seq, logB.Get(seq))
 			if err != nil {
 				return err
 			}
@@ -96,7 +96,7 @@ func (s *Store) Events(ctx context.Context, from uint64, limit int) ([]Event, er
 				return err
 			}
 
-			ev, err := decodeEvent(k, v)
+			ev, err := s.codec.decodeEvent(k, v)
 			if err != nil {
 				return err
 			}
@@ -136,7 +136,7 @@ func retainedFrom(tx *bbolt.Tx) (uint64, time.Time, error) {
 }
 
 // decodeEvent turns a log entry into an Event, unmarshaling the resource.
-func decodeEvent(k, v []byte) (Event, error) {
+func (c codec) decodeEvent(k, v []byte) (Event, error) {
 	seq, err := parseSeqKey(k)
 	if err != nil {
 		return Event{}, fmt.Errorf("%w: log key %x", ErrCorrupt, k)
@@ -156,7 +156,7 @@ func decodeEvent(k, v []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: event %d: %w", ErrCorrupt, seq, err)
 	}
 
-	res, err := marshaler.UnmarshalResource(rec.data)
+	res, err := c.unmarshal(rec.data)
 	if err != nil {
 		return Event{}, fmt.Errorf("%w: event %d: resource: %w", ErrCorrupt, seq, err)
 	}

@@ -34,6 +34,7 @@ type options struct {
 	openTimeout        time.Duration
 	historyCapacity    int
 	compactionInterval time.Duration
+	key                []byte
 }
 
 // Option configures Open and Verify.
@@ -90,5 +91,15 @@ func WithLogger(l *zap.Logger) Option {
 		if l != nil {
 			o.logger = l
 		}
+	}
+}
+
+// WithEncryptionKey gives the store the AES-256 key (KeySize bytes) that encrypts the resources of sensitive types
+// (see Sensitive) before they reach the file. The first Open with a key binds the file to it; the file is then
+// refused without it (ErrNoKey) or with another one (ErrWrongKey). Without a key, writes of sensitive resources
+// fail: the store never keeps a secret in clear.
+func WithEncryptionKey(key []byte) Option {
+	return func(o *options) {
+		o.key = key
 	}
 }

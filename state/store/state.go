@@ -265,7 +265,7 @@ func (b *backingStore) Load(_ context.Context, handler inmem.LoadHandler) error 
 
 // Put enqueues a created or updated resource.
 func (b *backingStore) Put(ctx context.Context, typ resource.Type, res resource.Resource) error {
-	data, err := marshaler.MarshalResource(res)
+	data, err := b.store.codec.marshal(res)
 	if err != nil {
 		return fmt.Errorf("marshaling %s: %w", resource.String(res), err)
 	}

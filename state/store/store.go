@@ -44,6 +44,7 @@ type Store struct {
 	db    *bbolt.DB
 	path  string
 	opts  options
+	codec codec // how resources are stored: sealed when sensitive
 	state *durableState
 
 	// group commit, see commit.go
@@ -82,12 +83,18 @@ func Open(path string, opts ...Option) (*Store, error) {
 		opt(&o)
 	}
 
+	codec, err := newCodec(o.key)
+	if err != nil {
+		return nil, fmt.Errorf("opening state %q: %w", path, err)
+	}
+
 	db, err := openDB(path, o.openTimeout, false)
 	if err != nil {
 		return nil, err
 	}
 
 	s := &Store{
+		codec:     codec,
 		db:        db,
 		path:      path,
 		opts:      o,
@@ -100,6 +107,10 @@ func Open(path string, opts ...Option) (*Store, error) {
 	start := time.Now()
 
 	if err = s.initialize(); err == nil {
+		err = s.checkKey()
+	}
+
+	if err == nil {
 		err = s.load()
 	}
 
@@ -213,9 +224,15 @@ func (s *Store) load() error {
 
 		s.lastSeq, s.snapshotSeq = r.lastSeq, r.snapshotSeq
 
-		resources, err := unmarshalLive(r.live)
+		resources, inClear, err := s.unmarshalLive(r.live)
 		if err != nil {
 			return fmt.Errorf("replaying state %q: %w", s.path, err)
+		}
+
+		if inClear > 0 {
+			s.opts.logger.Warn("state holds resources of sensitive types in clear, written before encryption at rest: "+
+				"each is encrypted on its next write, and the event log keeps the clear copies until retention compacts "+
+				"them; rotate those credentials", zap.String("path", s.path), zap.Int("resources", inClear))
 		}
 
 		s.loaded = map[resource.Namespace][]resource.Resource{}
@@ -229,8 +246,9 @@ func (s *Store) load() error {
 	})
 }
 
-// unmarshalLive unmarshals the replayed resources on every CPU: at open it is half the time.
-func unmarshalLive(live map[string]*liveResource) ([]resource.Resource, error) {
+// unmarshalLive unmarshals the replayed resources on every CPU (at open it is half the time), and counts those of
+// sensitive types that are stored in clear.
+func (s *Store) unmarshalLive(live map[string]*liveResource) ([]resource.Resource, int, error) {
 	keys := make([]string, 0, len(live))
 	for key := range live {
 		keys = append(keys, key)
@@ -240,14 +258,23 @@ func unmarshalLive(live map[string]*liveResource) ([]resource.Resource, error) {
 	workers := runtime.GOMAXPROCS(0)
 	chunk := (len(keys) + workers - 1) / workers
 
-	var g errgroup.Group
+	var (
+		g       errgroup.Group
+		inClear atomic.Int64
+	)
 
 	for start := 0; start < len(keys); start += chunk {
 		g.Go(func() error {
 			for i := start; i < min(start+chunk, len(keys)); i++ {
-				res, err := marshaler.UnmarshalResource(live[keys[i]].data)
+				data := live[keys[i]].data
+
+				res, err := s.codec.unmarshal(data)
 				if err != nil {
 					return fmt.Errorf("%w: %s: %w", ErrCorrupt, describeKey([]byte(keys[i])), err)
+				}
+
+				if Sensitive(res) && !sealed(data) {
+					inClear.Add(1)
 				}
 
 				resources[i] = res
@@ -257,7 +284,9 @@ func unmarshalLive(live map[string]*liveResource) ([]resource.Resource, error) {
 		})
 	}
 
-	return resources, g.Wait()
+	err := g.Wait()
+
+	return resources, int(inClear.Load()), err
 }
 
 // takeLoaded hands the replayed resources of one namespace over to its in-memory state, once.

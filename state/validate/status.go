@@ -2,6 +2,7 @@ package validate
 
 import (
 	"errors"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -27,17 +28,17 @@ func ToStatus(err error) (*status.Status, bool) {
 		return nil, false
 	}
 
-	st := status.New(codes.InvalidArgument, e.Error())
+	st := status.New(codes.InvalidArgument, utf8Only(e.Error()))
 
 	badRequest := &errdetails.BadRequest{}
 	for _, v := range e.Violations {
 		badRequest.FieldViolations = append(badRequest.FieldViolations, &errdetails.BadRequest_FieldViolation{
-			Field:       v.Field,
-			Description: v.Problem,
+			Field:       utf8Only(v.Field),
+			Description: utf8Only(v.Problem),
 		})
 	}
 
-	info := &errdetails.ErrorInfo{Reason: errorReason, Domain: errorDomain, Metadata: map[string]string{"type": e.Type, "id": e.ID}}
+	info := &errdetails.ErrorInfo{Reason: errorReason, Domain: errorDomain, Metadata: map[string]string{"type": utf8Only(e.Type), "id": utf8Only(e.ID)}}
 
 	withDetails, detailErr := st.WithDetails(info, badRequest)
 	if detailErr != nil {
@@ -45,6 +46,13 @@ func ToStatus(err error) (*status.Status, bool) {
 	}
 
 	return withDetails, true
+}
+
+// utf8Only replaces what is not UTF-8 (an ID of arbitrary bytes): protobuf strings must be UTF-8, and one bad string
+// would otherwise drop every detail, leaving the client a bare InvalidArgument (which COSI's client reads as a
+// phase conflict on Update).
+func utf8Only(s string) string {
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // FromStatus rebuilds the *Error that ToStatus encoded in st; it returns nil when st carries none.
