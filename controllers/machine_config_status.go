@@ -25,14 +25,18 @@ import (
 // effective config from the cluster's ConfigPatches, and applies the change once the cluster's config rollout
 // admits the machine (ConfigRolloutStatus.Admitted, decided with the Talos rollout by TalosUpgradeStatusController).
 //
-// A change is applied without a reboot: ApplyConfiguration in NO_REBOOT mode, checked first with a dry run. The
-// step is recorded (ApplyingConfig with the config it applies) before anything is sent, and every run of it first
-// reads the config the machine runs: when that is already the change, the step is done, so a restart never sends
-// it again. A change Talos can only make with a reboot is refused by the dry run, and the machine fails with
-// Talos' reason. A locked machine is never started; one locked in the middle of its step finishes it.
+// A change runs in an executor goroutine per machine (executors), so a reconcile never waits on the fleet. Every step
+// is recorded before its side effect. ApplyingConfig reads the config the machine runs (already the change: done,
+// so a restart never sends it again), then dry-runs it in NO_REBOOT mode: a change Talos makes live is applied so.
+// One Talos refuses without a reboot, and accepts in a REBOOT dry run, goes through the Talos upgrade's steps
+// (nodeSteps): Cordoning, Draining (the cluster's drain timeout, PDBs honoured), Rebooting (the boot ID recorded
+// first; ApplyConfiguration in REBOOT mode, never sent again once the boot ID changed or the machine is rebooting),
+// WaitingReady (a new boot ID, running and ready, running the change), Uncordoning. A failure after the cordon
+// uncordons first. A locked machine is never started; one locked in the middle of its change finishes it.
 type MachineConfigStatusController struct {
 	conn Connector
 	cfg  UpgradeConfig
+	exec executors // by machine ID
 }
 
 // NewMachineConfigStatusController returns the controller; conn reaches the machines.
@@ -50,6 +54,7 @@ func (ctrl *MachineConfigStatusController) Settings() controller.QSettings {
 			cluster.MachineLockType, cluster.ClusterType, cluster.CredentialsType),
 		Outputs:     []controller.Output{{Type: upgrade.MachineConfigStatusType, Kind: controller.OutputExclusive}},
 		Concurrency: ctrl.cfg.concurrency(),
+		RunHook:     ctrl.exec.runHook, // executors stop with the runtime; the next run resumes them from their resources
 	}
 }
 
@@ -93,10 +98,16 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 	machine, err := safe.ReaderGetByID[*cluster.Machine](ctx, r, id)
 	if err != nil {
 		if state.IsNotFoundError(err) {
+			ctrl.exec.stop(id) // so nothing writes the status once destroyed
+
 			return destroyIfExists(ctx, r, upgrade.NewMachineConfigStatus(id).Metadata())
 		}
 
 		return fmt.Errorf("reading machine %q: %w", id, err)
+	}
+
+	if ctrl.exec.running(id) {
+		return nil // the executor owns the status until its last write, which wakes this reconcile again
 	}
 
 	spec := upgrade.MachineConfigStatusSpec{Cluster: machine.TypedSpec().Cluster}
@@ -125,7 +136,7 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 		return err
 	}
 
-	if spec.Phase != upgrade.MachineApplyingConfig {
+	if !spec.Phase.InFlight() {
 		start, err := run.admitted(ctx, spec)
 		if err != nil {
 			return err
@@ -137,12 +148,18 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 
 		// The step is recorded, with the config it applies, before anything is sent.
 		spec.Phase, spec.ChangeVersion, spec.Change, spec.Error, spec.PhaseChangedAt = upgrade.MachineApplyingConfig, spec.TargetVersion, spec.Effective, "", time.Now()
+		spec.NodeName, spec.PreRebootBootID = "", ""
 		if err = run.record(ctx, spec); err != nil {
 			return err
 		}
 	}
 
-	return run.apply(ctx, spec)
+	ctrl.exec.start(ctx, id, func(ctx context.Context, x *execution) {
+		run.x = x
+		run.change(ctx, spec)
+	})
+
+	return nil
 }
 
 // configRun is one reconcile of one machine's config.
@@ -152,15 +169,11 @@ type configRun struct {
 	logger  *zap.Logger
 	id      string
 	machine *cluster.Machine
+	x       *execution // the executor of the change, once started
 }
 
 func (run configRun) api(ctx context.Context) (talos.API, error) {
-	access, err := readAccess(ctx, run.r, run.machine.TypedSpec().Cluster, run.machine.TypedSpec().Endpoint)
-	if err != nil {
-		return nil, err
-	}
-
-	return run.ctrl.conn.Talos(ctx, access)
+	return run.steps(upgrade.MachineConfigStatusSpec{}).talos(ctx)
 }
 
 // running reads the config the machine runs, canonically encoded.
@@ -214,7 +227,7 @@ func (run configRun) target(ctx context.Context, spec *upgrade.MachineConfigStat
 	effective, err := machineconfig.Effective([]byte(spec.Base), patches)
 	if err != nil {
 		spec.TargetVersion, spec.Pending, spec.Diff = "", false, ""
-		if spec.Phase != upgrade.MachineApplyingConfig {
+		if !spec.Phase.InFlight() {
 			spec.Error = "the effective config cannot be made: " + err.Error()
 		}
 
@@ -264,68 +277,238 @@ func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigSta
 	return true, nil
 }
 
-// apply makes the recorded change: done at once when the machine already runs it (the change was sent before a
-// restart); otherwise a dry run in NO_REBOOT mode, then the change. An unreachable machine is waited for, up to
-// the step timeout counted from the step's start.
-func (run configRun) apply(ctx context.Context, spec upgrade.MachineConfigStatusSpec) error {
-	fail := func(reason string) error {
-		spec.Phase, spec.Error, spec.Waiting, spec.PhaseChangedAt = upgrade.MachineFailed, reason, "", time.Now()
-		run.logger.Error("config change failed", zap.String("reason", reason))
-
-		return run.record(ctx, spec)
+// steps are the side effects (nodeSteps) the recorded step of spec shares with a Talos upgrade.
+func (run configRun) steps(spec upgrade.MachineConfigStatusSpec) nodeSteps {
+	return nodeSteps{
+		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: *run.machine.TypedSpec(),
+		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID,
 	}
+}
 
-	wait := func(err error) error {
-		if time.Since(spec.PhaseChangedAt) > run.ctrl.cfg.StepTimeout {
-			return fail("timeout: " + err.Error())
+// change is the executor of the recorded change: it runs the steps from the recorded one to Done or Failed, each
+// recorded before its side effect. It returns before that only when ctx ends (the runtime stops or the machine is
+// gone); the next run resumes the recorded step from what it observes.
+func (run configRun) change(ctx context.Context, spec upgrade.MachineConfigStatusSpec) {
+	for {
+		fail, next, err := run.step(ctx, &spec)
+		if ctx.Err() != nil {
+			return
 		}
 
-		spec.Waiting = err.Error()
-		if werr := run.record(ctx, spec); werr != nil {
-			return werr
-		}
-
-		return controller.NewRequeueInterval(run.ctrl.cfg.RetryDelay)
-	}
-
-	running, err := run.running(ctx)
-	if err != nil {
-		return wait(err)
-	}
-
-	if machineconfig.Version(running) != spec.ChangeVersion {
-		api, err := run.api(ctx)
 		if err != nil {
-			return wait(err)
+			fail = fmt.Sprintf("%s: %v", spec.Phase, err)
 		}
 
-		if _, err = api.ApplyConfiguration(ctx, run.id, []byte(spec.Change), machineapi.ApplyConfigurationRequest_NO_REBOOT, true); err != nil {
-			if refused(err) {
-				return fail("config: " + err.Error())
-			}
+		spec.Waiting, spec.PhaseChangedAt = "", time.Now()
 
-			return wait(err)
+		switch {
+		case fail != "" && afterCordon(spec.Phase):
+			run.logger.Error("config change step failed; uncordoning", zap.String("step", string(spec.Phase)), zap.String("reason", fail))
+			spec.Phase, spec.Error = upgrade.MachineUncordoning, fail
+		case fail != "":
+			spec.Phase, spec.Error = upgrade.MachineFailed, joinFailures(spec.Error, fail)
+		case spec.Phase == upgrade.MachineUncordoning && spec.Error != "":
+			spec.Phase = upgrade.MachineFailed
+		default:
+			spec.Phase = next
 		}
 
-		if _, err = api.ApplyConfiguration(ctx, run.id, []byte(spec.Change), machineapi.ApplyConfigurationRequest_NO_REBOOT, false); err != nil {
-			if refused(err) {
-				return fail("config: " + err.Error())
+		if spec.Phase == upgrade.MachineRebooting {
+			// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
+			st, fail, err := run.steps(spec).observeReachable(ctx, spec.PhaseChangedAt.Add(run.ctrl.cfg.StepTimeout))
+			if err != nil {
+				return
 			}
 
-			return wait(err) // whether it was applied, the next run reads from the machine
+			if fail != "" {
+				spec.Phase, spec.Error = upgrade.MachineUncordoning, fail
+			}
+
+			spec.PreRebootBootID = st.BootID
+		}
+
+		switch spec.Phase {
+		case upgrade.MachineDone:
+			run.done(&spec)
+			run.persist(ctx, spec, true)
+
+			return
+		case upgrade.MachineFailed:
+			run.logger.Error("config change failed", zap.String("reason", spec.Error))
+			run.persist(ctx, spec, true)
+
+			return
+		}
+
+		if !run.persist(ctx, spec, false) {
+			return
 		}
 	}
+}
 
-	spec.Phase, spec.Applied, spec.AppliedVersion, spec.Waiting, spec.Error, spec.PhaseChangedAt = upgrade.MachineDone, spec.Change, spec.ChangeVersion, "", "", time.Now()
+// afterCordon reports whether a step failing in phase p may leave the node cordoned, so it is uncordoned first.
+func afterCordon(p upgrade.MachinePhase) bool {
+	switch p { //nolint:exhaustive // the other phases come before the cordon or are the uncordon
+	case upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineRebooting, upgrade.MachineWaitingReady:
+		return true
+	default:
+		return false
+	}
+}
+
+// step makes the side effect of the recorded step and returns the next one (see nodeSteps for fail and err).
+func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
+	ns := run.steps(*spec)
+
+	switch spec.Phase {
+	case upgrade.MachineApplyingConfig:
+		return run.apply(ctx, spec)
+	case upgrade.MachineCordoning:
+		fail, err := ns.cordon(ctx)
+
+		return fail, upgrade.MachineDraining, err
+	case upgrade.MachineDraining:
+		fail, err := ns.drain(ctx)
+
+		return fail, upgrade.MachineRebooting, err
+	case upgrade.MachineRebooting:
+		fail, err := ns.rebootOnce(ctx, "apply the config with a reboot", func(ctx context.Context, api talos.API) error {
+			_, err := api.ApplyConfiguration(ctx, run.id, []byte(spec.Change), machineapi.ApplyConfigurationRequest_REBOOT, false)
+
+			return err
+		})
+
+		return fail, upgrade.MachineWaitingReady, err
+	case upgrade.MachineWaitingReady:
+		return run.waitChanged(ctx, ns, spec.ChangeVersion)
+	case upgrade.MachineUncordoning:
+		fail, err := ns.uncordon(ctx)
+
+		return fail, upgrade.MachineDone, err
+	default:
+		return fmt.Sprintf("unexpected step %q", spec.Phase), "", nil // a record this engine cannot continue
+	}
+}
+
+// apply is the ApplyingConfig step: done at once when the machine already runs the change (it was sent before a
+// restart); otherwise a NO_REBOOT dry run, and the change in NO_REBOOT mode when Talos can make it live. A change
+// NO_REBOOT refuses and a REBOOT dry run accepts needs a reboot: the next step is Cordoning. An unreachable machine
+// is waited for, up to the step timeout; the next try reads the running config first, so an apply whose answer
+// was lost is not sent twice.
+func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
+	ns := run.steps(*spec)
+	change := []byte(spec.Change)
+	next := upgrade.MachineDone
+
+	fail, err := ns.retry(ctx, "apply config", func() (string, error) {
+		running, err := run.running(ctx)
+		if err != nil || machineconfig.Version(running) == spec.ChangeVersion {
+			return "", err
+		}
+
+		api, err := ns.talos(ctx)
+		if err != nil {
+			return "", err
+		}
+
+		live, err := api.ApplyConfiguration(ctx, run.id, change, machineapi.ApplyConfigurationRequest_NO_REBOOT, true)
+		if err == nil {
+			_, err = api.ApplyConfiguration(ctx, run.id, change, machineapi.ApplyConfigurationRequest_NO_REBOOT, false)
+
+			return refusal(err)
+		}
+
+		if !refused(err) {
+			return "", err
+		}
+
+		if _, rerr := api.ApplyConfiguration(ctx, run.id, change, machineapi.ApplyConfigurationRequest_REBOOT, true); rerr != nil {
+			return refusal(rerr)
+		}
+
+		st, oerr := ns.observe(ctx)
+		if oerr != nil {
+			return "", oerr
+		}
+
+		run.logger.Info("the config change needs a reboot", zap.String("talos", err.Error()), zap.String("dry run", live))
+		spec.NodeName, next = nodeName(run.id, st.NodeName), upgrade.MachineCordoning
+
+		return "", nil
+	})
+
+	return fail, next, err
+}
+
+// refusal splits an ApplyConfiguration error into a failure of the step (Talos refused the config) and an error
+// worth another try.
+func refusal(err error) (string, error) {
+	if refused(err) {
+		return "config: " + err.Error(), nil
+	}
+
+	return "", err
+}
+
+// waitChanged is the WaitingReady step: the machine back from its reboot (nodeSteps.waitBack), running the change.
+func (run configRun) waitChanged(ctx context.Context, ns nodeSteps, version string) (string, upgrade.MachinePhase, error) {
+	if _, fail, err := ns.waitBack(ctx, func(talos.MachineStatus) string { return "" }); fail != "" || err != nil {
+		return fail, "", err
+	}
+
+	fail, err := ns.retry(ctx, "read the config after the reboot", func() (string, error) {
+		running, err := run.running(ctx)
+		if err != nil {
+			return "", err
+		}
+
+		if v := machineconfig.Version(running); v != version {
+			return fmt.Sprintf("the machine came back running config %s instead of %s", v, version), nil
+		}
+
+		return "", nil
+	})
+
+	return fail, upgrade.MachineUncordoning, err
+}
+
+// done records the change as the config the machine runs.
+func (run configRun) done(spec *upgrade.MachineConfigStatusSpec) {
+	var err error
+
+	spec.Applied, spec.AppliedVersion, spec.Error = spec.Change, spec.ChangeVersion, ""
 	spec.Pending = spec.AppliedVersion != spec.TargetVersion
 
 	if spec.Diff, err = machineconfig.Diff([]byte(spec.Applied), []byte(spec.Effective), run.id+" applied", run.id+" effective"); err != nil || !spec.Pending {
 		spec.Diff = ""
 	}
 
-	run.logger.Info("config applied without a reboot", zap.String("version", spec.AppliedVersion))
+	run.logger.Info("config applied", zap.String("version", spec.AppliedVersion), zap.Bool("rebooted", spec.PreRebootBootID != ""))
+}
 
-	return run.record(ctx, spec)
+// persist records spec, again after the retry delay while the store fails, until ctx ends; the last write (last)
+// also frees the machine for the next reconcile (execution.finish). It reports whether spec was recorded.
+func (run configRun) persist(ctx context.Context, spec upgrade.MachineConfigStatusSpec, last bool) bool {
+	for {
+		write := func() error { return run.record(ctx, spec) }
+
+		var err error
+		if last {
+			err = run.x.finish(write)
+		} else {
+			err = write()
+		}
+
+		if err == nil {
+			return true
+		}
+
+		run.logger.Error("recording the config change failed; retrying", zap.Error(err))
+
+		if sleep(ctx, run.ctrl.cfg.RetryDelay) != nil {
+			return false
+		}
+	}
 }
 
 func refused(err error) bool {

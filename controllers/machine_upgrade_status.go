@@ -258,7 +258,7 @@ func (run *machineRun) begin(ctx context.Context, w way) {
 	spec := upgrade.MachineUpgradeStatusSpec{Cluster: run.machine.Cluster, StartedAt: now, PhaseChangedAt: now}
 	run.spec = spec
 
-	st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
+	st, fail, err := run.steps().observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 	if err != nil {
 		return // only when ctx ends, as below: the runtime stops or the machine is gone
 	}
@@ -482,7 +482,7 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 
 	if s.Phase == rollout.RebootStep(run.flow(s)) {
 		// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
-		st, fail, err := run.observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
+		st, fail, err := run.steps().observeReachable(ctx, now.Add(run.ctrl.cfg.StepTimeout))
 		if err != nil {
 			return s, err
 		}

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"cmp"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +214,115 @@ func rebootsSince(bed *testbed.Bed, from int) []string {
 	}
 
 	return out
+}
+
+// envPatch is a cluster-wide patch Talos applies only with a reboot (machine.env is read at boot).
+const envPatch = `metadata:
+  type: ConfigPatch
+  id: proxy
+spec:
+  cluster: c1
+  patch: |
+    machine:
+      env:
+        https_proxy: http://proxy.example:3128
+`
+
+// TestConfigPatchNeedingReboot rolls out a patch Talos refuses without a reboot: each machine goes through the
+// Talos upgrade's steps (cordon, drain, a reboot that applies the change, back with a new boot ID running it,
+// uncordon), sent once (journal: NO_REBOOT dry run refused, REBOOT dry run, REBOOT, one reboot), control planes one
+// at a time before the workers. Removing the patch takes it back out the same way.
+func TestConfigPatchNeedingReboot(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	bed := startLiteBed(t, 3, 2, supported[len(supported)-1])
+	st := bed.State()
+	nodes := bed.Fleet.Nodes()
+
+	waitObserved(t, bed, supported[len(supported)-1])
+
+	for _, n := range nodes {
+		waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
+			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+	}
+
+	proxy := func(id string) string {
+		n, err := bed.Fleet.Node(id)
+		require.NoError(t, err)
+
+		return n.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]
+	}
+
+	rollOut := func(what, want string, patches int, change func()) {
+		from := len(bed.Fleet.Journal().Entries())
+		change()
+
+		for _, n := range nodes {
+			waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), 2*time.Minute, n.Name()+" "+what,
+				func(s *upgrade.MachineConfigStatus) bool {
+					return !s.TypedSpec().Pending && s.TypedSpec().Phase == upgrade.MachineDone && len(s.TypedSpec().Patches) == patches
+				})
+			assert.Equal(t, want, proxy(n.Name()), "%s %s", n.Name(), what)
+			assert.Equal(t, []string{"NO_REBOOT dry-run", "REBOOT dry-run", "REBOOT"}, applies(bed, n.Name(), from),
+				"%s: refused live, checked, sent once with a reboot", n.Name())
+		}
+
+		reboots := rebootsSince(bed, from)
+		require.Len(t, reboots, len(nodes), "one reboot per machine, %s", what)
+		assert.ElementsMatch(t, []string{"c1-cp-1", "c1-cp-2", "c1-cp-3"}, reboots[:3], "control planes first, %s", what)
+		assert.ElementsMatch(t, []string{"c1-w-1", "c1-w-2"}, reboots[3:], "then the workers, once each, %s", what)
+
+		var cps [][2]uint64 // each control plane's change: the seqs of its first and last step
+
+		for _, n := range nodes {
+			var steps []upgrade.MachinePhase
+
+			var first, done uint64
+
+			for _, w := range historyOf[configStatusDoc](t, bed, upgrade.MachineConfigStatusType, n.Name()) {
+				if w.doc.Spec.ChangeVersion == "" || len(steps) > 0 && steps[len(steps)-1] == w.doc.Spec.Phase {
+					continue
+				}
+
+				steps = append(steps, w.doc.Spec.Phase)
+
+				if w.doc.Spec.Phase == upgrade.MachineApplyingConfig {
+					first, steps = w.seq, steps[len(steps)-1:] // the last change only
+				}
+
+				if w.doc.Spec.Phase == upgrade.MachineDone {
+					done = w.seq
+				}
+			}
+
+			assert.Equal(t, []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineCordoning, upgrade.MachineDraining,
+				upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone}, steps,
+				"%s's steps, each recorded, %s", n.Name(), what)
+
+			if strings.Contains(n.Name(), "-cp-") {
+				cps = append(cps, [2]uint64{first, done})
+			}
+		}
+
+		slices.SortFunc(cps, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
+
+		for i := 1; i < len(cps); i++ {
+			assert.Greater(t, cps[i][0], cps[i-1][1], "a control plane starts once the one before it is done, %s", what)
+		}
+	}
+
+	file := filepath.Join(t.TempDir(), "patch.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(envPatch), 0o600))
+
+	rollOut("patched", "http://proxy.example:3128", 1, func() { mustCLI(t, bed, "apply", "-f", file) })
+	rollOut("back on its base config", "", 0, func() {
+		require.NoError(t, st.Destroy(t.Context(), cluster.NewConfigPatch("proxy").Metadata()))
+	})
+}
+
+// configStatusDoc is the part of a logged MachineConfigStatus the tests read.
+type configStatusDoc struct {
+	Spec struct {
+		Phase         upgrade.MachinePhase `yaml:"phase"`
+		ChangeVersion string               `yaml:"changeVersion"`
+	} `yaml:"spec"`
 }

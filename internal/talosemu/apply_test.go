@@ -1,6 +1,7 @@
 package talosemu_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/cosi-project/runtime/pkg/safe"
@@ -178,5 +179,71 @@ func TestApplyConfigurationRerenders(t *testing.T) {
 
 	if got := kubeletImage(t, c, worker); got != nextKubelet {
 		t.Fatalf("a refused config changed the kubelet image to %s", got)
+	}
+}
+
+// TestApplyConfigurationRebootRules shows the emulator deciding per field, as Talos does, whether a change needs a
+// reboot: a sysctl applies live; a machine.env change is refused by NO_REBOOT (dry run or not) with Talos' error,
+// applied with a reboot by AUTO, and made by REBOOT once the node is back.
+func TestApplyConfigurationRebootRules(t *testing.T) {
+	t.Parallel()
+
+	fleet := startFleet(t, talosemu.WithLite(), talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithRebootDowntime(0))
+	c := talosClient(t, fleet)
+	ctx := client.WithNode(testContext(t), "c1-w-1")
+
+	patched := func(patch string) []byte {
+		return patchConfig(t, c, "c1-w-1", func(talosconfig.Container) ([]byte, error) { return []byte(patch), nil })
+	}
+	apply := func(data []byte, mode machine.ApplyConfigurationRequest_Mode, dryRun bool) (*machine.ApplyConfigurationResponse, error) {
+		return c.ApplyConfiguration(ctx, &machine.ApplyConfigurationRequest{Data: data, Mode: mode, DryRun: dryRun})
+	}
+	node, err := fleet.Node("c1-w-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	reboots := func() int {
+		n := 0
+
+		for _, e := range fleet.Journal().Entries() {
+			if talosemu.MatchEvent("c1-w-1", talosemu.EventRebootUp)(e) {
+				n++
+			}
+		}
+
+		return n
+	}
+
+	sysctl := patched("machine:\n  sysctls:\n    net.core.somaxconn: \"65535\"\n")
+	if _, err := apply(sysctl, machine.ApplyConfigurationRequest_NO_REBOOT, false); err != nil {
+		t.Fatalf("a sysctl change needs no reboot: %v", err)
+	}
+
+	if got := node.Config().RawV1Alpha1().MachineConfig.MachineSysctls["net.core.somaxconn"]; got != "65535" || reboots() != 0 {
+		t.Fatalf("sysctl applied live: got %q after %d reboots", got, reboots())
+	}
+
+	env := patched("machine:\n  env:\n    https_proxy: http://proxy.example:3128\n")
+	for _, dryRun := range []bool{true, false} {
+		if _, err := apply(env, machine.ApplyConfigurationRequest_NO_REBOOT, dryRun); status.Code(err) != codes.InvalidArgument ||
+			!strings.Contains(err.Error(), "can't be applied in immediate mode") {
+			t.Fatalf("NO_REBOOT of a machine.env change (dry run %v): want Talos' immediate-mode refusal, got %v", dryRun, err)
+		}
+	}
+
+	resp, err := apply(env, machine.ApplyConfigurationRequest_AUTO, true)
+	if err != nil || resp.GetMessages()[0].GetMode() != machine.ApplyConfigurationRequest_REBOOT {
+		t.Fatalf("AUTO dry run of a machine.env change: want mode REBOOT, got %v, %v", resp, err)
+	}
+
+	if _, err = apply(env, machine.ApplyConfigurationRequest_REBOOT, false); err != nil {
+		t.Fatal(err)
+	}
+
+	waitEvent(ctx, t, fleet, "c1-w-1", talosemu.EventRebootUp)
+
+	if got := node.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]; got != "http://proxy.example:3128" {
+		t.Fatalf("after the reboot the node runs https_proxy %q", got)
 	}
 }

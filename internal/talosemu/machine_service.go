@@ -85,13 +85,21 @@ func (machineService) ApplyConfiguration(ctx context.Context, req *machine.Apply
 	}
 
 	mode := req.GetMode()
+	immediate := canApplyImmediate(n.Config(), cfg)
 
 	switch mode {
 	case machine.ApplyConfigurationRequest_TRY:
 		return nil, status.Error(codes.InvalidArgument, "try mode is not supported by the emulator")
 	case machine.ApplyConfigurationRequest_AUTO:
 		mode = machine.ApplyConfigurationRequest_NO_REBOOT
-	case machine.ApplyConfigurationRequest_REBOOT, machine.ApplyConfigurationRequest_NO_REBOOT, machine.ApplyConfigurationRequest_STAGED:
+		if immediate != nil {
+			mode = machine.ApplyConfigurationRequest_REBOOT
+		}
+	case machine.ApplyConfigurationRequest_NO_REBOOT:
+		if immediate != nil {
+			return nil, status.Error(codes.InvalidArgument, immediate.Error())
+		}
+	case machine.ApplyConfigurationRequest_REBOOT, machine.ApplyConfigurationRequest_STAGED:
 	default:
 		return nil, status.Errorf(codes.InvalidArgument, "unknown apply mode %v", mode)
 	}

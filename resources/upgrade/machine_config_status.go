@@ -13,8 +13,8 @@ import (
 // MachineConfigStatusType is the type of MachineConfigStatus resources.
 const MachineConfigStatusType = resource.Type("MachineConfigStatuses.upshift.dev")
 
-// MachineApplyingConfig is the step of a config rollout that applies a machine's effective config without a
-// reboot (ApplyConfiguration, checked first with a dry run, then NO_REBOOT).
+// MachineApplyingConfig is the step of a config rollout that applies a machine's effective config, or finds that it
+// needs a reboot (ApplyConfiguration dry runs, then NO_REBOOT, or the reboot steps).
 const MachineApplyingConfig MachinePhase = "ApplyingConfig"
 
 // MachineConfigStatus is the config rollout of one machine (same ID as the Machine): the config it runs, the one
@@ -26,8 +26,8 @@ type MachineConfigStatus = typed.Resource[MachineConfigStatusSpec, MachineConfig
 type MachineConfigStatusSpec struct {
 	// Cluster is the ID of the machine's Cluster.
 	Cluster string `yaml:"cluster" protobuf:"1"`
-	// Phase is the step of the current or last change: empty before the first, then Queued, ApplyingConfig, Done
-	// or Failed.
+	// Phase is the step of the current or last change: empty before the first, then ApplyingConfig; for a change
+	// that needs a reboot then Cordoning, Draining, Rebooting, WaitingReady, Uncordoning; Done or Failed.
 	Phase MachinePhase `yaml:"phase,omitempty" protobuf:"2"`
 	// AppliedVersion is the version of the config the machine runs, as the engine applied or first saw it.
 	AppliedVersion string `yaml:"appliedVersion,omitempty" protobuf:"3"`
@@ -60,6 +60,11 @@ type MachineConfigStatusSpec struct {
 	Effective string `yaml:"-" protobuf:"15"`
 	// PatchSet names the state of the cluster's patches TargetVersion was computed from (cluster.PatchSet).
 	PatchSet string `yaml:"patchSet,omitempty" protobuf:"16"`
+	// NodeName is the machine's Kubernetes node, recorded when a change that needs a reboot cordons it.
+	NodeName string `yaml:"nodeName,omitempty" protobuf:"17"`
+	// PreRebootBootID is the machine's boot ID recorded before the change's reboot: a different one afterwards
+	// proves the reboot happened, so a restart never sends the change again.
+	PreRebootBootID string `yaml:"preRebootBootID,omitempty" protobuf:"18"`
 }
 
 // NewMachineConfigStatus returns an empty MachineConfigStatus for the machine named id.
