@@ -27,19 +27,19 @@ func init() {
 		Args: cobra.RangeArgs(1, 2),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, yaml or json")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print changes as they happen")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, err := connect(*endpoint)
+		c, err := connect(endpoint)
 		if err != nil {
 			return err
 		}
 
 		defer c.Close() //nolint:errcheck
 
-		return explain(*endpoint, get(cmd.Context(), c, cmd.OutOrStdout(), args, output, watch))
+		return explain(endpoint, get(cmd.Context(), c, cmd.OutOrStdout(), args, output, watch))
 	}
 
 	rootCmd.AddCommand(cmd)
