@@ -121,7 +121,15 @@ var servingLine = regexp.MustCompile(`^upshift serving on (\S+) `)
 func startServer(t *testing.T, dataDir string, flags ...string) *serverProcess {
 	t.Helper()
 
+	return startServerEnv(t, dataDir, nil, flags...)
+}
+
+// startServerEnv is startServer with the environment env (nil: this process's).
+func startServerEnv(t *testing.T, dataDir string, env []string, flags ...string) *serverProcess {
+	t.Helper()
+
 	cmd := exec.Command(binary, append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, flags...)...)
+	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 
