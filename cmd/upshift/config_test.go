@@ -72,10 +72,10 @@ func TestConfigNewAndRoles(t *testing.T) {
 	mustRun(t, reader, "status", "prod")
 
 	for args, want := range map[string][]string{
-		"pause":   {"upgrade", "pause", "prod"},
-		"lock":    {"lock", "prod-w-1"},
-		"creds":   {"get", "credentials"},
-		"config":  {"config", "new", "--role", "admin", "--name", "eve", "-o", filepath.Join(dir, "eve")},
+		"pause":  {"upgrade", "pause", "prod"},
+		"lock":   {"lock", "prod-w-1"},
+		"creds":  {"get", "credentials"},
+		"config": {"config", "new", "--role", "admin", "--name", "eve", "-o", filepath.Join(dir, "eve")},
 	} {
 		res := run(t, reader, want...)
 		assert.Equal(t, 1, res.exitCode, args)
