@@ -15,6 +15,14 @@ const DefaultListenAddress = "127.0.0.1:50651"
 // StateFileName is the bbolt file the engine keeps in its data dir.
 const StateFileName = "state.db"
 
+// AdminConfigFileName is the admin client config the engine keeps in its data dir once it serves the gRPC API
+// (with the CA and server certificate beside it): what `upshift serve` copies to the CLI's default config path.
+const AdminConfigFileName = "admin.upshiftconfig"
+
+// AdminName is the name in the certificate of the admin config the engine writes, and so the writer the event log
+// records for its writes.
+const AdminName = "admin"
+
 // Option configures New.
 type Option func(*engineOptions)
 

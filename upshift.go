@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,6 +36,7 @@ type Engine struct {
 	state    state.State
 	runtime  *controllers.Runtime
 	grpc     *grpc.Server
+	pki      *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
 	listener net.Listener
 	served   bool // the gRPC server took the listener over (and closes it)
 	// connector is the engine's own CredentialsConnector, closed with it; nil when the embedder gave one.
@@ -93,7 +96,15 @@ func New(opts ...Option) (*Engine, error) {
 			return nil, errors.Join(fmt.Errorf("listening for the API: %w", err), e.Close())
 		}
 
-		e.grpc = server.New(e.state, st)
+		if e.pki, err = server.LoadOrCreatePKI(o.dataDir); err != nil {
+			return nil, errors.Join(fmt.Errorf("setting up the API's certificates: %w", err), e.Close())
+		}
+
+		if err = e.writeAdminConfig(filepath.Join(o.dataDir, AdminConfigFileName)); err != nil {
+			return nil, errors.Join(err, e.Close())
+		}
+
+		e.grpc = server.New(e.state, st, e.pki)
 	}
 
 	return e, nil
@@ -130,6 +141,49 @@ func (e *Engine) Addr() net.Addr {
 	}
 
 	return e.listener.Addr()
+}
+
+// IssueClientConfig issues a client config of the engine's gRPC API for name (the writer the event log records for
+// its writes) with role, pointing at the address the engine listens on. The Go API itself needs none: the embedding
+// program is trusted; the configs are for the people and tools it lets at the API.
+func (e *Engine) IssueClientConfig(name string, role server.Role) (*server.ClientConfig, error) {
+	if e.pki == nil {
+		return nil, errors.New("the engine serves no gRPC API (upshift.WithListenAddress is empty): a client config would reach nothing")
+	}
+
+	return e.pki.Issue(name, role, e.clientEndpoint())
+}
+
+// clientEndpoint is the address a client on this machine dials: the listener's, with loopback for an unspecified
+// host (a server listening on every address).
+func (e *Engine) clientEndpoint() string {
+	addr := e.listener.Addr().(*net.TCPAddr) //nolint:forcetypeassert // the listener is TCP
+	if addr.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
+	}
+
+	return addr.String()
+}
+
+// writeAdminConfig keeps an admin client config at path: issued on first start, and its endpoint brought up to
+// date on a later start on another address (a port picked at start).
+func (e *Engine) writeAdminConfig(path string) error {
+	cfg, err := server.LoadClientConfig(path)
+	if err != nil || !e.pki.Signed(cfg) {
+		if cfg, err = e.IssueClientConfig(AdminName, server.RoleAdmin); err != nil {
+			return err
+		}
+	} else if cfg.Endpoint == e.clientEndpoint() {
+		return nil
+	}
+
+	cfg.Endpoint = e.clientEndpoint()
+
+	if err = cfg.Write(path); err != nil {
+		return fmt.Errorf("writing the admin client config: %w", err)
+	}
+
+	return nil
 }
 
 // WithWriter names who writes through ctx (a user of the management plane), for the event log.

@@ -64,7 +64,7 @@ func startKubeBed(t testing.TB, talosVersion string, opts ...testbed.Option) *te
 		defer cancel()
 
 		for _, args := range [][]string{{"status", "c1"}, {"get", "kubernetesupgradestatus", "c1", "-o", "yaml"}} {
-			out, err := exec.CommandContext(ctx, binary, append(args, "--endpoint", bed.Endpoint())...).CombinedOutput()
+			out, err := exec.CommandContext(ctx, binary, cliArgs(bed, args...)...).CombinedOutput()
 			t.Logf("upshift %s (%v):\n%s", strings.Join(args, " "), err, out)
 		}
 

@@ -108,11 +108,16 @@ func cli(t *testing.T, bed *testbed.Bed, args ...string) (stdout, stderr string,
 
 	var out, errOut bytes.Buffer
 
-	cmd := exec.CommandContext(t.Context(), binary, append(args, "--endpoint", bed.Endpoint())...)
+	cmd := exec.CommandContext(t.Context(), binary, cliArgs(bed, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err = cmd.Run()
 
 	return out.String(), errOut.String(), err
+}
+
+// cliArgs is a command line of the upshift binary pointed at the bed's engine as its admin.
+func cliArgs(bed *testbed.Bed, args ...string) []string {
+	return append(args, "--endpoint", bed.Endpoint(), "--config", bed.ConfigPath())
 }
 
 // mustCLI runs the upshift binary and fails the test if it fails.

@@ -20,7 +20,6 @@ import (
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
-	"github.com/upshift-io/upshift/state/server"
 )
 
 // Each machine walks its own path to the cluster's final version: a machine held back (locked, skipped, or
@@ -283,7 +282,7 @@ func logOnFailure(t *testing.T, bed *testbed.Bed, clusterID string) {
 			{"get", "machineupgradestatus"},
 			{"get", "machine", "-o", "yaml"},
 		} {
-			out, err := exec.CommandContext(ctx, binary, append(args, "--endpoint", bed.Endpoint())...).CombinedOutput()
+			out, err := exec.CommandContext(ctx, binary, cliArgs(bed, args...)...).CombinedOutput()
 			t.Logf("upshift %s (%v):\n%s", strings.Join(args, " "), err, out)
 		}
 
@@ -409,7 +408,7 @@ type loggedWrite[T any] struct {
 func historyOf[T any](t *testing.T, bed *testbed.Bed, typ resource.Type, id string) []loggedWrite[T] {
 	t.Helper()
 
-	c, err := server.Dial(bed.Endpoint())
+	c, err := bed.Dial()
 	require.NoError(t, err)
 
 	defer c.Close() //nolint:errcheck

@@ -39,7 +39,7 @@ func init() {
 		Args: cobra.NoArgs,
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML file of resources (- for stdin)")
 	cmd.MarkFlagRequired("file") //nolint:errcheck // the flag exists
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "check the documents and show, per machine, what each config patch would change; write nothing")
@@ -55,14 +55,14 @@ func init() {
 			return err
 		}
 
-		c, err := connect(*endpoint)
+		c, err := connect(endpoint)
 		if err != nil {
 			return err
 		}
 
 		defer c.Close() //nolint:errcheck
 
-		return explain(*endpoint, apply(cmd.Context(), c, cmd.OutOrStdout(), docs, problems, dryRun))
+		return explain(endpoint, apply(cmd.Context(), c, cmd.OutOrStdout(), docs, problems, dryRun))
 	}
 
 	rootCmd.AddCommand(cmd)

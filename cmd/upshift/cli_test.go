@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,6 +18,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v4"
+
+	"github.com/upshift-io/upshift"
 )
 
 // binary is the upshift binary built once for the CLI tests by TestMain.
@@ -39,6 +40,14 @@ func runWithBinary(m *testing.M) int {
 	defer os.RemoveAll(dir) //nolint:errcheck
 
 	binary = filepath.Join(dir, "upshift")
+
+	// `upshift serve` installs its admin config at the user's default path when none is there: the tests' servers
+	// write theirs here, not in the home of whoever runs the tests, and every test names its server's config.
+	if err = os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+
+		return 1
+	}
 
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building upshift: %v\n%s", err, out)
@@ -102,6 +111,7 @@ func (l *lines) waitFor(t *testing.T, re *regexp.Regexp) []string {
 type serverProcess struct {
 	cmd      *exec.Cmd
 	endpoint string
+	to       target // the endpoint and the admin config the server wrote in its data dir
 	stderr   *bytes.Buffer
 }
 
@@ -111,7 +121,15 @@ var servingLine = regexp.MustCompile(`^upshift serving on (\S+) `)
 func startServer(t *testing.T, dataDir string, flags ...string) *serverProcess {
 	t.Helper()
 
+	return startServerEnv(t, dataDir, nil, flags...)
+}
+
+// startServerEnv is startServer with the environment env (nil: this process's).
+func startServerEnv(t *testing.T, dataDir string, env []string, flags ...string) *serverProcess {
+	t.Helper()
+
 	cmd := exec.Command(binary, append([]string{"serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}, flags...)...)
+	cmd.Env = env
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 
@@ -122,6 +140,7 @@ func startServer(t *testing.T, dataDir string, flags ...string) *serverProcess {
 	t.Cleanup(s.kill)
 
 	s.endpoint = readLines(stdout).waitFor(t, servingLine)[1]
+	s.to = target{endpoint: s.endpoint, config: filepath.Join(dataDir, upshift.AdminConfigFileName)}
 
 	return s
 }
@@ -142,12 +161,13 @@ type result struct {
 	exitCode       int
 }
 
-// run runs a client command against endpoint (through UPSHIFT_ENDPOINT, as a user would set it).
-func run(t *testing.T, endpoint string, args ...string) result {
+// run runs a client command against a server (through UPSHIFT_ENDPOINT and UPSHIFT_CONFIG, as a user would set
+// them).
+func run(t *testing.T, to target, args ...string) result {
 	t.Helper()
 
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "UPSHIFT_ENDPOINT="+endpoint)
+	cmd.Env = append(os.Environ(), endpointEnv+"="+to.endpoint, configEnv+"="+to.config)
 
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -162,10 +182,10 @@ func run(t *testing.T, endpoint string, args ...string) result {
 	return result{stdout: stdout.String(), stderr: stderr.String(), exitCode: cmd.ProcessState.ExitCode()}
 }
 
-func mustRun(t *testing.T, endpoint string, args ...string) string {
+func mustRun(t *testing.T, to target, args ...string) string {
 	t.Helper()
 
-	res := run(t, endpoint, args...)
+	res := run(t, to, args...)
 	require.Equal(t, 0, res.exitCode, "upshift %v failed: %s", args, res.stderr)
 
 	return res.stdout
@@ -212,11 +232,11 @@ func TestCLIEndToEnd(t *testing.T) {
 	dataDir := t.TempDir()
 	srv := startServer(t, dataDir)
 
-	out := mustRun(t, srv.endpoint, "apply", "-f", "../../examples/cluster.yaml")
+	out := mustRun(t, srv.to, "apply", "-f", "../../examples/cluster.yaml")
 	assert.Contains(t, out, "cluster/prod created")
 	assert.Contains(t, out, "machine/prod-w-3 created")
 
-	row := tableRow(t, mustRun(t, srv.endpoint, "get", "clusters"), "prod")
+	row := tableRow(t, mustRun(t, srv.to, "get", "clusters"), "prod")
 	assert.Equal(t, map[string]string{
 		"NAMESPACE": "upshift", "TYPE": "Cluster", "ID": "prod", "VERSION": "1",
 		"TALOS": "v1.14.1", "KUBERNETES": "v1.37.2", "PARALLELISM": "2", "PAUSED": "false",
@@ -227,7 +247,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		Spec     map[string]string `yaml:"spec"`
 	}
 
-	require.NoError(t, yaml.Unmarshal([]byte(mustRun(t, srv.endpoint, "get", "cluster", "prod", "-o", "yaml")), &doc))
+	require.NoError(t, yaml.Unmarshal([]byte(mustRun(t, srv.to, "get", "cluster", "prod", "-o", "yaml")), &doc))
 	assert.Equal(t, "prod", doc.Metadata["id"])
 	assert.Equal(t, "v1.14.1", doc.Spec["talosVersion"])
 	assert.Equal(t, "10m", doc.Spec["drainTimeout"])
@@ -235,13 +255,10 @@ func TestCLIEndToEnd(t *testing.T) {
 	srv.kill()
 	srv = startServer(t, dataDir)
 
-	assert.Equal(t, "v1.14.1", tableRow(t, mustRun(t, srv.endpoint, "get", "cluster", "prod"), "prod")["TALOS"])
-	assert.Equal(t, "worker", tableRow(t, mustRun(t, srv.endpoint, "get", "machines"), "prod-w-2")["ROLE"])
+	assert.Equal(t, "v1.14.1", tableRow(t, mustRun(t, srv.to, "get", "cluster", "prod"), "prod")["TALOS"])
+	assert.Equal(t, "worker", tableRow(t, mustRun(t, srv.to, "get", "machines"), "prod-w-2")["ROLE"])
 
-	me, err := user.Current()
-	require.NoError(t, err)
-
-	hist := mustRun(t, srv.endpoint, "history", "cluster", "prod")
+	hist := mustRun(t, srv.to, "history", "cluster", "prod")
 	assert.Contains(t, hist, `# Cluster "prod": retained history begins at seq 1`)
 
 	historyRows := strings.Split(strings.TrimSpace(hist), "\n")[1:]
@@ -253,30 +270,30 @@ func TestCLIEndToEnd(t *testing.T) {
 	written, err := time.Parse(time.RFC3339Nano, fields[0])
 	require.NoError(t, err)
 	assert.WithinDuration(t, time.Now(), written, 5*time.Minute)
-	assert.Equal(t, []string{"created", "1", "user:" + me.Username}, fields[2:])
+	assert.Equal(t, []string{"created", "1", "user:" + upshift.AdminName}, fields[2:])
 
 	// Watch, then change the cluster while the watch runs.
-	watched := startWatch(t, srv.endpoint, "get", "clusters", "-w")
+	watched := startWatch(t, srv.to, "get", "clusters", "-w")
 	watched.waitFor(t, regexp.MustCompile(`^created\s+upshift\s+Cluster\s+prod\s+1\s+v1\.14\.1`))
 
 	changed := strings.Replace(readFile(t, "../../examples/cluster.yaml"), "talosVersion: v1.14.1", "talosVersion: v1.14.2", 1)
-	assert.Contains(t, mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, changed)), "cluster/prod configured")
+	assert.Contains(t, mustRun(t, srv.to, "apply", "-f", writeFile(t, changed)), "cluster/prod configured")
 
 	watched.waitFor(t, regexp.MustCompile(`^updated\s+upshift\s+Cluster\s+prod\s+2\s+v1\.14\.2`))
 
 	// Watching one resource that does not exist (yet) prints it once it is created (or, if the watch starts
 	// after the write, as it is: either way the same line).
-	lockWatch := startWatch(t, srv.endpoint, "get", "machinelock", "prod-w-1", "-w")
+	lockWatch := startWatch(t, srv.to, "get", "machinelock", "prod-w-1", "-w")
 
-	mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, "metadata: {type: lock, id: prod-w-1}\nspec: {reason: kernel debugging}\n"))
+	mustRun(t, srv.to, "apply", "-f", writeFile(t, "metadata: {type: lock, id: prod-w-1}\nspec: {reason: kernel debugging}\n"))
 	lockWatch.waitFor(t, regexp.MustCompile(`^created\s+upshift\s+MachineLock\s+prod-w-1\s+1\s+kernel debugging$`))
 }
 
 // startWatch runs a watching client command until the test ends and streams its output.
-func startWatch(t *testing.T, endpoint string, args ...string) *lines {
+func startWatch(t *testing.T, to target, args ...string) *lines {
 	t.Helper()
 
-	cmd := exec.Command(binary, append(args, "--endpoint", endpoint)...)
+	cmd := exec.Command(binary, append(args, "--endpoint", to.endpoint, "--config", to.config)...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -342,7 +359,7 @@ func TestCLIBadInput(t *testing.T) {
 			`spec.cluster: cluster "nope" does not exist`,
 		}},
 	} {
-		res := run(t, srv.endpoint, "apply", "-f", writeFile(t, tc.file))
+		res := run(t, srv.to, "apply", "-f", writeFile(t, tc.file))
 		assert.NotEqual(t, 0, res.exitCode, tc.name)
 		assert.Empty(t, res.stdout, tc.name)
 
@@ -352,15 +369,15 @@ func TestCLIBadInput(t *testing.T) {
 	}
 
 	// None of the files above wrote anything, not even their valid documents.
-	res := run(t, srv.endpoint, "get", "cluster", "good")
+	res := run(t, srv.to, "get", "cluster", "good")
 	assert.Equal(t, 1, res.exitCode)
 	assert.Equal(t, "error: Cluster \"good\" not found\n", res.stderr)
 
-	res = run(t, srv.endpoint, "get", "widgets")
+	res = run(t, srv.to, "get", "widgets")
 	assert.Equal(t, 1, res.exitCode)
 	assert.Contains(t, res.stderr, `unknown resource type "widgets" (known types: cluster,`)
 
-	res = run(t, srv.endpoint, "get", "clusters", "-o", "xml")
+	res = run(t, srv.to, "get", "clusters", "-o", "xml")
 	assert.Equal(t, 1, res.exitCode)
 	assert.Contains(t, res.stderr, `unknown output format "xml"`)
 
@@ -376,6 +393,6 @@ func TestCLIBadInput(t *testing.T) {
 	assert.Contains(t, stderr.String(), "state file is locked by another process")
 	assert.Contains(t, stderr.String(), "is another upshift serving this data dir?")
 
-	mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, goodCluster))
-	assert.Equal(t, "v1.14.1", tableRow(t, mustRun(t, srv.endpoint, "get", "clusters"), "good")["TALOS"])
+	mustRun(t, srv.to, "apply", "-f", writeFile(t, goodCluster))
+	assert.Equal(t, "v1.14.1", tableRow(t, mustRun(t, srv.to, "get", "clusters"), "good")["TALOS"])
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -18,27 +20,89 @@ import (
 	"github.com/upshift-io/upshift/state/server"
 )
 
-// endpointEnv names the environment variable that points client commands at a server when --endpoint is not given.
-const endpointEnv = "UPSHIFT_ENDPOINT"
+// Environment variables that point client commands at a server and a client config when the flags are not given.
+const (
+	endpointEnv = "UPSHIFT_ENDPOINT"
+	configEnv   = "UPSHIFT_CONFIG"
+)
 
-// endpointFlag adds --endpoint to a client command and returns where its value lands.
-func endpointFlag(cmd *cobra.Command) *string {
-	def := os.Getenv(endpointEnv)
-	if def == "" {
-		def = upshift.DefaultListenAddress
-	}
-
-	return cmd.Flags().String("endpoint", def, "address of the upshift server (default from $"+endpointEnv+", else "+upshift.DefaultListenAddress+")")
+// target is where a client command connects and as whom: the --endpoint and --config flags.
+type target struct {
+	endpoint string // "" for the config's own
+	config   string
 }
 
-// connect dials the server at endpoint.
-func connect(endpoint string) (*server.Client, error) {
-	return server.Dial(endpoint)
+// clientFlags adds --endpoint and --config to a client command and returns where their values land.
+func clientFlags(cmd *cobra.Command) *target {
+	t := &target{}
+
+	cmd.Flags().StringVar(&t.endpoint, "endpoint", os.Getenv(endpointEnv),
+		"address of the upshift server (default from $"+endpointEnv+", else the client config's)")
+	cmd.Flags().StringVar(&t.config, "config", defaultConfigPath(),
+		"client config: the server's CA and this client's certificate (default from $"+configEnv+", else "+userConfigPath()+")")
+
+	return t
+}
+
+// defaultConfigPath is $UPSHIFT_CONFIG, else the user's config path.
+func defaultConfigPath() string {
+	if path := os.Getenv(configEnv); path != "" {
+		return path
+	}
+
+	return userConfigPath()
+}
+
+// userConfigPath is where a user's client config lives, as talosctl's ~/.talos/config: $XDG_CONFIG_HOME/upshift/config
+// (~/.config/upshift/config), or ./upshift-config with no home directory.
+func userConfigPath() string {
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "upshift-config"
+	}
+
+	return filepath.Join(dir, "upshift", "config")
+}
+
+// load reads the client config and the endpoint to dial: --endpoint, else the config's.
+func (t *target) load() (*server.ClientConfig, string, error) {
+	cfg, err := server.LoadClientConfig(t.config)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, "", fmt.Errorf("no client config at %s: `upshift serve` writes an admin one there on its first start; "+
+				"or pass --config (or $%s) with one from `upshift config new`", t.config, configEnv)
+		}
+
+		return nil, "", err
+	}
+
+	endpoint := t.endpoint
+	if endpoint == "" {
+		endpoint = cfg.Endpoint
+	}
+
+	if endpoint == "" {
+		endpoint = upshift.DefaultListenAddress
+	}
+
+	return cfg, endpoint, nil
+}
+
+// connect dials the server the target names.
+func connect(t *target) (*server.Client, error) {
+	cfg, endpoint, err := t.load()
+	if err != nil {
+		return nil, err
+	}
+
+	t.endpoint = endpoint // for explain
+
+	return server.Dial(endpoint, cfg)
 }
 
 // explain rewords a client error for the terminal: the server's message without gRPC's wrapping, and a hint when
-// the server cannot be reached.
-func explain(endpoint string, err error) error {
+// the server cannot be reached or refuses the client's certificate.
+func explain(t *target, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -50,7 +114,12 @@ func explain(endpoint string, err error) error {
 			msg = strings.Trim(msg[i+2:], `"`)
 		}
 
-		return fmt.Errorf("cannot reach upshift at %s (%s): is `upshift serve` running there?", endpoint, msg)
+		if strings.Contains(st.Message(), "tls:") || strings.Contains(st.Message(), "certificate") {
+			return fmt.Errorf("upshift at %s and the client config %s do not trust each other (%s): is the config from this server's data dir?",
+				t.endpoint, t.config, msg)
+		}
+
+		return fmt.Errorf("cannot reach upshift at %s (%s): is `upshift serve` running there?", t.endpoint, msg)
 	}
 
 	// COSI's client wraps statuses in its own error types without Unwrap; keep only the server's words.

@@ -194,7 +194,7 @@ func runDemo(ctx context.Context, out io.Writer, flags demoFlags, listenSet bool
 
 	d.console.Introduce(demoview.Intro{
 		Endpoint: d.bed.Endpoint(), StateFile: d.stateFile(),
-		TalosEndpoint: d.bed.Fleet.Endpoint(), Talosconfig: d.bed.Fleet.TalosconfigPath(),
+		TalosEndpoint: d.bed.Fleet.Endpoint(), Talosconfig: d.bed.Fleet.TalosconfigPath(), Config: d.bed.ConfigPath(),
 	})
 
 	if err = d.run(ctx); err != nil {
@@ -572,7 +572,7 @@ func (d *demo) open(ctx context.Context, clusterID string, tus upgrade.TalosUpgr
 	inc := &incident{
 		machine: m,
 		retryAt: time.Now().Add(d.flags.retryAfter),
-		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--endpoint", d.bed.Endpoint()},
+		command: []string{"upgrade", "retry", clusterID, "--machine", m, "--config", d.bed.ConfigPath()},
 	}
 	d.incidents[clusterID] = inc
 	d.console.Drop(clusterID) // the notes of an incident it replaces
@@ -603,7 +603,7 @@ func (d *demo) finish(err error) error {
 
 	return d.console.Finish(demoview.Closing{
 		Clusters: d.bed.Fleet.Clusters(), Target: d.target(), Kubernetes: kubernetes, Endpoint: d.bed.Endpoint(),
-		EngineDir: d.bed.EngineDir(), StateFile: d.stateFile(), Keep: d.flags.keep,
+		Config: d.bed.ConfigPath(), EngineDir: d.bed.EngineDir(), StateFile: d.stateFile(), Keep: d.flags.keep,
 	}, err)
 }
 

@@ -17,7 +17,10 @@ import (
 // demoTimeout bounds a whole demo run in the tests (the emulated fleet starts a real kube-apiserver).
 const demoTimeout = 6 * time.Minute
 
-var engineLine = regexp.MustCompile(`^engine:\s+(\S+)$`)
+var (
+	engineLine = regexp.MustCompile(`^engine:\s+(\S+)$`)
+	exportLine = regexp.MustCompile(`^\s+export UPSHIFT_CONFIG=(\S+)$`)
+)
 
 // demoProcess is `upshift demo` running as a child process without a terminal, so it prints plain lines.
 type demoProcess struct {
@@ -81,6 +84,15 @@ func (d *demoProcess) until(t *testing.T, re *regexp.Regexp) []string {
 	}
 }
 
+// engine reads where the demo's engine serves and the admin config the demo tells the user to use.
+func (d *demoProcess) engine(t *testing.T) target {
+	t.Helper()
+
+	endpoint := d.until(t, engineLine)[1]
+
+	return target{endpoint: endpoint, config: d.until(t, exportLine)[1]}
+}
+
 // wait reads the rest of the output and returns it with the exit error.
 func (d *demoProcess) wait(t *testing.T) (string, error) {
 	t.Helper()
@@ -95,11 +107,11 @@ func TestDemoUpgradesEveryMachineToTheNewestVersion(t *testing.T) {
 	t.Parallel()
 
 	d := startDemo(t)
-	endpoint := d.until(t, engineLine)[1]
+	engine := d.engine(t)
 
 	// The CLI works against the demo's engine while it runs.
 	d.until(t, regexp.MustCompile(`c1-cp-\d \S+ +v1\.11\.6 → `))
-	assert.Contains(t, mustRun(t, endpoint, "get", "machineupgradestatuses"), "c1-cp-")
+	assert.Contains(t, mustRun(t, engine, "get", "machineupgradestatuses"), "c1-cp-")
 
 	out, err := d.wait(t)
 	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
@@ -130,18 +142,18 @@ func TestDemoFaultShowsTheFailureAndTheRetry(t *testing.T) {
 	// TestDemoUpgradesKubernetesAfterTalos's.
 	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1", "--fault", "c1-w-1=rollback", "--retry-after", "1h",
 		"--kubernetes-to", "none")
-	endpoint := d.until(t, engineLine)[1]
+	engine := d.engine(t)
 
 	failed := d.until(t, regexp.MustCompile(`✗ c1-w-1 failed: (.*)`))
 	assert.Contains(t, failed[1], "rolled back", "the reason")
 
 	d.until(t, regexp.MustCompile(`repaired c1-w-1 \(cleared the emulated rollback fault\)`))
 
-	retry := d.until(t, regexp.MustCompile(`^\s+upshift (upgrade retry c1 --machine c1-w-1 --endpoint (\S+))$`))
-	assert.Equal(t, endpoint, retry[2])
+	retry := d.until(t, regexp.MustCompile(`^\s+upshift (upgrade retry c1 --machine c1-w-1 --config (\S+))$`))
+	assert.Equal(t, engine.config, retry[2])
 
 	// The hint is the exact command: run it as the user would.
-	mustRun(t, endpoint, strings.Fields(retry[1])...)
+	mustRun(t, engine, strings.Fields(retry[1])...)
 
 	out, err := d.wait(t)
 	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
@@ -163,14 +175,14 @@ func TestDemoUpgradesKubernetesAfterTalos(t *testing.T) {
 	t.Parallel()
 
 	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "1")
-	endpoint := d.until(t, engineLine)[1]
+	engine := d.engine(t)
 
 	to := d.until(t, regexp.MustCompile(`requested: c1 to Kubernetes (v[0-9.]+), as$`))[1]
 	assert.Equal(t, to, d.until(t, regexp.MustCompile("^ +`upshift upgrade kubernetes c1 --to (v[0-9.]+)` does$"))[1])
 	assert.Equal(t, "v1.35.2", to, "the next minor after the fleet's v1.34.3, the first the engine offers on Talos 1.14")
 
 	// The request went through the engine: the Cluster asks for it, and the upgrade is planned.
-	assert.Contains(t, mustRun(t, endpoint, "get", "cluster", "c1", "-o", "yaml"), "kubernetesVersion: "+to)
+	assert.Contains(t, mustRun(t, engine, "get", "cluster", "c1", "-o", "yaml"), "kubernetesVersion: "+to)
 
 	// The stages go by in order, each with its own count.
 	for _, stage := range []string{"pre-pull", "static pods", "kube-proxy", "kubelets"} {

@@ -36,6 +36,7 @@ type emulatorFlags struct {
 	staticPodRestart  time.Duration
 	faults            []string
 	register          string
+	config            string // the client config --register connects with
 }
 
 func init() {
@@ -70,6 +71,7 @@ func init() {
 	f.DurationVar(&flags.staticPodRestart, "static-pod-restart", talosemu.DefaultStaticPodRestart, "how long a control-plane static pod whose config changed is not Ready (and the cluster's API endpoint down, for a kube-apiserver)")
 	f.StringArrayVar(&flags.faults, "fault", nil, "inject a fault, NODE=KIND[:DURATION] or NODE=pull-fail:IMAGE (repeatable; with a duration it clears itself; with an image only that image fails to pull); kinds: "+fmt.Sprint(talosemu.Faults()))
 	f.StringVar(&flags.register, "register", "", "create the Cluster, Machine and Credentials resources in the upshift server at this endpoint")
+	f.StringVar(&flags.config, "config", defaultConfigPath(), "with --register: an admin client config of that server (default from $"+configEnv+", else "+userConfigPath()+")")
 	rootCmd.AddCommand(cmd)
 }
 
@@ -156,7 +158,7 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 	}
 
 	if flags.register != "" {
-		if err = registerFleet(ctx, fleet, flags.register); err != nil {
+		if err = registerFleet(ctx, fleet, &target{endpoint: flags.register, config: flags.config}); err != nil {
 			return err
 		}
 
@@ -169,14 +171,14 @@ func runEmulator(ctx context.Context, out io.Writer, flags emulatorFlags) error 
 }
 
 // registerFleet creates (or updates) the fleet's Cluster, Credentials and Machine resources in a running engine.
-func registerFleet(ctx context.Context, fleet *talosemu.Fleet, endpoint string) error {
-	c, err := server.Dial(endpoint)
+func registerFleet(ctx context.Context, fleet *talosemu.Fleet, to *target) error {
+	c, err := connect(to)
 	if err != nil {
-		return fmt.Errorf("connecting to upshift at %s: %w", endpoint, err)
+		return fmt.Errorf("connecting to upshift at %s: %w", to.endpoint, err)
 	}
 
 	defer c.Close() //nolint:errcheck
 
 	// Credentials are compared with the stored ones, so registering the same fleet again writes nothing new.
-	return testbed.Register(server.WithSecretsShown(ctx), c.State(), fleet)
+	return explain(to, testbed.Register(server.WithSecretsShown(ctx), c.State(), fleet))
 }

@@ -28,7 +28,7 @@ func TestEmulatorRegistersIntoServer(t *testing.T) {
 	stateDir := t.TempDir()
 
 	cmd := exec.Command(binary, "emulator", "--lite", "--state-dir", stateDir, "--clusters", "2", "--control-planes", "1",
-		"--workers", "2", "--talos", "1.13.4", "--node-talos", "c1-w-2=v1.14.1", "--reboot-downtime", "0s", "--fault", "c2-w-1=api-down:1h", "--register", server.endpoint)
+		"--workers", "2", "--talos", "1.13.4", "--node-talos", "c1-w-2=v1.14.1", "--reboot-downtime", "0s", "--fault", "c2-w-1=api-down:1h", "--register", server.endpoint, "--config", server.to.config)
 
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
@@ -49,20 +49,20 @@ func TestEmulatorRegistersIntoServer(t *testing.T) {
 	assert.Equal(t, filepath.Join(stateDir, "talosconfig"), talosconfig)
 	assert.Equal(t, server.endpoint, out.waitFor(t, registeredLine)[1])
 
-	machines := mustRun(t, server.endpoint, "get", "machine")
+	machines := mustRun(t, server.to, "get", "machine")
 	for _, id := range []string{"c1-cp-1", "c1-w-1", "c1-w-2", "c2-cp-1", "c2-w-1", "c2-w-2"} {
 		assert.Contains(t, machines, id)
 	}
 
-	clusters := mustRun(t, server.endpoint, "get", "cluster")
+	clusters := mustRun(t, server.to, "get", "cluster")
 	assert.Contains(t, clusters, "c1")
 	assert.Contains(t, clusters, "v1.13.4")
 
 	// c1 runs two versions: it is registered wanting the newer one, paused, so nothing starts by itself.
-	c1 := mustRun(t, server.endpoint, "get", "cluster", "c1", "-o", "yaml")
+	c1 := mustRun(t, server.to, "get", "cluster", "c1", "-o", "yaml")
 	assert.Contains(t, c1, "talosVersion: v1.14.1")
 	assert.Contains(t, c1, "paused: true")
-	assert.Contains(t, mustRun(t, server.endpoint, "get", "cluster", "c2", "-o", "yaml"), "paused: false")
+	assert.Contains(t, mustRun(t, server.to, "get", "cluster", "c2", "-o", "yaml"), "paused: false")
 
 	c, err := client.New(t.Context(), client.WithConfigFromFile(talosconfig))
 	require.NoError(t, err)

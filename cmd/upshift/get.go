@@ -31,13 +31,13 @@ func init() {
 		Args: cobra.RangeArgs(1, 2),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, yaml or json")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print changes as they happen")
 	cmd.Flags().BoolVar(&showSecrets, "show-secrets", false, "print the content of secrets (credentials) instead of whether they are set")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, err := connect(*endpoint)
+		c, err := connect(endpoint)
 		if err != nil {
 			return err
 		}
@@ -49,7 +49,7 @@ func init() {
 			ctx = server.WithSecretsShown(ctx)
 		}
 
-		return explain(*endpoint, get(ctx, c, cmd.OutOrStdout(), args, output, watch))
+		return explain(endpoint, get(ctx, c, cmd.OutOrStdout(), args, output, watch))
 	}
 
 	rootCmd.AddCommand(cmd)

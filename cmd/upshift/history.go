@@ -22,17 +22,17 @@ func init() {
 		Args: cobra.ExactArgs(2),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, err := connect(*endpoint)
+		c, err := connect(endpoint)
 		if err != nil {
 			return err
 		}
 
 		defer c.Close() //nolint:errcheck
 
-		return explain(*endpoint, history(cmd.Context(), c, cmd.OutOrStdout(), args[0], args[1]))
+		return explain(endpoint, history(cmd.Context(), c, cmd.OutOrStdout(), args[0], args[1]))
 	}
 
 	rootCmd.AddCommand(cmd)

@@ -18,11 +18,11 @@ func init() {
 		Args:  cobra.ExactArgs(1),
 	}
 
-	lockEndpoint := endpointFlag(lock)
+	lockEndpoint := clientFlags(lock)
 	lock.Flags().StringVar(&reason, "reason", "", "why the machine is locked, shown by status")
 
 	lock.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*lockEndpoint, func(st state.State) error {
+		return withState(lockEndpoint, func(st state.State) error {
 			l := cluster.NewMachineLock(args[0])
 			l.TypedSpec().Reason = reason
 
@@ -46,10 +46,10 @@ func init() {
 		Args:  cobra.ExactArgs(1),
 	}
 
-	unlockEndpoint := endpointFlag(unlock)
+	unlockEndpoint := clientFlags(unlock)
 
 	unlock.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*unlockEndpoint, func(st state.State) error {
+		return withState(unlockEndpoint, func(st state.State) error {
 			if err := st.Destroy(cmd.Context(), cluster.NewMachineLock(args[0]).Metadata()); err != nil {
 				if state.IsNotFoundError(err) {
 					return fmt.Errorf("machine %q is not locked", args[0])

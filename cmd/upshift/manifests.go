@@ -38,10 +38,10 @@ func manifestsDiffCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			ms, err := safe.StateGetByID[*manifest.ManifestSync](cmd.Context(), st, args[0])
 			if err != nil {
 				if state.IsNotFoundError(err) {
@@ -110,13 +110,13 @@ func manifestsSyncCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().BoolVar(&req.DryRun, "dry-run", false, "compute and record the diff, apply nothing")
 	cmd.Flags().BoolVar(&req.Prune, "prune", false, "delete objects an earlier sync created that Talos no longer renders (listed first)")
 	cmd.Flags().BoolVar(&req.ForceConflicts, "force-conflicts", false, "overwrite fields another field manager set")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			return manifestsSync(cmd.Context(), st, cmd.OutOrStdout(), args[0], req)
 		})
 	}

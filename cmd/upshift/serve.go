@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift"
+	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 )
 
@@ -36,6 +39,9 @@ func init() {
 		Short: "Run the engine and serve its gRPC API",
 		Long: "Run the engine (durable state, validation, controllers) and serve the gRPC API that the client commands use.\n" +
 			"The state lives in DATA-DIR/" + upshift.StateFileName + "; only one server may use a data dir at a time.\n" +
+			"On its first start it creates a CA, a server certificate and an admin client config (DATA-DIR/" + upshift.AdminConfigFileName + ")\n" +
+			"in the data dir, and copies the config to $" + configEnv + " or " + userConfigPath() + " if nothing is there.\n" +
+			"Every client is authenticated by mTLS, its role in its certificate (`upshift config new` issues more).\n" +
 			"The event log keeps the events younger than --history-retention-age, at most --history-retention-events of them;\n" +
 			"older ones are folded into a snapshot, so the state stays whole and `upshift history` says where the log begins.",
 		Args: cobra.NoArgs,
@@ -45,7 +51,7 @@ func init() {
 	}
 
 	cmd.Flags().StringVar(&dataDir, "data-dir", defaultDataDir(), "directory holding the engine's state")
-	cmd.Flags().StringVar(&listen, "listen", upshift.DefaultListenAddress, "address of the gRPC API (host:port; port 0 picks a free one)")
+	cmd.Flags().StringVar(&listen, "listen", upshift.DefaultListenAddress, "address of the gRPC API (host:port; port 0 picks a free one); loopback by default, mTLS on any address")
 	cmd.Flags().Var((*retentionEvents)(&retention.MaxEvents), "history-retention-events",
 		"keep at most this many of the newest events in the event log; older ones are folded into a snapshot (0: no limit)")
 	cmd.Flags().Var((*retentionAge)(&retention.MaxAge), "history-retention-age",
@@ -88,7 +94,37 @@ func serve(ctx context.Context, dataDir, listen string, retention store.Retentio
 	// Scripts and tests read the address from this line (it matters with --listen 127.0.0.1:0).
 	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), filepath.Join(dataDir, upshift.StateFileName))
 
+	if err = installAdminConfig(filepath.Join(dataDir, upshift.AdminConfigFileName), defaultConfigPath()); err != nil {
+		return errors.Join(err, engine.Close())
+	}
+
 	return engine.Run(ctx)
+}
+
+// installAdminConfig copies the admin config the engine wrote to the client commands' default config path when
+// there is none, so the first `upshift get` after the first `upshift serve` needs no flag; one already there is
+// left alone (it may be another server's, or a config of lesser rights on purpose).
+func installAdminConfig(adminConfig, path string) error {
+	cfg, err := server.LoadClientConfig(adminConfig)
+	if err != nil {
+		return err
+	}
+
+	if _, err = os.Stat(path); err == nil {
+		fmt.Printf("admin client config: %s (%s holds another one, left as it is)\n", adminConfig, path)
+
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("checking the client config at %s: %w", path, err)
+	}
+
+	if err = cfg.Write(path); err != nil {
+		return fmt.Errorf("installing the admin client config: %w", err)
+	}
+
+	fmt.Printf("admin client config: %s (also written to %s, where the client commands look by default)\n", adminConfig, path)
+
+	return nil
 }
 
 // retentionEvents is the --history-retention-events flag: a count of events, 0 for no limit.

@@ -81,7 +81,7 @@ func TestServeHistoryRetentionCompactsTheLog(t *testing.T) {
 	srv := startServer(t, t.TempDir(), "--history-retention-events", "5")
 
 	for i := 1; i <= 15; i++ {
-		mustRun(t, srv.endpoint, "apply", "-f", writeFile(t, goodCluster+fmt.Sprintf("  parallelism: \"%d\"\n", i)))
+		mustRun(t, srv.to, "apply", "-f", writeFile(t, goodCluster+fmt.Sprintf("  parallelism: \"%d\"\n", i)))
 	}
 
 	// Compaction runs in the background after commits and has no event to watch: look again, briefly, until it
@@ -91,7 +91,7 @@ func TestServeHistoryRetentionCompactsTheLog(t *testing.T) {
 	var out string
 
 	for {
-		out = mustRun(t, srv.endpoint, "history", "cluster", "good")
+		out = mustRun(t, srv.to, "history", "cluster", "good")
 		if strings.Contains(out, "were compacted into a snapshot") || time.Now().After(deadline) {
 			break
 		}
@@ -101,5 +101,5 @@ func TestServeHistoryRetentionCompactsTheLog(t *testing.T) {
 
 	assert.Contains(t, out, "were compacted into a snapshot", out)
 	assert.NotContains(t, out, " created ", "the creation is older than the 5 newest events")
-	assert.Equal(t, "15", tableRow(t, mustRun(t, srv.endpoint, "get", "clusters"), "good")["PARALLELISM"])
+	assert.Equal(t, "15", tableRow(t, mustRun(t, srv.to, "get", "clusters"), "good")["PARALLELISM"])
 }

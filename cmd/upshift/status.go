@@ -27,10 +27,10 @@ func init() {
 		Args:  cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			view, err := loadCluster(cmd.Context(), st, args[0])
 			if err != nil {
 				return err
@@ -44,7 +44,7 @@ func init() {
 }
 
 // withState runs fn on the state of the server at endpoint, rewording its errors for the terminal.
-func withState(endpoint string, fn func(state.State) error) error {
+func withState(endpoint *target, fn func(state.State) error) error {
 	c, err := connect(endpoint)
 	if err != nil {
 		return err

@@ -44,7 +44,7 @@ func upgradeTalosCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVar(&to, "to", "", "the Talos version every machine should run, e.g. v1.14.1 (required)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan (hops, direction, order, parallelism, locked machines) and change nothing")
 
@@ -53,7 +53,7 @@ func upgradeTalosCmd() *cobra.Command {
 			return errors.New("--to VERSION is required")
 		}
 
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			return upgradeTalos(cmd.Context(), st, cmd.OutOrStdout(), args[0], to, dryRun)
 		})
 	}
@@ -220,10 +220,10 @@ func upgradePauseCmd(verb string, paused bool) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			if err := modifyCluster(cmd.Context(), st, args[0], func(spec *cluster.ClusterSpec) { spec.Paused = paused }); err != nil {
 				return err
 			}
@@ -278,7 +278,7 @@ func machineActionCmd(action machineAction) *cobra.Command {
 
 	cmd := &cobra.Command{Use: action.use, Short: action.short, Args: cobra.ExactArgs(1)}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVar(&machine, "machine", "", action.machineHelp)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -286,7 +286,7 @@ func machineActionCmd(action machineAction) *cobra.Command {
 			return fmt.Errorf("--machine M is required: name the machine (%s)", action.verb)
 		}
 
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			if action.kubernetes != nil && machine == "" {
 				if ok, err := action.kubernetes(cmd.Context(), st, cmd.OutOrStdout(), args[0]); ok || err != nil {
 					return err

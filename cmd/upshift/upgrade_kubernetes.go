@@ -36,7 +36,7 @@ func upgradeKubernetesCmd() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 	}
 
-	endpoint := endpointFlag(cmd)
+	endpoint := clientFlags(cmd)
 	cmd.Flags().StringVar(&to, "to", "", "the Kubernetes version the cluster should run, e.g. v1.36.2 (required)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and the ordered steps and change nothing")
 	cmd.Flags().StringSliceVar(&skipChecks, "skip-checks", nil, "override a failed pre-check by name (repeatable)")
@@ -52,7 +52,7 @@ func upgradeKubernetesCmd() *cobra.Command {
 			}
 		}
 
-		return withState(*endpoint, func(st state.State) error {
+		return withState(endpoint, func(st state.State) error {
 			return upgradeKubernetes(cmd.Context(), st, cmd.OutOrStdout(), args[0], to, skipChecks, dryRun)
 		})
 	}

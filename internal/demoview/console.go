@@ -67,6 +67,8 @@ type Intro struct {
 	TalosEndpoint string
 	// Talosconfig is the fleet's talosconfig.
 	Talosconfig string
+	// Config is the admin client config the engine wrote (it names the endpoint), for the commands the demo shows.
+	Config string
 }
 
 // Introduce says where the engine and the fleet can be reached, so a user can follow the run from another
@@ -75,7 +77,7 @@ func (c *Console) Introduce(i Intro) {
 	c.endpoint = i.Endpoint
 	c.Printf("\nengine:  %s\n  state and event log: %s\n", i.Endpoint, i.StateFile)
 	c.Printf("fleet:   Talos API %s\n  talosconfig: %s\n", i.TalosEndpoint, i.Talosconfig)
-	c.Printf("Follow it from another terminal:\n  upshift get machineupgradestatuses -w %s\n\n", endpointFlag(i.Endpoint))
+	c.Printf("Follow it from another terminal:\n  %s\n  upshift get machineupgradestatuses -w\n\n", exportConfig(i.Config))
 }
 
 // Requested says that the demo asked for the Talos upgrade of a cluster, and which command does the same.
@@ -155,6 +157,8 @@ type Closing struct {
 	Kubernetes string
 	// Endpoint is the engine's gRPC API.
 	Endpoint string
+	// Config is the admin client config the engine wrote (it names the endpoint, also after a new serve on its data dir).
+	Config string
 	// EngineDir is the engine's data directory, StateFile its state and event log in it.
 	EngineDir, StateFile string
 	// Keep says that the engine keeps serving after the summary.
@@ -182,8 +186,6 @@ func (c *Console) Finish(cl Closing, err error) error {
 		}
 	}
 
-	ep := endpointFlag(cl.Endpoint)
-
 	// The history of a machine that failed tells the most; else the first control plane's.
 	machine := cl.Clusters[0] + "-cp-1"
 	if failed := c.view.Failed(cl.Clusters[0]); len(failed) > 0 {
@@ -197,8 +199,9 @@ func (c *Console) Finish(cl Closing, err error) error {
 	} else {
 		c.Printf("Look deeper: the engine stopped with the demo (--keep keeps it up).\n"+
 			"Serve its state again:\n  upshift serve --data-dir %s\nand, from another terminal:\n", cl.EngineDir)
-		ep = "" // the default address of `upshift serve`
 	}
+
+	c.Printf("  %s\n", exportConfig(cl.Config))
 
 	commands := []string{
 		"history machineupgradestatus " + machine,
@@ -211,7 +214,7 @@ func (c *Console) Finish(cl Closing, err error) error {
 	}
 
 	for _, command := range append(commands, "status "+cl.Clusters[0]) {
-		c.Printf("  %s\n", strings.TrimSpace("upshift "+command+" "+ep))
+		c.Printf("  upshift %s\n", command)
 	}
 
 	if err != nil {
@@ -239,7 +242,8 @@ func (c *Console) KeepServing() {
 	c.Printf("\nThe engine keeps serving on %s and the fleet keeps running: Ctrl-C stops both.\n", c.endpoint)
 }
 
-func endpointFlag(endpoint string) string { return "--endpoint " + endpoint }
+// exportConfig points the client commands of the shell at the engine's admin config, which names its endpoint.
+func exportConfig(config string) string { return "export UPSHIFT_CONFIG=" + config }
 
 // terminal redraws a frame of lines in place with ANSI cursor movements.
 type terminal struct {

@@ -21,6 +21,7 @@ func TestConsolePlainPrintsTheRunAsItGoes(t *testing.T) {
 	c.Introduce(demoview.Intro{
 		Endpoint: "127.0.0.1:50651", StateFile: "/tmp/d/engine/state.db",
 		TalosEndpoint: "127.0.0.1:32931", Talosconfig: "/tmp/d/fleet/talosconfig",
+		Config: "/tmp/d/engine/admin.upshiftconfig",
 	})
 	c.Requested("c1", "v1.14.1")
 
@@ -45,7 +46,8 @@ engine:  127.0.0.1:50651
 fleet:   Talos API 127.0.0.1:32931
   talosconfig: /tmp/d/fleet/talosconfig
 Follow it from another terminal:
-  upshift get machineupgradestatuses -w --endpoint 127.0.0.1:50651
+  export UPSHIFT_CONFIG=/tmp/d/engine/admin.upshiftconfig
+  upshift get machineupgradestatuses -w
 
 requested: c1 to Talos v1.14.1, as `+"`upshift upgrade talos c1 --to v1.14.1`"+` does
     6.1s  c1-w-1 Draining             v1.11.6 → v1.12.6  step 2/6
@@ -61,7 +63,7 @@ The engine keeps serving on 127.0.0.1:50651 and the fleet keeps running: Ctrl-C 
 func TestConsoleFinish(t *testing.T) {
 	closing := demoview.Closing{
 		Clusters: []string{"c1"}, Target: "v1.12.6", Endpoint: "127.0.0.1:50651",
-		EngineDir: "/tmp/d/engine", StateFile: "/tmp/d/engine/state.db",
+		Config: "/tmp/d/engine/admin.upshiftconfig", EngineDir: "/tmp/d/engine", StateFile: "/tmp/d/engine/state.db",
 	}
 
 	var out bytes.Buffer
@@ -78,6 +80,7 @@ Look deeper: the engine stopped with the demo (--keep keeps it up).
 Serve its state again:
   upshift serve --data-dir /tmp/d/engine
 and, from another terminal:
+  export UPSHIFT_CONFIG=/tmp/d/engine/admin.upshiftconfig
   upshift history machineupgradestatus c1-cp-1
   upshift get machineupgradestatuses
   upshift get talosupgradestatus c1 -o yaml
@@ -95,7 +98,8 @@ Every machine runs Talos v1.12.6.
 	err := c.Finish(closing, nil)
 	require.EqualError(t, err, "machine c1-cp-1 runs v1.11.6, not v1.12.6")
 	assert.Contains(t, out.String(), `Look deeper, from another terminal, while the engine serves (until Ctrl-C):
-  upshift history machineupgradestatus c1-cp-1 --endpoint 127.0.0.1:50651
+  export UPSHIFT_CONFIG=/tmp/d/engine/admin.upshiftconfig
+  upshift history machineupgradestatus c1-cp-1
 `)
 	assert.NotContains(t, out.String(), "Every machine runs")
 }

@@ -141,7 +141,7 @@ func TestSummaryAndClosingOfTheKubernetesUpgrade(t *testing.T) {
 
 	closing := demoview.Closing{
 		Clusters: []string{"c1"}, Target: "v1.14.1", Kubernetes: "v1.35.2", Endpoint: "127.0.0.1:50651",
-		EngineDir: "/tmp/d/engine", StateFile: "/tmp/d/engine/state.db",
+		Config: "/tmp/d/engine/admin.upshiftconfig", EngineDir: "/tmp/d/engine", StateFile: "/tmp/d/engine/state.db",
 	}
 
 	// A diff computed before the Kubernetes upgrade finished is not the one to show.

@@ -134,6 +134,24 @@ func (b *Bed) EngineDir() string { return filepath.Join(b.opts.dir, "engine") }
 // Endpoint is the engine's gRPC address, for the CLI (--endpoint). It stays the same across engine restarts.
 func (b *Bed) Endpoint() string { return b.endpoint }
 
+// ConfigPath is the admin client config the engine wrote in its data dir, for the CLI (--config).
+func (b *Bed) ConfigPath() string { return filepath.Join(b.EngineDir(), upshift.AdminConfigFileName) }
+
+// Dial connects to the engine's gRPC API as its admin; the caller closes the client.
+func (b *Bed) Dial() (*server.Client, error) {
+	cfg, err := server.LoadClientConfig(b.ConfigPath())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the engine: %w", err)
+	}
+
+	c, err := server.Dial(b.endpoint, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the engine: %w", err)
+	}
+
+	return c, nil
+}
+
 // State is the engine's state: the engine's own for an in-process engine, a gRPC client's for a child process
 // (which reconnects by itself after a restart; watches open across a kill end with an error).
 func (b *Bed) State() state.State {
@@ -178,8 +196,8 @@ func (b *Bed) StartEngine(ctx context.Context) error {
 	}
 
 	if b.opts.process != nil && b.client == nil {
-		if b.client, err = server.Dial(b.endpoint, server.WithUser("testbed")); err != nil {
-			return fmt.Errorf("connecting to the engine: %w", err)
+		if b.client, err = b.Dial(); err != nil {
+			return err
 		}
 	}
 

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -29,20 +28,7 @@ func BenchmarkAPIWrites(b *testing.B) {
 		{"store", func(_ *testing.B, st *store.Store) state.CoreState { return st.State() }},
 		{"validated", func(_ *testing.B, st *store.Store) state.CoreState { return validate.NewState(st.State()) }},
 		{"grpc", func(b *testing.B, st *store.Store) state.CoreState {
-			srv := server.New(validate.NewState(st.State()), st)
-
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(b, err)
-
-			go srv.Serve(lis) //nolint:errcheck // returns at Stop
-
-			b.Cleanup(srv.Stop)
-
-			c, err := server.Dial(lis.Addr().String())
-			require.NoError(b, err)
-			b.Cleanup(func() { c.Close() }) //nolint:errcheck
-
-			return c.State()
+			return listen(b, validate.NewState(st.State()), st).dial(b, "bench", server.RoleAdmin).State()
 		}},
 	} {
 		b.Run(path.name, func(b *testing.B) {

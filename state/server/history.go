@@ -53,24 +53,30 @@ type historyServer struct {
 var historyServiceDesc = grpc.ServiceDesc{
 	ServiceName: historyServiceName,
 	HandlerType: (*any)(nil),
-	Methods: []grpc.MethodDesc{{
-		MethodName: "Get",
+	Methods:     []grpc.MethodDesc{structMethod("Get", historyGetMethod, (*historyServer).get)},
+	Metadata:    "upshift/history",
+}
+
+// structMethod is one unary method of a hand-written service (no protoc here) whose request and response are
+// google.protobuf.Struct values, served by call on the service's registered *S.
+func structMethod[S any](name, fullMethod string, call func(*S, context.Context, *structpb.Struct) (*structpb.Struct, error)) grpc.MethodDesc {
+	return grpc.MethodDesc{
+		MethodName: name,
 		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 			req := &structpb.Struct{}
 			if err := dec(req); err != nil {
 				return nil, err
 			}
 
-			get := srv.(*historyServer).get //nolint:forcetypeassert // the service is registered with a *historyServer
+			s := srv.(*S) //nolint:forcetypeassert // the service is registered with a *S
 			if interceptor == nil {
-				return get(ctx, req)
+				return call(s, ctx, req)
 			}
 
-			return interceptor(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: historyGetMethod},
-				func(ctx context.Context, req any) (any, error) { return get(ctx, req.(*structpb.Struct)) }) //nolint:forcetypeassert
+			return interceptor(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: fullMethod},
+				func(ctx context.Context, req any) (any, error) { return call(s, ctx, req.(*structpb.Struct)) }) //nolint:forcetypeassert
 		},
-	}},
-	Metadata: "upshift/history",
+	}
 }
 
 func (h *historyServer) get(ctx context.Context, req *structpb.Struct) (*structpb.Struct, error) {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/upshift-io/upshift/resources"
+	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/state/store"
 )
 
@@ -35,11 +36,10 @@ func secretsAsked(ctx context.Context) bool {
 	return len(values) > 0 && values[0] == "true"
 }
 
-// authorizeSecrets is the one place that decides whether a caller who asked may read secrets back. Every caller
-// may until the API authenticates its callers; with mTLS roles (issue 13) only an admin may, and this returns a
-// PermissionDenied status for the others.
-func authorizeSecrets(context.Context) error {
-	return nil
+// authorizeSecrets is the one place that decides whether a caller who asked may read secrets back: the role the
+// permission table gives showing the secrets of Credentials (admin), the one sensitive type a client may ask for.
+func authorizeSecrets(ctx context.Context) error {
+	return AuthorizeCaller(ctx, VerbShowSecrets, cluster.CredentialsType)
 }
 
 // secretsShown decides, once per call, whether that call's resources keep their secrets: only when it asked and

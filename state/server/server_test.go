@@ -17,29 +17,65 @@ import (
 	"github.com/upshift-io/upshift/state/validate"
 )
 
-// serve runs a server over a real store on a loopback port and returns a client of it and the local state.
-func serve(t *testing.T) (*server.Client, state.State) {
-	t.Helper()
+// testServer is a server on a loopback port with its PKI, so tests can issue client configs of any role.
+type testServer struct {
+	pki      *server.PKI
+	endpoint string
+}
 
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), store.WithEncryptionKey(make([]byte, store.KeySize)))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, st.Close()) })
+// listen serves local and st's history on a free loopback port until the test ends.
+func listen(tb testing.TB, local state.CoreState, st *store.Store) *testServer {
+	tb.Helper()
 
-	local := validate.NewState(st.State())
-	srv := server.New(local, st)
+	pki, err := server.LoadOrCreatePKI(tb.TempDir())
+	require.NoError(tb, err)
+
+	srv := server.New(local, st, pki)
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	require.NoError(tb, err)
 
 	go srv.Serve(lis) //nolint:errcheck // Serve returns when Stop is called
 
-	t.Cleanup(srv.Stop)
+	tb.Cleanup(srv.Stop)
 
-	c, err := server.Dial(lis.Addr().String(), server.WithUser("alice"))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	return &testServer{pki: pki, endpoint: lis.Addr().String()}
+}
 
-	return c, state.WrapCore(local)
+// dial connects to the server as name with role.
+func (s *testServer) dial(tb testing.TB, name string, role server.Role) *server.Client {
+	tb.Helper()
+
+	cfg, err := s.pki.Issue(name, role, s.endpoint)
+	require.NoError(tb, err)
+
+	c, err := server.Dial(s.endpoint, cfg)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { require.NoError(tb, c.Close()) })
+
+	return c
+}
+
+// openStore opens a store in a temporary directory, closed when the test ends.
+func openStore(tb testing.TB) *store.Store {
+	tb.Helper()
+
+	st, err := store.Open(filepath.Join(tb.TempDir(), "state.db"), store.WithEncryptionKey(make([]byte, store.KeySize)))
+	require.NoError(tb, err)
+	tb.Cleanup(func() { require.NoError(tb, st.Close()) })
+
+	return st
+}
+
+// serve runs a server over a real store on a loopback port and returns a client of it (alice, an admin) and the
+// local state.
+func serve(t *testing.T) (*server.Client, state.State) {
+	t.Helper()
+
+	st := openStore(t)
+	local := validate.NewState(st.State())
+
+	return listen(t, local, st).dial(t, "alice", server.RoleAdmin), state.WrapCore(local)
 }
 
 func newCluster(version string) *cluster.Cluster {
