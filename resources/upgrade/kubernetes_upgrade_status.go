@@ -89,6 +89,9 @@ type KubernetesUpgradeStatusSpec struct {
 	Attempt int `yaml:"attempt,omitempty" protobuf:"16"`
 	// SkippedChecks are the pre-checks the Cluster's skipKubernetesChecks overrides.
 	SkippedChecks []string `yaml:"skippedChecks,omitempty" protobuf:"17"`
+	// Unlocked lists the machines whose kubelet waited on a lock in this upgrade and that were unlocked, but whose
+	// kubelet step has not started yet, in the order they go (rollout.UnlockOrder).
+	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"18"`
 }
 
 // KubernetesUpgradeStep is one step of a Kubernetes upgrade.
@@ -157,6 +160,7 @@ func (s KubernetesUpgradeStatusSpec) DeepCopy() KubernetesUpgradeStatusSpec {
 	s.AvailableVersions = slices.Clone(s.AvailableVersions)
 	s.Plan = slices.Clone(s.Plan)
 	s.WaitingOnLock = slices.Clone(s.WaitingOnLock)
+	s.Unlocked = slices.Clone(s.Unlocked)
 	s.SkippedChecks = slices.Clone(s.SkippedChecks)
 
 	return s
