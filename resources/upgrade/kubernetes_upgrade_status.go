@@ -153,6 +153,22 @@ func NewKubernetesUpgradeStatus(id resource.ID) *KubernetesUpgradeStatus {
 	return resources.NewTyped[KubernetesUpgradeStatusSpec, KubernetesUpgradeStatusExtension](KubernetesUpgradeStatusType, id)
 }
 
+// WaitsOnlyOnLocks reports whether the upgrade is Blocked with nothing left but the kubelets of locked machines
+// (see TalosUpgradeStatusSpec.WaitsOnlyOnLocks).
+func (s KubernetesUpgradeStatusSpec) WaitsOnlyOnLocks() bool {
+	if s.Phase != PhaseBlocked || len(s.WaitingOnLock) == 0 {
+		return false
+	}
+
+	for _, step := range s.Steps {
+		if !step.State.Finished() && !(step.Kind == StepKubelet && step.State == StepPending && slices.Contains(s.WaitingOnLock, step.Machine)) {
+			return false
+		}
+	}
+
+	return true
+}
+
 // DeepCopy implements typed.DeepCopyable.
 func (s KubernetesUpgradeStatusSpec) DeepCopy() KubernetesUpgradeStatusSpec {
 	s.Steps = slices.Clone(s.Steps)

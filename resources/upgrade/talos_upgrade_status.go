@@ -100,6 +100,13 @@ type TalosUpgradeStatusSpec struct {
 	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"22"`
 }
 
+// WaitsOnlyOnLocks reports whether the upgrade is Blocked with every machine finished but the locked ones: it
+// changes nothing until a user unlocks them, so it must not make the cluster look busy to other work (the manifest
+// sync, the other rollouts' turn), the failure users of lock-based staging otherwise meet.
+func (s TalosUpgradeStatusSpec) WaitsOnlyOnLocks() bool {
+	return s.Phase == PhaseBlocked && len(s.WaitingOnLock) > 0 && len(s.Current) == 0 && s.Done+len(s.WaitingOnLock) == s.Total
+}
+
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
 func NewTalosUpgradeStatus(id resource.ID) *TalosUpgradeStatus {
 	return resources.NewTyped[TalosUpgradeStatusSpec, TalosUpgradeStatusExtension](TalosUpgradeStatusType, id)
