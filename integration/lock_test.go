@@ -183,7 +183,7 @@ func TestLockKubernetesUpgrade(t *testing.T) {
 
 	status := mustCLI(t, bed, "status", "c1")
 	assert.Contains(t, status, "1 machines waiting on a lock: "+worker)
-	assert.Contains(t, status, "pending: kubernetes v"+kubeFrom+" -> v"+kubeNext)
+	assert.Contains(t, status, "pending: kubernetes "+kubeFrom+" -> "+kubeNext)
 
 	mustCLI(t, bed, "unlock", worker)
 
@@ -193,15 +193,19 @@ func TestLockKubernetesUpgrade(t *testing.T) {
 }
 
 // TestLockDuringDrain locks a worker while a PodDisruptionBudget holds its drain, then lets the drain finish. On the
-// legacy flow (1.12 -> 1.13) the install comes after the drain: the worker stops there, uncordoned, never installed,
-// Held in Queued, and the rollout is Blocked on it; unlocked, it upgrades in the same attempt. On the lifecycle flow
-// (1.13 -> 1.14) its install is already staged, past the point of no return: it finishes its upgrade, uncordoned,
-// and the rollout is Done with the lock still in place.
+// legacy flow (1.12 -> 1.13) the install comes after the drain, so the worker has not passed the point of no return
+// (rollout.HoldsForLock): it finishes the drain, is uncordoned, is never installed, and holds in Queued (Held) on
+// its old version, the rollout Blocked on it; unlocked, it upgrades in the same attempt and ends uncordoned. (On the
+// lifecycle flow the install is staged before the drain, so such a worker finishes its upgrade: the controller test
+// TestRolloutLockedDuringDrain covers both flows.)
 func TestLockDuringDrain(t *testing.T) {
-	const worker = "c1-w-1"
+	const (
+		worker       = "c1-w-1"
+		from, target = "1.12.6", "1.13.4"
+	)
 
 	bed := startBed(t, testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion("1.12.6"),
+		talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion(from),
 		talosemu.WithRebootDowntime(rebootDowntime),
 	))
 	logOnFailure(t, bed, "c1")
@@ -210,64 +214,50 @@ func TestLockDuringDrain(t *testing.T) {
 	client := kubeClient(t, bed, "c1")
 
 	pinWorkload(t, client, worker)
-	waitObserved(t, bed, "1.12.6")
+	waitObserved(t, bed, from)
 
-	for _, hop := range []struct {
-		version string
-		holds   bool
-	}{{"1.13.4", true}, {"1.14.1", false}} {
-		from := len(bed.Fleet.Journal().Entries())
+	start := len(bed.Fleet.Journal().Entries())
 
-		holdDrain(t, client)
-		setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
-			s.TalosVersion = "v" + hop.version
-			s.DrainTimeout = "3m"
-		})
+	holdDrain(t, client)
+	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
+		s.TalosVersion = "v" + target
+		s.DrainTimeout = "3m"
+	})
 
-		waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), 2*time.Minute, worker+" draining toward "+hop.version,
-			func(s *upgrade.MachineUpgradeStatus) bool {
-				return s.TypedSpec().Phase == upgrade.MachineDraining && sameVersion(s.TypedSpec().ToVersion, hop.version)
-			})
+	waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), 2*time.Minute, worker+" draining",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDraining })
 
-		mustCLI(t, bed, "lock", worker)
-		waitFor(t, st, observe.NewClusterSummary("c1").Metadata(), time.Minute, "the engine's controllers to see the lock",
-			func(s *observe.ClusterSummary) bool { return slices.Contains(s.TypedSpec().Locked, worker) })
+	mustCLI(t, bed, "lock", worker)
+	waitFor(t, st, observe.NewClusterSummary("c1").Metadata(), time.Minute, "the engine's controllers to see the lock",
+		func(s *observe.ClusterSummary) bool { return slices.Contains(s.TypedSpec().Locked, worker) })
 
-		releaseDrain(t, client)
+	releaseDrain(t, client)
 
-		if hop.holds {
-			held := waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), time.Minute, worker+" held before its install",
-				func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineQueued }).TypedSpec()
-			assert.True(t, held.Held)
-			assert.False(t, held.Cordoned)
-			assert.False(t, nodeCordoned(t, client, worker), "%s is left uncordoned", worker)
-			assert.Empty(t, changingCalls(bed, worker, from), "%s was never installed nor rebooted", worker)
-			assert.Equal(t, "1.12.6", nodeVersion(t, bed, worker))
+	held := waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), time.Minute, worker+" held before its install",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineQueued }).TypedSpec()
+	assert.True(t, held.Held)
+	assert.False(t, held.Cordoned)
+	assert.False(t, nodeCordoned(t, client, worker), "%s is left uncordoned", worker)
+	assert.Empty(t, changingCalls(bed, worker, start), "%s was never installed nor rebooted", worker)
+	assert.Equal(t, from, nodeVersion(t, bed, worker))
 
-			waitTalos(t, st, "c1", 2*time.Minute, "the rollout blocked on the held worker", func(s *upgrade.TalosUpgradeStatusSpec) bool {
-				return s.Phase == upgrade.PhaseBlocked && slices.Equal(s.WaitingOnLock, []string{worker})
-			})
+	waitTalos(t, st, "c1", 2*time.Minute, "the rollout blocked on the held worker", func(s *upgrade.TalosUpgradeStatusSpec) bool {
+		return s.Phase == upgrade.PhaseBlocked && slices.Equal(s.WaitingOnLock, []string{worker})
+	})
+	assert.Empty(t, changingCalls(bed, worker, start), "%s holds while locked", worker)
 
-			mustCLI(t, bed, "unlock", worker)
-		}
+	mustCLI(t, bed, "unlock", worker)
+	waitTalos(t, st, "c1", 2*time.Minute, "the rollout done", phaseIs(upgrade.PhaseDone, target))
 
-		waitTalos(t, st, "c1", 2*time.Minute, "the rollout done", phaseIs(upgrade.PhaseDone, hop.version))
+	mus, err := st.Get(t.Context(), upgrade.NewMachineUpgradeStatus(worker).Metadata())
+	require.NoError(t, err)
 
-		mus, err := st.Get(t.Context(), upgrade.NewMachineUpgradeStatus(worker).Metadata())
-		require.NoError(t, err)
-
-		spec := mus.(*upgrade.MachineUpgradeStatus).TypedSpec() //nolint:forcetypeassert
-		assert.Equal(t, upgrade.MachineDone, spec.Phase)
-		assert.Equal(t, 1, spec.Attempt, "holding for a lock is not a new attempt")
-		assert.Equal(t, hop.version, nodeVersion(t, bed, worker))
-		assert.False(t, nodeCordoned(t, client, worker), "%s ends uncordoned", worker)
-		assert.Equal(t, []string{hop.version}, installedVersions(bed, worker, from), "one install for the hop")
-
-		if !hop.holds {
-			_, err := st.Get(t.Context(), cluster.NewMachineLock(worker).Metadata())
-			require.NoError(t, err, "the lock is still there: the upgrade finished past its install")
-		}
-	}
+	spec := mus.(*upgrade.MachineUpgradeStatus).TypedSpec() //nolint:forcetypeassert
+	assert.Equal(t, upgrade.MachineDone, spec.Phase)
+	assert.Equal(t, 1, spec.Attempt, "holding for a lock is not a new attempt")
+	assert.Equal(t, target, nodeVersion(t, bed, worker))
+	assert.False(t, nodeCordoned(t, client, worker), "%s ends uncordoned", worker)
+	assert.Equal(t, []string{target}, installedVersions(bed, worker, start), "one install, after the unlock")
 }
 
 // pinned is a Deployment of one replica pinned to one node, and the PodDisruptionBudget that holds its drain.
@@ -297,13 +287,6 @@ func pinWorkload(t *testing.T, client kubernetes.Interface, node string) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 
-	waitAvailable(t, client)
-}
-
-// waitAvailable waits until the pinned Deployment's replica is available.
-func waitAvailable(t *testing.T, client kubernetes.Interface) {
-	t.Helper()
-
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
@@ -321,11 +304,9 @@ func waitAvailable(t *testing.T, client kubernetes.Interface) {
 	require.FailNow(t, "the pinned workload did not become available", "%v", ctx.Err())
 }
 
-// holdDrain makes the pinned replica unevictable (a budget of at least one available), once it is available.
+// holdDrain makes the pinned replica unevictable (a budget of at least one available).
 func holdDrain(t *testing.T, client kubernetes.Interface) {
 	t.Helper()
-
-	waitAvailable(t, client)
 
 	minAvailable := intstr.FromInt32(1)
 	_, err := client.PolicyV1().PodDisruptionBudgets(metav1.NamespaceDefault).Create(t.Context(), &policyv1.PodDisruptionBudget{

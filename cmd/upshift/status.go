@@ -307,10 +307,10 @@ func (v *clusterView) machineDetails(m *cluster.Machine) []string {
 		if v.kubeWaitsOn(id) {
 			from := "?"
 			if s, ok := v.statuses[id]; ok && s.TypedSpec().KubeletVersion != "" {
-				from = s.TypedSpec().KubeletVersion
+				from = strings.TrimPrefix(s.TypedSpec().KubeletVersion, "v") // as the upgrade line writes versions
 			}
 
-			out = append(out, fmt.Sprintf("pending: kubernetes %s -> %s", from, v.kube.TypedSpec().ToVersion))
+			out = append(out, fmt.Sprintf("pending: kubernetes %s -> %s", from, strings.TrimPrefix(v.kube.TypedSpec().ToVersion, "v")))
 		}
 
 		if c, ok := v.configs[id]; ok && c.TypedSpec().Pending {
