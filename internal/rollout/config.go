@@ -52,6 +52,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	}
 
 	leader := etcdLeader(view.Etcd)
+	unlocked := UnlockOrder(view, prev.WaitingOnLock, prev.Unlocked)
 
 	for _, m := range view.Machines {
 		c := m.Config
@@ -68,7 +69,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 		}
 
 		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == leader, Version: configApplied,
-			Phase: c.Phase, From: configPending, PhaseTarget: configApplied}
+			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, UnlockedAt: unlocked[m.ID]}
 
 		if c.Pending {
 			rm.Version = configPending
@@ -88,7 +89,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	if len(unseen) > 0 {
 		next.Phase, next.Reason = upgrade.PhasePending, "waiting for the effective configs of the machines to be computed: "+strings.Join(unseen, ", ")
-		next.Admitted = prev.Admitted
+		next.Admitted, next.WaitingOnLock, next.Unlocked = prev.Admitted, prev.WaitingOnLock, prev.Unlocked
 
 		return next
 	}
@@ -115,6 +116,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	slices.Sort(current)
 
 	next.Current, next.Done, next.WaitingOnLock, next.Reason = slices.Compact(current), d.Finished, d.WaitingOnLock, cmpOr(reason, d.Reason)
+	next.Unlocked = d.Unlocked
 
 	switch {
 	case d.Done:
