@@ -153,7 +153,8 @@ func TestLockParallelismAndUnlockOrder(t *testing.T) {
 
 // TestLockKubernetesUpgrade: a Kubernetes upgrade with a locked worker: the locked worker keeps its kubelet (no
 // ApplyConfiguration reaches it) while every other step runs; the upgrade is Blocked naming it, and status shows its
-// pending change; unlocked, its kubelet step runs and the upgrade is Done.
+// pending change. Blocked on the lock, it holds back no other rollout: a Talos upgrade asked for then upgrades every
+// unlocked machine and waits on the same lock. Unlocked, the worker gets both, and both upgrades are Done.
 func TestLockKubernetesUpgrade(t *testing.T) {
 	const worker = "c1-w-1"
 
@@ -184,9 +185,32 @@ func TestLockKubernetesUpgrade(t *testing.T) {
 	assert.Contains(t, status, "1 machines waiting on a lock: "+worker)
 	assert.Contains(t, status, "pending: kubernetes "+kubeFrom+" -> "+kubeNext)
 
+	// The upgrade waiting on the lock holds back no other rollout: a Talos upgrade asked for now upgrades every
+	// unlocked machine and waits on the same lock.
+	supported := talosemu.SupportedVersions()
+	newest := supported[len(supported)-1]
+	beforeTalos := len(bed.Fleet.Journal().Entries())
+
+	mustCLI(t, bed, "upgrade", "talos", "c1", "--to", "v"+newest)
+	talosBlocked := waitTalos(t, bed.State(), "c1", 3*time.Minute, "the Talos upgrade past the lock", func(s *upgrade.TalosUpgradeStatusSpec) bool {
+		return s.Phase == upgrade.PhaseBlocked && sameVersion(s.ToVersion, newest)
+	}).TypedSpec()
+	assert.Equal(t, []string{worker}, talosBlocked.WaitingOnLock)
+
+	for _, n := range bed.Fleet.Nodes() {
+		if n.Name() != worker {
+			assert.Equal(t, newest, n.Version(), n.Name())
+		}
+	}
+
+	for _, e := range bed.Fleet.Journal().Entries()[beforeTalos:] {
+		assert.False(t, e.Node == worker && isInstall(e), "no install reaches the locked worker: %+v", e)
+	}
+
 	mustCLI(t, bed, "unlock", worker)
 
-	waitKube(t, bed, time.Minute, "the upgrade done once unlocked", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	waitKube(t, bed, 2*time.Minute, "the upgrade done once unlocked", kubePhaseIs(upgrade.PhaseDone, kubeNext))
+	waitTalos(t, bed.State(), "c1", 2*time.Minute, "the Talos upgrade done once unlocked", phaseIs(upgrade.PhaseDone, newest))
 	assert.Empty(t, appliedTwice(kubeCalls(bed, from)), "no ApplyConfiguration sent twice for a step")
 	requireKubernetesOn(t, bed, kubeNext)
 }

@@ -47,6 +47,17 @@ type View struct {
 // writes before the executor makes the step's side effect. It never changes a step that is Running: only its
 // executor ends it.
 func Decide(policy Policy, view View, prev upgrade.KubernetesUpgradeStatusSpec) upgrade.KubernetesUpgradeStatusSpec {
+	next := decide(policy, view, prev)
+	next.Granted = ""
+
+	if view.Talos != nil {
+		next.Granted = view.Talos.YieldsTo
+	}
+
+	return next
+}
+
+func decide(policy Policy, view View, prev upgrade.KubernetesUpgradeStatusSpec) upgrade.KubernetesUpgradeStatusSpec {
 	next := prev.DeepCopy()
 	target := Canonical(view.Cluster.KubernetesVersion)
 
@@ -193,6 +204,18 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 		return next
 	}
 
+	group, limit := groupOf(policy, view, next.Steps, next.CurrentStep)
+	group = unlockedFirst(group, next.Steps, unlocked)
+
+	// Only locked kubelets left in the step: at rest whether or not it is the upgrade's turn, so it gives the turn
+	// back (ClaimOf) instead of asking for it again.
+	if locked, ok := onlyLocked(group, next.Steps, machines); ok {
+		next.Phase, next.WaitingOnLock, next.Unlocked = upgrade.PhaseBlocked, locked, nil
+		next.Error = "only locked machines are left in this step: " + strings.Join(locked, ", ")
+
+		return next
+	}
+
 	if !MayProceed(view.Talos, next.ToVersion) {
 		next.Phase, next.Reason = upgrade.PhasePending, waitingForTurn(view.Talos)
 		if _, ok := runningStep(next.Steps); ok {
@@ -208,8 +231,6 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 		return next
 	}
 
-	group, limit := groupOf(policy, view, next.Steps, next.CurrentStep)
-	group = unlockedFirst(group, next.Steps, unlocked)
 	inFlight := 0
 	next.WaitingOnLock, next.Unlocked = nil, nil
 
@@ -245,15 +266,31 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 
 	next.Phase = phase(next)
 
-	switch {
-	case inFlight == 0 && len(next.WaitingOnLock) > 0:
-		next.Phase = upgrade.PhaseBlocked
-		next.Error = "only locked machines are left in this step: " + strings.Join(next.WaitingOnLock, ", ")
-	case len(next.WaitingOnLock) > 0:
+	if len(next.WaitingOnLock) > 0 {
 		next.Reason = "locked, pending: " + strings.Join(next.WaitingOnLock, ", ")
 	}
 
 	return next
+}
+
+// onlyLocked reports whether nothing of the step group runs and every step of it left to run is the kubelet of a
+// locked machine, and lists those machines.
+func onlyLocked(group []int, steps []upgrade.KubernetesUpgradeStep, machines map[string]rollout.MachineView) ([]string, bool) {
+	var locked []string
+
+	for _, i := range group {
+		switch s := steps[i]; {
+		case s.State == upgrade.StepRunning:
+			return nil, false
+		case s.State != upgrade.StepPending:
+		case s.Kind == upgrade.StepKubelet && machines[s.Machine].Locked:
+			locked = append(locked, s.Machine)
+		default:
+			return nil, false
+		}
+	}
+
+	return locked, len(locked) > 0
 }
 
 // unlockedFirst orders the group's steps of machines that were unlocked after waiting on a lock (rollout.UnlockOrder)
@@ -377,10 +414,13 @@ func waitingForTurn(talos *upgrade.TalosUpgradeStatusSpec) string {
 	}
 }
 
-// ClaimOf is the Kubernetes upgrade's claim on its cluster (rollout.Turn): busy with a step running, wanting the
-// turn while it Claims. It keeps wanting it while Blocked or Failed (unlike the Talos and config rollouts, which
-// are decided with the turn in one reconcile): a turn taken from it while its controller may act on an older read
-// of the turn could let both change machines; Done is the one state its controller never leaves by itself.
+// ClaimOf is the Kubernetes upgrade's claim on its cluster (rollout.Turn). It is decided by its own controller, from
+// its read of the turn, so it is busy not only with a step running but as long as its last decision was made with
+// the turn (Granted): a reconcile acting on that read may still start a step. It wants the turn while it has steps
+// to run: not Done, and not at rest Blocked or Failed (only locked kubelets left, a pre-check refusing, a failed
+// step), which wait for a user or a lock. So the turn leaves it in two steps: the Talos rollout's decision takes
+// the grant back (YieldsTo empty), the upgrade decides once from that (Granted empty), and only then does another
+// rollout start machines.
 func ClaimOf(s *upgrade.KubernetesUpgradeStatusSpec) rollout.Claim {
 	if s == nil {
 		return rollout.Claim{}
@@ -388,7 +428,7 @@ func ClaimOf(s *upgrade.KubernetesUpgradeStatusSpec) rollout.Claim {
 
 	_, running := runningStep(s.Steps)
 
-	return rollout.Claim{Busy: running, Wants: Claims(s)}
+	return rollout.Claim{Busy: running || s.Granted != "", Wants: Claims(s) && rollout.Wants(s.Phase)}
 }
 
 // Target is the version the Kubernetes upgrade goes to, "" without one.

@@ -422,3 +422,38 @@ func TestDecideRunsUnlockedKubeletsInUnlockOrder(t *testing.T) {
 		t.Fatalf("then the second: running %v", running(s))
 	}
 }
+
+// The upgrade's claim on the turn: busy while its last decision was made with the turn or a step runs, wanting it
+// only while it has steps it would run now.
+func TestClaimOf(t *testing.T) {
+	t.Parallel()
+
+	view := fleet("v1.35.2", "v1.36.2")
+	s := kuberollout.Decide(kuberollout.Policy{}, view, upgrade.KubernetesUpgradeStatusSpec{})
+
+	if c := kuberollout.ClaimOf(&s); s.Granted != "1.36.2" || !c.Busy || !c.Wants {
+		t.Fatalf("decided with the turn: granted %q, claim %+v", s.Granted, c)
+	}
+
+	view.Talos = &upgrade.TalosUpgradeStatusSpec{Phase: upgrade.PhaseDone}
+	s = finish(s)
+	s = kuberollout.Decide(kuberollout.Policy{}, view, s)
+
+	if c := kuberollout.ClaimOf(&s); s.Granted != "" || c.Busy || !c.Wants {
+		t.Fatalf("decided without the turn, steps left: granted %q, claim %+v", s.Granted, c)
+	}
+
+	// Everything done but a locked worker's kubelet: Blocked without the turn too, so it does not ask for it again.
+	view.Machines[2].Locked = true
+
+	for i, st := range s.Steps {
+		if st.Kind != upgrade.StepKubelet || st.Machine != "w-1" {
+			s.Steps[i].State = upgrade.StepDone
+		}
+	}
+
+	s = kuberollout.Decide(kuberollout.Policy{}, view, s)
+	if c := kuberollout.ClaimOf(&s); s.Phase != upgrade.PhaseBlocked || !slices.Equal(s.WaitingOnLock, []string{"w-1"}) || c.Wants || c.Busy {
+		t.Fatalf("only a locked kubelet left, without the turn: %s %v, claim %+v", s.Phase, s.WaitingOnLock, c)
+	}
+}

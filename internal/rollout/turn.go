@@ -62,10 +62,10 @@ func Turn(prev Rollout, claims map[Rollout]Claim) Rollout {
 	return ""
 }
 
-// wants reports whether a rollout decided to phase may have work it would do with the turn: anything but Done,
-// Blocked (only locks left, no plan, etcd refusing past the grace period) and Failed, which wait for a user or a
-// lock, not for the turn.
-func wants(phase upgrade.ClusterPhase) bool {
+// Wants reports whether a rollout decided to phase may have work it would do with the turn: anything but Done,
+// Blocked (only locks left, no plan, a refusing check, etcd refusing past the grace period) and Failed, which wait
+// for a user or a lock, not for the turn.
+func Wants(phase upgrade.ClusterPhase) bool {
 	return phase != upgrade.PhaseDone && phase != upgrade.PhaseBlocked && phase != upgrade.PhaseFailed && phase != ""
 }
 
@@ -77,7 +77,7 @@ func TalosClaim(view ClusterView, prev, next upgrade.TalosUpgradeStatusSpec) Cla
 		return m.Upgrade != nil && m.Upgrade.Phase.InFlight() || slices.Contains(prev.Admitted, m.ID) && pendingStart(m, prev.Target)
 	})
 
-	return Claim{Busy: busy, Wants: wants(next.Phase) && Unready(view) == ""}
+	return Claim{Busy: busy, Wants: Wants(next.Phase) && Unready(view) == ""}
 }
 
 // ConfigClaim is the config rollout's claim, like TalosClaim: busy with a machine changing its config or admitted
@@ -87,7 +87,7 @@ func TalosClaim(view ClusterView, prev, next upgrade.TalosUpgradeStatusSpec) Cla
 func ConfigClaim(view ClusterView, prev, next upgrade.ConfigRolloutStatusSpec) Claim {
 	pending := slices.ContainsFunc(view.Machines, func(m MachineView) bool { return !m.Locked && m.Config != nil && m.Config.Pending })
 
-	return Claim{Busy: len(configBusy(view, prev)) > 0, Wants: wants(next.Phase) && pending}
+	return Claim{Busy: len(configBusy(view, prev)) > 0, Wants: Wants(next.Phase) && pending}
 }
 
 // WaitingFor is the reason a rollout gives while turn, another rollout, has the cluster; target, when known, is
@@ -135,10 +135,14 @@ func DecideCluster(policy Policy, view ClusterView, prevTalos upgrade.TalosUpgra
 
 	var reason string
 
-	switch turn {
-	case RolloutKubernetes:
+	switch {
+	case turn == RolloutKubernetes && !kube.Wants:
+		// Busy on an earlier grant but at rest: the grant is taken back, and the others wait until the upgrade
+		// has decided from that (ClaimOf).
+		reason = "waiting for the Kubernetes upgrade to release the cluster"
+	case turn == RolloutKubernetes:
 		d.Talos.YieldsTo, reason = kubeTarget, WaitingFor(turn, kubeTarget)
-	case RolloutTalos:
+	case turn == RolloutTalos:
 		reason = WaitingFor(turn, d.Talos.ToVersion)
 	default:
 		reason = WaitingFor(turn, "")
@@ -150,7 +154,7 @@ func DecideCluster(policy Policy, view ClusterView, prevTalos upgrade.TalosUpgra
 		d.Talos.Admitted, d.Talos.Current, d.Talos.EtcdWaitSince = nil, nil, time.Time{}
 		d.Recheck = 0
 
-		if wants(d.Talos.Phase) {
+		if Wants(d.Talos.Phase) {
 			d.Talos.Phase, d.Talos.Reason = upgrade.PhasePending, reason
 		}
 	}
@@ -158,7 +162,7 @@ func DecideCluster(policy Policy, view ClusterView, prevTalos upgrade.TalosUpgra
 	if turn != RolloutConfig && turn != "" {
 		d.Config.Admitted, d.Config.Current = nil, nil
 
-		if wants(d.Config.Phase) {
+		if Wants(d.Config.Phase) {
 			d.Config.Phase, d.Config.Reason = upgrade.PhasePending, reason
 		}
 	}

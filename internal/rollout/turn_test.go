@@ -126,4 +126,28 @@ func TestDecideCluster(t *testing.T) {
 		assert.Empty(t, d.Talos.YieldsTo)
 		assert.NotEmpty(t, d.Talos.Admitted)
 	})
+
+	t.Run("a Kubernetes upgrade at rest gives the turn back in two steps", func(t *testing.T) {
+		t.Parallel()
+
+		ms := machines() // the Talos upgrade wants the cluster
+		for i := range ms {
+			ms[i].Config.Pending, ms[i].Config.TargetVersion = false, ms[i].Config.AppliedVersion
+		}
+
+		prev := upgrade.TalosUpgradeStatusSpec{Turn: string(rollout.RolloutKubernetes), YieldsTo: "1.36.2"}
+
+		// Blocked on a locked kubelet, last decided with the turn: the grant is taken back, nothing else starts.
+		atRest := rollout.Claim{Busy: true}
+		d := rollout.DecideCluster(policy, clusterView(ms), prev, upgrade.ConfigRolloutStatusSpec{}, atRest, "1.36.2")
+		assert.Equal(t, string(rollout.RolloutKubernetes), d.Talos.Turn)
+		assert.Empty(t, d.Talos.YieldsTo, "the grant is taken back")
+		assert.Empty(t, d.Talos.Admitted, "no Talos machine starts while the Kubernetes upgrade may act on its grant")
+		assert.Contains(t, d.Talos.Reason, "release the cluster")
+
+		// The Kubernetes upgrade decided from the empty grant: the Talos upgrade starts.
+		d = rollout.DecideCluster(policy, clusterView(ms), d.Talos, d.Config, rollout.Claim{}, "1.36.2")
+		assert.Equal(t, string(rollout.RolloutTalos), d.Talos.Turn)
+		assert.NotEmpty(t, d.Talos.Admitted)
+	})
 }

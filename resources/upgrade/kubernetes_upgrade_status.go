@@ -92,6 +92,10 @@ type KubernetesUpgradeStatusSpec struct {
 	// Unlocked lists the machines whose kubelet waited on a lock in this upgrade and that were unlocked, but whose
 	// kubelet step has not started yet, in the order they go (rollout.UnlockOrder).
 	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"18"`
+	// Granted is the turn this status was decided with: TalosUpgradeStatus.YieldsTo as read (the target whose turn
+	// it was), empty when it was not the upgrade's turn. While it is set the upgrade may still start steps, so no
+	// other rollout of the cluster starts machines (rollout.Turn, docs/architecture.md "Turns").
+	Granted string `yaml:"granted,omitempty" protobuf:"19"`
 }
 
 // KubernetesUpgradeStep is one step of a Kubernetes upgrade.
