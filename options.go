@@ -88,7 +88,9 @@ func WithConnector(conn controllers.Connector) Option {
 }
 
 // WithUpgradeOptions tunes the Talos rollout controllers: poll interval, step and reboot timeouts, the release
-// catalogue (see the controllers.With... upgrade options).
+// catalogue and the Kubernetes releases (see the controllers.With... upgrade options). The validating state admits
+// in a Cluster only the versions the catalogue and releases given here hold (an embedder that registers its own
+// controllers.Upgrades with WithControllers passes the same ones here too).
 func WithUpgradeOptions(opts ...controllers.UpgradeOption) Option {
 	return func(o *engineOptions) {
 		o.upgradeOptions = append(o.upgradeOptions, opts...)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -71,7 +72,12 @@ func New(opts ...Option) (*Engine, error) {
 	// A cluster's machines are read with a label query (docs/architecture.md, "Reading a cluster"); the index answers
 	// it without a scan of the fleet.
 	indexed := labelindex.New(st.State(), cluster.LabelCluster)
-	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(indexed))}
+
+	// Validation admits the versions the controllers can roll out: the same catalogue, shared (an operator's
+	// Catalogue.Add counts for both).
+	upgradeConfig := controllers.NewUpgradeConfig(o.upgradeOptions...)
+	upgradeOptions := append(slices.Clone(o.upgradeOptions), controllers.WithCatalogue(upgradeConfig.Catalogue))
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known())))}
 
 	if err = e.registerDefinitions(); err != nil {
 		return nil, errors.Join(err, e.Close())
@@ -83,7 +89,7 @@ func New(opts ...Option) (*Engine, error) {
 	}
 
 	// Controllers given with WithControllers replace the default ones of the same name (e.g. their own Upgrades).
-	registrars := controllers.Overridable(controllers.Upgrades(o.connector, o.upgradeOptions...),
+	registrars := controllers.Overridable(controllers.Upgrades(o.connector, upgradeOptions...),
 		append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...)
 
 	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),

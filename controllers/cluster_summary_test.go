@@ -109,6 +109,6 @@ func TestClusterSummary(t *testing.T) {
 		a.Zero(s.TypedSpec().Machines)
 	}, rtestutils.WithNamespace(resources.Namespace))
 
-	require.NoError(t, st.Destroy(ctx, cluster.NewCluster("prod").Metadata()))
+	destroyCluster(ctx, t, st, "prod")
 	rtestutils.AssertNoResource[*observe.ClusterSummary](ctx, t, st, "prod", rtestutils.WithNamespace(resources.Namespace))
 }

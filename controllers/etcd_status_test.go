@@ -103,7 +103,7 @@ func createEtcdCluster(ctx context.Context, t *testing.T, st state.State, id str
 	t.Helper()
 
 	c := cluster.NewCluster(id)
-	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.0"}
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.7"}
 	require.NoError(t, st.Create(ctx, c))
 
 	creds := cluster.NewCredentials(id)
@@ -253,7 +253,7 @@ func TestEtcdStatus(t *testing.T) {
 	})
 
 	t.Run("a deleted cluster loses its status", func(t *testing.T) {
-		require.NoError(t, st.Destroy(ctx, cluster.NewCluster("c1").Metadata()))
+		destroyCluster(ctx, t, st, "c1")
 
 		rtestutils.AssertNoResource[*observe.EtcdStatus](ctx, t, st, "c1", rtestutils.WithNamespace(resources.Namespace))
 		assertEtcd(t, "workers-only", func(s *observe.EtcdStatusSpec, a *assert.Assertions) {

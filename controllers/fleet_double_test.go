@@ -480,7 +480,7 @@ func createUpgradeFleet(ctx context.Context, t *testing.T, st state.State, f *fa
 	t.Helper()
 
 	c := cluster.NewCluster("c1")
-	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: version, KubernetesVersion: "v1.33.0", DrainTimeout: "10s"}
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: version, KubernetesVersion: "v1.33.7", DrainTimeout: "10s"}
 
 	if change != nil {
 		change(c.TypedSpec())

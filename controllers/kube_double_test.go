@@ -13,7 +13,7 @@ import (
 )
 
 // fakeKubernetes is the Kubernetes version every fake node starts on, the clusters' kubernetesVersion in the tests.
-const fakeKubernetes = "1.33.0"
+const fakeKubernetes = "1.33.7"
 
 // fakeK8s is the Kubernetes side of one fake node, as its machine config and the API server show it: the image of
 // each component, the config version every ApplyConfiguration raises (which the mirror pods carry at once), and a

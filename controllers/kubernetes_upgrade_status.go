@@ -33,7 +33,7 @@ type KubernetesUpgradeStatusController struct {
 
 // NewKubernetesUpgradeStatusController returns the controller; conn reaches the machines and the Kubernetes API.
 func NewKubernetesUpgradeStatusController(conn Connector, cfg UpgradeConfig) *KubernetesUpgradeStatusController {
-	return &KubernetesUpgradeStatusController{conn: conn, cfg: cfg, now: time.Now}
+	return &KubernetesUpgradeStatusController{conn: conn, cfg: cfg, policy: kuberollout.Policy{Releases: cfg.KubernetesReleases}, now: time.Now}
 }
 
 // Name implements controller.QController.

@@ -188,7 +188,7 @@ func startManifestSync(t *testing.T, f *fakeManifests, mode cluster.ManifestSync
 	})
 
 	c := cluster.NewCluster("c1")
-	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.0", ManifestSync: mode}
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.7", ManifestSync: mode}
 	require.NoError(t, st.Create(ctx, c))
 
 	creds := cluster.NewCredentials("c1")

@@ -42,7 +42,7 @@ func TestOrphanedOutputsAreRemovedWhenTheRuntimeStartsAgain(t *testing.T) {
 	assertDone(ctx, t, st, v14)
 
 	gone := cluster.NewCluster("gone")
-	*gone.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.0"}
+	*gone.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.7"}
 	require.NoError(t, st.Create(ctx, gone))
 
 	for _, id := range []string{"c1", "gone"} {

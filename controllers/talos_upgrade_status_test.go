@@ -35,7 +35,7 @@ func TestTalosUpgradeStatusController(t *testing.T) {
 	})
 
 	c := cluster.NewCluster("c1")
-	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.0"}
+	*c.TypedSpec() = cluster.ClusterSpec{TalosVersion: v13, KubernetesVersion: "v1.33.7"}
 	require.NoError(t, st.Create(ctx, c))
 
 	for id, role := range map[string]cluster.Role{"cp-1": cluster.RoleControlPlane, "w-1": cluster.RoleWorker} {
@@ -75,7 +75,7 @@ func TestTalosUpgradeStatusController(t *testing.T) {
 	})
 
 	require.NoError(t, st.Destroy(ctx, observe.NewMachineStatus("cp-2").Metadata(), state.WithDestroyOwner("MachineStatusController")))
-	require.NoError(t, st.Destroy(ctx, cluster.NewCluster("c1").Metadata()))
+	destroyCluster(ctx, t, st, "c1")
 	rtestutils.AssertNoResource[*upgrade.TalosUpgradeStatus](ctx, t, st, "c1", rtestutils.WithNamespace(resources.Namespace))
 }
 
@@ -117,4 +117,19 @@ func TestTalosReleasesController(t *testing.T) {
 		a.NoError(err)
 		a.Equal(catalogue.Releases(), back.Releases())
 	}, rtestutils.WithNamespace(resources.Namespace))
+}
+
+// destroyCluster deletes a cluster the way a user must: its machines first (the validating state refuses to delete
+// a Cluster that still has Machines).
+func destroyCluster(ctx context.Context, t *testing.T, st state.State, id string) {
+	t.Helper()
+
+	machines, err := st.List(ctx, cluster.NewMachine("").Metadata(), state.WithLabelQuery(resource.LabelEqual(cluster.LabelCluster, id)))
+	require.NoError(t, err)
+
+	for _, m := range machines.Items {
+		require.NoError(t, st.Destroy(ctx, m.Metadata()))
+	}
+
+	require.NoError(t, st.Destroy(ctx, cluster.NewCluster(id).Metadata()))
 }

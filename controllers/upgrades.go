@@ -7,6 +7,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/siderolabs/gen/optional"
 
+	"github.com/upshift-io/upshift/internal/kuberollout"
 	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/versions"
 	"github.com/upshift-io/upshift/resources"
@@ -41,7 +42,10 @@ type UpgradeConfig struct {
 	RetryDelay     time.Duration
 	Concurrency    uint
 	Catalogue      *versions.Catalogue
-	EtcdGrace      time.Duration
+	// KubernetesReleases are the Kubernetes releases upgrades may go to or through (kuberollout.DefaultReleases
+	// by default).
+	KubernetesReleases []string
+	EtcdGrace          time.Duration
 
 	ManifestCheckInterval  time.Duration
 	ManifestRolloutTimeout time.Duration
@@ -102,6 +106,12 @@ func WithCatalogue(catalogue *versions.Catalogue) UpgradeOption {
 	return func(c *UpgradeConfig) { c.Catalogue = catalogue }
 }
 
+// WithKubernetesReleases sets the Kubernetes releases upgrades may go to or through, the latest patch of each minor
+// (kuberollout.DefaultReleases by default): a Cluster may ask only for one of them.
+func WithKubernetesReleases(releases ...string) UpgradeOption {
+	return func(c *UpgradeConfig) { c.KubernetesReleases = releases }
+}
+
 // NewUpgradeConfig returns the defaults changed by opts.
 func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 	c := UpgradeConfig{
@@ -125,7 +135,17 @@ func NewUpgradeConfig(opts ...UpgradeOption) UpgradeConfig {
 		c.Catalogue = versions.Shipped()
 	}
 
+	if c.KubernetesReleases == nil {
+		c.KubernetesReleases = kuberollout.DefaultReleases
+	}
+
 	return c
+}
+
+// Known is the versions this configuration can roll out, which the validating state admits in a Cluster
+// (validate.WithKnownVersions): the same catalogue, so a release added to it is admitted at once.
+func (c UpgradeConfig) Known() versions.Known {
+	return versions.Known{Talos: c.Catalogue, Kubernetes: c.KubernetesReleases}
 }
 
 // policy is the engine's side of the rollout's decisions.

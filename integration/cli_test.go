@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/kuberollout"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
@@ -32,10 +34,12 @@ func TestUpgradeCLI(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	oldest, newest := supported[0], supported[len(supported)-1]
 
+	// Kubernetes 1.31, which Talos 1.14 no longer runs, is a release this engine is told about, so a Cluster may
+	// ask for it.
 	bed := startBed(t, testbed.WithLite(), testbed.WithFleetOptions(
 		talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion(oldest),
 		talosemu.WithRebootDowntime(0),
-	))
+	), testbed.WithUpgradeOptions(controllers.WithKubernetesReleases(append([]string{"1.31.0"}, kuberollout.DefaultReleases...)...)))
 	st := bed.State()
 
 	waitObserved(t, bed, oldest)

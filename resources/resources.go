@@ -17,6 +17,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/registry"
 	"github.com/gertd/go-pluralize"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Namespace is the one namespace every upshift resource lives in, so users never have to name it.
@@ -35,6 +36,25 @@ type Getter interface {
 // Validate reports problems with the fields as Violations; any other error means the check itself could not run.
 type Validator interface {
 	Validate(ctx context.Context, md *resource.Metadata, st Getter) error
+}
+
+// DestroyChecker is implemented by the spec of an input type that may not always be deleted (a Cluster that still
+// has Machines, a Machine in the middle of an upgrade step): the validating state asks it before every Destroy, so
+// the Go API, gRPC and the CLI refuse alike. CheckDestroy reports the reasons as Violations; any other error means
+// the check itself could not run.
+type DestroyChecker interface {
+	CheckDestroy(ctx context.Context, md *resource.Metadata, st Getter) error
+}
+
+// KnownVersions is implemented by a Getter that knows which versions the engine can roll out (the validating
+// state's, from the engine's own configuration): version fields must then name one of them, since a version the
+// engine cannot plan to would only surface later as a blocked upgrade. A Getter without it (the CLI's check of a
+// file before it writes) checks the form of versions only; the engine checks the rest on write.
+type KnownVersions interface {
+	// TalosVersions lists the Talos releases of the engine's catalogue, oldest first.
+	TalosVersions() []string
+	// KubernetesVersions lists the Kubernetes releases the engine knows, oldest first.
+	KubernetesVersions() []string
 }
 
 // Labeller is implemented by the spec of an input type some of whose fields are also kept as labels, so that
@@ -157,6 +177,40 @@ func (v *Violations) CheckVersion(field, s string, required bool) {
 
 	if _, err := ParseVersion(s); err != nil {
 		v.Add(field, "%q is not a version like v1.2.3", s)
+	}
+}
+
+// CheckKnownVersion adds a violation for field unless s (already checked to be a version) equals one of known:
+// the problem names them and how to add one (howToAdd), so the user either fixes a typo or extends the engine.
+func (v *Violations) CheckKnownVersion(field, s string, known []string, howToAdd string) {
+	want, err := ParseVersion(s)
+	if err != nil {
+		return // CheckVersion reported it
+	}
+
+	for _, k := range known {
+		if have, err := ParseVersion(k); err == nil && have.Equals(want) {
+			return
+		}
+	}
+
+	v.Add(field, "%q is not a version the engine knows (known: %s); %s", s, strings.Join(known, ", "), howToAdd)
+}
+
+// CheckDNSLabel adds a violation for field unless id is a DNS-1123 label (lower case letters, digits and '-', at
+// most 63 characters): the ID of a resource that is also a host or node name (a cluster's, a machine's), so it
+// works wherever Talos and Kubernetes use it.
+func (v *Violations) CheckDNSLabel(field, id string) {
+	if problems := validation.IsDNS1123Label(id); len(problems) > 0 {
+		v.Add(field, "%q is not a valid name: %s", id, strings.Join(problems, "; "))
+	}
+}
+
+// CheckDNSSubdomain adds a violation for field unless id is a DNS-1123 subdomain (DNS labels joined by '.', at most
+// 253 characters), the names Kubernetes gives its own objects.
+func (v *Violations) CheckDNSSubdomain(field, id string) {
+	if problems := validation.IsDNS1123Subdomain(id); len(problems) > 0 {
+		v.Add(field, "%q is not a valid name: %s", id, strings.Join(problems, "; "))
 	}
 }
 

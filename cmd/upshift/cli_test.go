@@ -276,10 +276,10 @@ func TestCLIEndToEnd(t *testing.T) {
 	watched := startWatch(t, srv.to, "get", "clusters", "-w")
 	watched.waitFor(t, regexp.MustCompile(`^created\s+upshift\s+Cluster\s+prod\s+1\s+v1\.14\.1`))
 
-	changed := strings.Replace(readFile(t, "../../examples/cluster.yaml"), "talosVersion: v1.14.1", "talosVersion: v1.14.2", 1)
+	changed := strings.Replace(readFile(t, "../../examples/cluster.yaml"), "talosVersion: v1.14.1", "talosVersion: v1.14.0", 1)
 	assert.Contains(t, mustRun(t, srv.to, "apply", "-f", writeFile(t, changed)), "cluster/prod configured")
 
-	watched.waitFor(t, regexp.MustCompile(`^updated\s+upshift\s+Cluster\s+prod\s+2\s+v1\.14\.2`))
+	watched.waitFor(t, regexp.MustCompile(`^updated\s+upshift\s+Cluster\s+prod\s+2\s+v1\.14\.0`))
 
 	// Watching one resource that does not exist (yet) prints it once it is created (or, if the watch starts
 	// after the write, as it is: either way the same line).

@@ -25,14 +25,9 @@ func init() {
 	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		c, err := connect(endpoint)
-		if err != nil {
-			return err
-		}
-
-		defer c.Close() //nolint:errcheck
-
-		return explain(endpoint, history(cmd.Context(), c, cmd.OutOrStdout(), args[0], args[1]))
+		return withClient(endpoint, func(c *server.Client) error {
+			return history(cmd.Context(), c, cmd.OutOrStdout(), args[0], args[1])
+		})
 	}
 
 	rootCmd.AddCommand(cmd)

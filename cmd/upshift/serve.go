@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +18,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/upshift-io/upshift"
+	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/kuberollout"
+	"github.com/upshift-io/upshift/internal/versions"
+	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 )
@@ -30,7 +35,10 @@ const (
 )
 
 func init() {
-	var dataDir, listen string
+	var (
+		dataDir, listen                   string
+		talosReleases, kubernetesReleases []string
+	)
 
 	retention := store.Retention{MaxEvents: defaultRetentionEvents, MaxAge: defaultRetentionAge}
 
@@ -46,7 +54,12 @@ func init() {
 			"older ones are folded into a snapshot, so the state stays whole and `upshift history` says where the log begins.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), dataDir, listen, retention)
+			known, err := knownReleases(talosReleases, kubernetesReleases)
+			if err != nil {
+				return err
+			}
+
+			return serve(cmd.Context(), dataDir, listen, retention, known...)
 		},
 	}
 
@@ -56,7 +69,53 @@ func init() {
 		"keep at most this many of the newest events in the event log; older ones are folded into a snapshot (0: no limit)")
 	cmd.Flags().Var((*retentionAge)(&retention.MaxAge), "history-retention-age",
 		"keep only the events younger than this in the event log, e.g. 720h or 90d; older ones are folded into a snapshot (0: no limit)")
+	cmd.Flags().StringArrayVar(&talosReleases, "talos-release", nil,
+		"a Talos release the engine may upgrade to, besides the ones it ships with: VERSION or VERSION=INSTALLER-TAG (repeatable)")
+	cmd.Flags().StringArrayVar(&kubernetesReleases, "kubernetes-release", nil,
+		"a Kubernetes release the engine may upgrade to, besides the ones it ships with (repeatable)")
 	rootCmd.AddCommand(cmd)
+}
+
+// knownReleases turns --talos-release and --kubernetes-release into the upgrade options that add them to the
+// releases the engine ships with.
+func knownReleases(talos, kubernetes []string) ([]controllers.UpgradeOption, error) {
+	var opts []controllers.UpgradeOption
+
+	if len(talos) > 0 {
+		catalogue := versions.Shipped()
+
+		for _, r := range talos {
+			version, tag, _ := strings.Cut(r, "=")
+			if err := catalogue.Add(version, tag); err != nil {
+				return nil, fmt.Errorf("--talos-release %q: %w", r, err)
+			}
+		}
+
+		opts = append(opts, controllers.WithCatalogue(catalogue))
+	}
+
+	if len(kubernetes) > 0 {
+		releases := slices.Clone(kuberollout.DefaultReleases)
+
+		for _, r := range kubernetes {
+			if _, err := resources.ParseVersion(r); err != nil {
+				return nil, fmt.Errorf("--kubernetes-release: %w", err)
+			}
+
+			releases = append(releases, strings.TrimPrefix(r, "v"))
+		}
+
+		slices.SortFunc(releases, func(a, b string) int {
+			va, _ := resources.ParseVersion(a) //nolint:errcheck // parsed above, or shipped
+			vb, _ := resources.ParseVersion(b) //nolint:errcheck // parsed above, or shipped
+
+			return va.Compare(vb)
+		})
+
+		opts = append(opts, controllers.WithKubernetesReleases(slices.Compact(releases)...))
+	}
+
+	return opts, nil
 }
 
 // defaultDataDir is ~/.upshift, or ./upshift-data when there is no home directory.
@@ -69,7 +128,7 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".upshift")
 }
 
-func serve(ctx context.Context, dataDir, listen string, retention store.Retention) error {
+func serve(ctx context.Context, dataDir, listen string, retention store.Retention, upgradeOptions ...controllers.UpgradeOption) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -84,7 +143,7 @@ func serve(ctx context.Context, dataDir, listen string, retention store.Retentio
 	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
 
 	engine, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
-		upshift.WithStoreOptions(store.WithRetention(retention)))
+		upshift.WithStoreOptions(store.WithRetention(retention)), upshift.WithUpgradeOptions(upgradeOptions...))
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/upshift-io/upshift/resources/manifest"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
+	"github.com/upshift-io/upshift/state/server"
 )
 
 func init() {
@@ -45,6 +46,11 @@ func init() {
 
 // withState runs fn on the state of the server at endpoint, rewording its errors for the terminal.
 func withState(endpoint *target, fn func(state.State) error) error {
+	return withClient(endpoint, func(c *server.Client) error { return fn(c.State()) })
+}
+
+// withClient connects to the server endpoint names, runs fn with the client and explains its error.
+func withClient(endpoint *target, fn func(*server.Client) error) error {
 	c, err := connect(endpoint)
 	if err != nil {
 		return err
@@ -52,7 +58,7 @@ func withState(endpoint *target, fn func(state.State) error) error {
 
 	defer c.Close() //nolint:errcheck
 
-	return explain(endpoint, fn(c.State()))
+	return explain(endpoint, fn(c))
 }
 
 // clusterView is everything the engine knows of one cluster, read at once for status and upgrade plans.

@@ -53,7 +53,7 @@ func TestStatusListsNewerReleasesWithin80Columns(t *testing.T) {
 	t.Parallel()
 
 	c := cluster.NewCluster("c1")
-	c.TypedSpec().TalosVersion, c.TypedSpec().KubernetesVersion = "v1.12.0", "v1.33.0"
+	c.TypedSpec().TalosVersion, c.TypedSpec().KubernetesVersion = "v1.12.0", "v1.33.7"
 
 	tus := upgrade.NewTalosUpgradeStatus("c1")
 	tus.TypedSpec().Phase = upgrade.PhaseDone

@@ -77,7 +77,7 @@ func serveChild(ctx context.Context, dataDir, listen string, opts []controllers.
 	defer conn.Close() //nolint:errcheck // the process exits
 
 	e, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen),
-		upshift.WithControllers(controllers.Upgrades(conn, opts...)))
+		upshift.WithConnector(conn), upshift.WithUpgradeOptions(opts...))
 	if err != nil {
 		return err
 	}

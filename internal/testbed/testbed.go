@@ -252,7 +252,8 @@ func startInProcess(o options, dir, listen string) (*inProcess, error) {
 		upshift.WithDataDir(dir),
 		upshift.WithListenAddress(listen),
 		upshift.WithLogger(o.logger),
-		upshift.WithControllers(controllers.Upgrades(conn, o.upgradeOptions...)),
+		upshift.WithConnector(conn),
+		upshift.WithUpgradeOptions(o.upgradeOptions...), // the engine's own, so its validation knows the same releases
 	}, o.engineOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("building the engine: %w", err)

@@ -120,3 +120,35 @@ func (c *Catalogue) Lookup(v Version) (Release, bool) {
 
 	return c.releases[i], true
 }
+
+// Known is the set of versions an engine can roll out: its Talos catalogue and its Kubernetes releases. It
+// implements resources.KnownVersions, so the validating state refuses a Cluster asking for a version the engine's
+// own configuration cannot plan to. It reads the catalogue on every call, so a release added later counts.
+type Known struct {
+	// Talos is the engine's release catalogue.
+	Talos *Catalogue
+	// Kubernetes are the Kubernetes releases the engine knows, as kuberollout.Policy.Releases takes them.
+	Kubernetes []string
+}
+
+// TalosVersions implements resources.KnownVersions.
+func (k Known) TalosVersions() []string {
+	releases := k.Talos.Releases()
+
+	tags := make([]string, len(releases))
+	for i, r := range releases {
+		tags[i] = r.Version.Tag()
+	}
+
+	return tags
+}
+
+// KubernetesVersions implements resources.KnownVersions, each as a tag (v1.37.2) like Cluster.kubernetesVersion.
+func (k Known) KubernetesVersions() []string {
+	tags := make([]string, len(k.Kubernetes))
+	for i, v := range k.Kubernetes {
+		tags[i] = "v" + strings.TrimPrefix(v, "v")
+	}
+
+	return tags
+}

@@ -80,12 +80,25 @@ func (s ClusterSpec) DeepCopy() ClusterSpec {
 	return s
 }
 
-// Validate implements resources.Validator.
-func (s *ClusterSpec) Validate(context.Context, *resource.Metadata, resources.Getter) error {
+// How a version the engine does not know is added, for the message that refuses it.
+const (
+	addTalosRelease      = "add a release with `upshift serve --talos-release VERSION` (embedded: controllers.WithCatalogue)"
+	addKubernetesRelease = "add a release with `upshift serve --kubernetes-release VERSION` (embedded: controllers.WithKubernetesReleases)"
+)
+
+// Validate implements resources.Validator. The name is a DNS-1123 label, as Talos and Kubernetes name things after
+// it; the versions must be ones the engine knows when st says which (resources.KnownVersions).
+func (s *ClusterSpec) Validate(_ context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v resources.Violations
 
+	v.CheckDNSLabel("metadata.id", md.ID())
 	v.CheckVersion("spec.talosVersion", s.TalosVersion, true)
 	v.CheckVersion("spec.kubernetesVersion", s.KubernetesVersion, true)
+
+	if known, ok := st.(resources.KnownVersions); ok {
+		v.CheckKnownVersion("spec.talosVersion", s.TalosVersion, known.TalosVersions(), addTalosRelease)
+		v.CheckKnownVersion("spec.kubernetesVersion", s.KubernetesVersion, known.KubernetesVersions(), addKubernetesRelease)
+	}
 
 	if _, err := ParseParallelism(s.Parallelism); err != nil {
 		v.Add("spec.parallelism", "%s", err)

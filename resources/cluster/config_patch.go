@@ -96,12 +96,15 @@ func PatchSet(patches []*ConfigPatch) string {
 	return strings.Join(keys, ",")
 }
 
-// Validate implements resources.Validator. Besides its fields, the patch is applied, with the cluster's other
+// Validate implements resources.Validator. The name is a DNS-1123 subdomain (e.g. `cp-sysctls` or
+// `c1.ntp`), as Kubernetes names its objects. Besides its fields, the patch is applied, with the cluster's other
 // patches in order, to the base config of every machine it targets whose config the engine has seen
 // (upgrade.MachineConfigStatus), and the result must be a valid config: a patch that does not apply, or yields an
 // invalid config, is refused naming the machine and the reason, before anything is written.
 func (s *ConfigPatchSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v violations
+
+	v.CheckDNSSubdomain("metadata.id", md.ID())
 
 	if err := v.checkCluster(ctx, st, "spec.cluster", s.Cluster); err != nil {
 		return err

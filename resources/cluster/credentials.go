@@ -37,9 +37,11 @@ func NewCredentials(id resource.ID) *Credentials {
 // DeepCopy implements typed.DeepCopyable.
 func (s CredentialsSpec) DeepCopy() CredentialsSpec { return s }
 
-// Validate implements resources.Validator.
+// Validate implements resources.Validator: the name is the cluster's, which must exist.
 func (s *CredentialsSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v violations
+
+	v.CheckDNSLabel("metadata.id", md.ID())
 
 	if err := v.checkCluster(ctx, st, "metadata.id", md.ID()); err != nil {
 		return err

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
 	"github.com/cosi-project/runtime/pkg/resource/typed"
-	"github.com/cosi-project/runtime/pkg/state"
 
 	"github.com/upshift-io/upshift/resources"
 )
@@ -83,24 +81,21 @@ func NewMachine(id resource.ID) *Machine {
 // DeepCopy implements typed.DeepCopyable.
 func (s MachineSpec) DeepCopy() MachineSpec { return s }
 
-// Validate implements resources.Validator. A Machine never changes cluster: its upgrade, observations and locks
-// belong to the cluster it was created in, and a Talos machine only joins another cluster after a reset, so it is
-// deleted and created again there.
+// Validate implements resources.Validator. The name is a DNS-1123 label: it is also the machine's Talos and
+// Kubernetes node name. A Machine never changes cluster: its upgrade, observations and locks belong to the cluster
+// it was created in, and a Talos machine only joins another cluster after a reset, so it is deleted and created
+// again there; while one of its upgrade steps runs, not even that (CheckDestroy), and the refusal says which.
 func (s *MachineSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v violations
+
+	v.CheckDNSLabel("metadata.id", md.ID())
 
 	if err := v.checkCluster(ctx, st, "spec.cluster", s.Cluster); err != nil {
 		return err
 	}
 
-	current, err := st.Get(ctx, resource.NewMetadata(md.Namespace(), md.Type(), md.ID(), resource.VersionUndefined))
-	switch {
-	case err == nil:
-		if was, ok := current.Spec().(*MachineSpec); ok && was.Cluster != s.Cluster {
-			v.Add("spec.cluster", "cannot change from %q to %q: delete the Machine and create it in the other cluster", was.Cluster, s.Cluster)
-		}
-	case !state.IsNotFoundError(err):
-		return fmt.Errorf("reading machine %q: %w", md.ID(), err)
+	if err := v.checkSameCluster(ctx, st, md, s.Cluster); err != nil {
+		return err
 	}
 
 	v.checkRole("spec.role", s.Role, true)
@@ -135,6 +130,31 @@ func validPort(port string) bool {
 	n, err := strconv.Atoi(port)
 
 	return err == nil && n > 0 && n < 65536
+}
+
+// checkSameCluster adds a violation when the stored Machine md belongs to a cluster other than cluster.
+func (v *violations) checkSameCluster(ctx context.Context, st resources.Getter, md *resource.Metadata, cluster string) error {
+	current, err := getOptional[*Machine](ctx, st, resource.NewMetadata(md.Namespace(), md.Type(), md.ID(), resource.VersionUndefined))
+	if err != nil || current == nil || current.TypedSpec().Cluster == cluster {
+		return err
+	}
+
+	was := current.TypedSpec().Cluster
+
+	step, err := stepInFlight(ctx, st, md.ID(), was)
+	if err != nil {
+		return err
+	}
+
+	if step != "" {
+		v.Add("spec.cluster", "cannot change from %q to %q while an upgrade of the machine runs: %s", was, cluster, step)
+
+		return nil
+	}
+
+	v.Add("spec.cluster", "cannot change from %q to %q: delete the Machine and create it in the other cluster", was, cluster)
+
+	return nil
 }
 
 // checkCluster adds a violation unless id names an existing Cluster.

@@ -37,11 +37,13 @@ func NewMachineLock(id resource.ID) *MachineLock {
 // DeepCopy implements typed.DeepCopyable.
 func (s MachineLockSpec) DeepCopy() MachineLockSpec { return s }
 
-// Validate implements resources.Validator: the machine must exist and must not be a control plane, because control
+// Validate implements resources.Validator: the name is the machine's, which must exist and must not be a control plane, because control
 // planes upgrade strictly one at a time and etcd quorum checks need all of them: a locked control plane would hold
 // every upgrade of its cluster.
 func (s *MachineLockSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v resources.Violations
+
+	v.CheckDNSLabel("metadata.id", md.ID())
 
 	r, err := v.CheckExists(ctx, st, "metadata.id", NewMachine(md.ID()).Metadata())
 	if err != nil {

@@ -42,6 +42,8 @@ func (s ManifestSyncRequestSpec) DeepCopy() ManifestSyncRequestSpec { return s }
 func (s *ManifestSyncRequestSpec) Validate(ctx context.Context, md *resource.Metadata, st resources.Getter) error {
 	var v resources.Violations
 
+	v.CheckDNSLabel("metadata.id", md.ID())
+
 	if _, err := v.CheckExists(ctx, st, "metadata.id", NewCluster(md.ID()).Metadata()); err != nil {
 		return err
 	}

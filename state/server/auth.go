@@ -104,7 +104,8 @@ var permissions = map[resource.Type]permission{
 	cluster.CredentialsType: {
 		VerbRead: RoleAdmin, VerbCreate: RoleAdmin, VerbUpdate: RoleAdmin, VerbDestroy: RoleAdmin, VerbShowSecrets: RoleAdmin,
 	},
-	ClientConfigType: {VerbIssue: RoleAdmin},
+	ClientConfigType:  {VerbIssue: RoleAdmin},
+	ServerVersionType: {VerbRead: RoleReader},
 }
 
 var (
@@ -246,6 +247,12 @@ var verbs = map[string]Verb{
 	v1alpha1.State_TeardownAndDestroy_FullMethodName: VerbDestroy,
 	historyGetMethod:                                 VerbRead,
 	issueConfigMethod:                                VerbIssue,
+	versionGetMethod:                                 VerbRead,
+}
+
+// methodTypes names the type of the methods that are about no resource type of their request.
+var methodTypes = map[string]resource.Type{
+	versionGetMethod: ServerVersionType,
 }
 
 // typeOf is the resource type a request is about.
@@ -275,7 +282,12 @@ func check(caller Caller, method string, req any) error {
 		return status.Errorf(codes.PermissionDenied, "permission denied: %s is not part of the upshift API", method)
 	}
 
-	return authorize(caller, verb, typeOf(req))
+	typ, ok := methodTypes[method]
+	if !ok {
+		typ = typeOf(req)
+	}
+
+	return authorize(caller, verb, typ)
 }
 
 // authorizeUnary authenticates the caller, checks the call against the permission table, and names the caller as

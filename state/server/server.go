@@ -41,6 +41,7 @@ func New(st state.CoreState, hist HistorySource, pki *PKI, opts ...grpc.ServerOp
 	v1alpha1.RegisterStateServer(srv, cosiserver.NewState(apiState{CoreState: st}))
 	srv.RegisterService(&historyServiceDesc, &historyServer{source: hist})
 	srv.RegisterService(&configServiceDesc, &configServer{pki: pki})
+	srv.RegisterService(&versionServiceDesc, &versionServer{})
 
 	return srv
 }

@@ -15,6 +15,8 @@ import (
 const (
 	errorDomain = "upshift.dev"
 	errorReason = "INVALID_RESOURCE"
+	// opDelete marks the refusal of a delete in the ErrorInfo's metadata.
+	opDelete = "delete"
 )
 
 // ToStatus turns a validation Error into an InvalidArgument status whose details carry the resource and each field
@@ -39,6 +41,9 @@ func ToStatus(err error) (*status.Status, bool) {
 	}
 
 	info := &errdetails.ErrorInfo{Reason: errorReason, Domain: errorDomain, Metadata: map[string]string{"type": utf8Only(e.Type), "id": utf8Only(e.ID)}}
+	if e.Delete {
+		info.Metadata["op"] = opDelete
+	}
 
 	withDetails, detailErr := st.WithDetails(info, badRequest)
 	if detailErr != nil {
@@ -71,6 +76,7 @@ func FromStatus(st *status.Status) error {
 		case *errdetails.ErrorInfo:
 			if d.GetDomain() == errorDomain && d.GetReason() == errorReason {
 				e.Type, e.ID, found = d.GetMetadata()["type"], d.GetMetadata()["id"], true
+				e.Delete = d.GetMetadata()["op"] == opDelete
 			}
 		case *errdetails.BadRequest:
 			for _, v := range d.GetFieldViolations() {

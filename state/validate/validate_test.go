@@ -39,7 +39,7 @@ func newState(t *testing.T) state.State {
 
 	other := cluster.NewCluster("other")
 	other.TypedSpec().TalosVersion = "1.13.0"
-	other.TypedSpec().KubernetesVersion = "1.36.0"
+	other.TypedSpec().KubernetesVersion = "1.36.2"
 	require.NoError(t, st.Create(t.Context(), other))
 
 	return st
