@@ -15,11 +15,17 @@ import (
 // unlockStampTries bounds the tries of stamping a Machine that others keep updating at the same moment.
 const unlockStampTries = 10
 
-// Destroy destroys the resource at ptr; removing a MachineLock first stamps its Machine with the time of the unlock
-// (cluster.UnlockedAtAnnotation). The stamp is written first and durably, so a crash between the two writes leaves
-// the machine locked with a stamp the next unlock overwrites, never unlocked without one: the rollouts give unlocked
-// machines their turn in unlock order (rollout.UnlockOrder), whoever removed the lock (CLI, gRPC, Go API).
+// Destroy refuses to delete an input its rules keep (a Cluster with Machines, a Machine in the middle of an
+// upgrade step: resources.DestroyChecker), then destroys it; removing a MachineLock first stamps its Machine with
+// the time of the unlock (cluster.UnlockedAtAnnotation). The stamp is written first and durably, so a crash between
+// the two writes leaves the machine locked with a stamp the next unlock overwrites, never unlocked without one: the
+// rollouts give unlocked machines their turn in unlock order (rollout.UnlockOrder), whoever removed the lock (CLI,
+// gRPC, Go API).
 func (s *State) Destroy(ctx context.Context, ptr resource.Pointer, opts ...state.DestroyOption) error {
+	if err := s.checkDestroy(ctx, ptr); err != nil {
+		return err
+	}
+
 	if ptr.Namespace() == resources.Namespace && ptr.Type() == cluster.MachineLockType {
 		if err := s.stampUnlock(ctx, ptr.ID()); err != nil {
 			return err

@@ -85,16 +85,6 @@ type getter struct {
 	resources.KnownVersions
 }
 
-// Destroy refuses to delete an input its rules keep (a Cluster with Machines, a Machine in the middle of an
-// upgrade step: resources.DestroyChecker), then destroys it.
-func (s *State) Destroy(ctx context.Context, ptr resource.Pointer, opts ...state.DestroyOption) error {
-	if err := s.checkDestroy(ctx, ptr); err != nil {
-		return err
-	}
-
-	return s.CoreState.Destroy(ctx, ptr, opts...)
-}
-
 // checkDestroy runs the delete rules of the resource at ptr; one that does not exist is left to the inner state.
 func (s *State) checkDestroy(ctx context.Context, ptr resource.Pointer) error {
 	if ptr.Namespace() != resources.Namespace {
