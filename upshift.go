@@ -110,7 +110,7 @@ func New(opts ...Option) (*Engine, error) {
 			return nil, errors.Join(err, e.Close())
 		}
 
-		e.grpc = server.New(e.state, st, e.pki)
+		e.grpc = server.New(e.state, st, e.pki, upgradeConfig.Known())
 	}
 
 	return e, nil

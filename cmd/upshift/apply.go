@@ -95,6 +95,12 @@ type overlay struct {
 	docs   map[string]resource.Resource
 }
 
+// knowingOverlay is an overlay that also says which versions the server knows (resources.KnownVersions).
+type knowingOverlay struct {
+	overlay
+	resources.KnownVersions
+}
+
 func (o overlay) Get(ctx context.Context, ptr resource.Pointer, opts ...state.GetOption) (resource.Resource, error) {
 	if r, ok := o.docs[pointerKey(ptr)]; ok {
 		return r, nil
@@ -155,12 +161,24 @@ func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applyfile.
 		view.docs[pointerKey(doc.Resource.Metadata())] = doc.Resource
 	}
 
+	// The versions the engine knows, so that a file asking for one it does not know is refused whole here, not
+	// half-written until the server refuses that document.
+	known, err := c.KnownVersions(ctx)
+	if err != nil {
+		return fmt.Errorf("asking the server which versions it knows: %w", err)
+	}
+
+	var checked resources.Getter = view
+	if known != nil {
+		checked = knowingOverlay{overlay: view, KnownVersions: known}
+	}
+
 	errs := problems
 
 	for _, doc := range docs {
 		md := doc.Resource.Metadata()
 
-		err := doc.Resource.Spec().(resources.Validator).Validate(ctx, md, view) //nolint:forcetypeassert // decodeDocument admits inputs only
+		err := doc.Resource.Spec().(resources.Validator).Validate(ctx, md, checked) //nolint:forcetypeassert // decodeDocument admits inputs only
 
 		var violations resources.Violations
 

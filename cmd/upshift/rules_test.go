@@ -57,6 +57,9 @@ func TestCLIInputRules(t *testing.T) {
 			[]string{`spec.talosVersion: "v1.14.9" is not a version the engine knows (known: v1.10.0,`, "upshift serve --talos-release VERSION"}},
 		{"unknown version of an existing cluster", strings.Replace(readFile(t, "../../examples/cluster.yaml"), "v1.37.2", "v1.36.0", 1),
 			[]string{`Cluster "prod" is invalid: spec.kubernetesVersion: "v1.36.0" is not a version the engine knows`}},
+		{"a file with one unknown version is refused whole", "metadata: {type: Cluster, id: fine}\nspec: {talosVersion: v1.14.1, kubernetesVersion: v1.37.2}\n" +
+			"---\nmetadata: {type: Cluster, id: next}\nspec: {talosVersion: v1.14.1, kubernetesVersion: v1.99.0}\n",
+			[]string{"nothing was applied", `spec.kubernetesVersion: "v1.99.0" is not a version the engine knows`}},
 	} {
 		refused(t, srv.to, tc.want, "apply", "-f", writeFile(t, tc.file))
 	}
@@ -74,7 +77,7 @@ func TestCLIInputRules(t *testing.T) {
 	assert.Equal(t, "v1.37.2", tableRow(t, mustRun(t, srv.to, "get", "cluster", "prod"), "prod")["KUBERNETES"])
 	assert.Equal(t, 6, strings.Count(mustRun(t, srv.to, "get", "machines"), "prod-"))
 
-	for typ, id := range map[string]string{"cluster": "Bad Name/x", "machine": "prod_w_9", "configpatch": "ntp servers"} {
+	for typ, id := range map[string]string{"cluster": "Bad Name/x", "machine": "prod_w_9", "configpatch": "ntp servers", "clusters": "fine"} {
 		assert.Equal(t, 1, run(t, srv.to, "get", typ, id).exitCode, typ+" "+id)
 	}
 

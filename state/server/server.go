@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/state/store"
 	"github.com/upshift-io/upshift/state/validate"
 )
@@ -29,9 +30,10 @@ type HistorySource interface {
 // New returns a gRPC server with the COSI State service over st (writes with an owner are refused: owners name
 // the engine's controllers), the History service over hist and the Config service that issues client configs from
 // pki. Every call is authenticated by mTLS against pki's CA and checked against the permission table (auth.go);
-// the caller's certificate name is the writer the event log records.
+// the caller's certificate name is the writer the event log records. The Version service also tells clients the
+// versions known (nil: none said), so a client checks a file's versions before it writes any of it.
 // opts are passed to grpc.NewServer after the server's own credentials and interceptors.
-func New(st state.CoreState, hist HistorySource, pki *PKI, opts ...grpc.ServerOption) *grpc.Server {
+func New(st state.CoreState, hist HistorySource, pki *PKI, known resources.KnownVersions, opts ...grpc.ServerOption) *grpc.Server {
 	srv := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS())),
 		grpc.ChainUnaryInterceptor(authorizeUnary, encodeValidationError),
@@ -41,7 +43,7 @@ func New(st state.CoreState, hist HistorySource, pki *PKI, opts ...grpc.ServerOp
 	v1alpha1.RegisterStateServer(srv, cosiserver.NewState(apiState{CoreState: st}))
 	srv.RegisterService(&historyServiceDesc, &historyServer{source: hist})
 	srv.RegisterService(&configServiceDesc, &configServer{pki: pki})
-	srv.RegisterService(&versionServiceDesc, &versionServer{})
+	srv.RegisterService(&versionServiceDesc, &versionServer{known: known})
 
 	return srv
 }

@@ -30,7 +30,7 @@ func listen(tb testing.TB, local state.CoreState, st *store.Store) *testServer {
 	pki, err := server.LoadOrCreatePKI(tb.TempDir())
 	require.NoError(tb, err)
 
-	srv := server.New(local, st, pki)
+	srv := server.New(local, st, pki, nil)
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(tb, err)
