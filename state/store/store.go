@@ -137,7 +137,16 @@ func openDB(path string, timeout time.Duration, readOnly bool) (*bbolt.DB, error
 		}
 	}
 
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType, NoFreelistSync: !readOnly})
+	if !readOnly {
+		// bbolt rebuilds the free list at a read-write open by walking every page in a goroutine of its own, where
+		// a corrupt page is a panic no caller can recover: the process would die with a stack trace instead of
+		// refusing the file. Reading every page first, here, turns that into ErrCorrupt.
+		if err := checkPages(path, timeout); err != nil {
+			return nil, err
+		}
+	}
+
+	db, err := openBolt(path, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType, NoFreelistSync: !readOnly})
 
 	switch {
 	case err == nil:
