@@ -6,11 +6,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/internal/tmpfs"
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
 	"github.com/upshift-io/upshift/state/store"
@@ -79,4 +83,81 @@ func damageLivePage(t *testing.T, path string) []byte {
 	require.FailNow(t, "no page of the state file holds live data")
 
 	return nil
+}
+
+// TestFaultDiskFullEngineStaysUp runs a lite bed whose engine data dir is a small tmpfs and fills the device:
+// a user's write through the CLI fails with the store's clear error, the engine stays up and `get` still reads,
+// and once space is freed the requested upgrade runs to Done; after a restart everything acknowledged is there.
+func TestFaultDiskFullEngineStaysUp(t *testing.T) {
+	dir := t.TempDir()
+	engineDir := filepath.Join(dir, "engine")
+	require.NoError(t, os.MkdirAll(engineDir, 0o700))
+
+	unmount, err := tmpfs.Mount(engineDir, 16<<20)
+	if err != nil {
+		t.Skipf("cannot run the full-disk test here: %v", err)
+	}
+
+	t.Cleanup(func() { require.NoError(t, unmount()) })
+
+	bed := startBed(t, testbed.WithDir(dir), testbed.WithLite(), testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithTalosVersion("1.13.4"),
+		talosemu.WithRebootDowntime(0)))
+	logOnFailure(t, bed, "c1")
+	waitObserved(t, bed, "1.13.4")
+
+	filler := fillDevice(t, engineDir)
+
+	_, errOut, err := cli(t, bed, "upgrade", "talos", "c1", "--to", "v1.14.1")
+	require.Error(t, err, "a write on a full device must fail")
+	require.Contains(t, errOut, "no space left for the state file")
+
+	out := mustCLI(t, bed, "get", "machines")
+	require.Contains(t, out, "c1-w-1", "the engine serves reads while the device is full")
+
+	require.NoError(t, os.Remove(filler))
+
+	// The engine retries its kept commit about every second; until then a write is still refused.
+	deadline := time.Now().Add(30 * time.Second)
+
+	for {
+		_, errOut, err = cli(t, bed, "upgrade", "talos", "c1", "--to", "v1.14.1")
+		if err == nil {
+			break
+		}
+
+		require.Contains(t, errOut, "no space left for the state file")
+		require.True(t, time.Now().Before(deadline), "writes never resumed after space was freed: %s", errOut)
+	}
+
+	waitTalos(t, bed.State(), "c1", 2*time.Minute, "the upgrade to finish", phaseIs(upgrade.PhaseDone, "1.14.1"))
+
+	require.NoError(t, bed.StopEngine())
+	require.NoError(t, bed.StartEngine(t.Context()))
+
+	done, err := bed.State().Get(t.Context(), upgrade.NewTalosUpgradeStatus("c1").Metadata())
+	require.NoError(t, err)
+	require.Equal(t, upgrade.PhaseDone, done.(*upgrade.TalosUpgradeStatus).TypedSpec().Phase) //nolint:forcetypeassert
+}
+
+// fillDevice writes a file in dir until its device has no space left, and returns the file's path.
+func fillDevice(t *testing.T, dir string) string {
+	t.Helper()
+
+	path := filepath.Join(dir, "filler")
+
+	f, err := os.Create(path)
+	require.NoError(t, err)
+
+	defer f.Close() //nolint:errcheck
+
+	chunk := make([]byte, 64<<10)
+
+	for {
+		if _, err = f.Write(chunk); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+
+			return path
+		}
+	}
 }

@@ -14,19 +14,23 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/conformance"
 	"github.com/stretchr/testify/require"
+
+	"github.com/upshift-io/upshift/internal/tmpfs"
 )
 
 // mountTmpfs mounts a tmpfs of size bytes on a new directory and unmounts it at the end of the test; it skips
-// the test, saying why, where mounting is impossible (not root, no CAP_SYS_ADMIN).
+// the test, saying why, where mounting is impossible.
 func mountTmpfs(t *testing.T, size int) string {
 	t.Helper()
 
 	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs for the full-disk test (needs root or CAP_SYS_ADMIN): %v", err)
+
+	unmount, err := tmpfs.Mount(dir, size)
+	if err != nil {
+		t.Skipf("cannot run the full-disk test here: %v", err)
 	}
 
-	t.Cleanup(func() { require.NoError(t, syscall.Unmount(dir, 0)) })
+	t.Cleanup(func() { require.NoError(t, unmount()) })
 
 	return dir
 }
