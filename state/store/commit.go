@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -21,6 +23,10 @@ func (s *Store) enqueue(rec *record, collection *atomic.Uint64) (uint64, error) 
 
 	if s.failure != nil {
 		return 0, s.failure
+	}
+
+	if s.full != nil {
+		return 0, s.full
 	}
 
 	if s.closed {
@@ -53,7 +59,8 @@ func (s *Store) waitDurable(ctx context.Context, seq uint64) error {
 			return failure
 		}
 
-		if !s.busy && len(s.queue) > 0 {
+		// While the device is full, retryFull leads the commits, at its pace.
+		if !s.busy && len(s.queue) > 0 && s.full == nil {
 			s.busy = true
 			s.mu.Unlock()
 
@@ -134,6 +141,22 @@ func (s *Store) commitQueued() {
 	defer s.mu.Unlock()
 
 	switch {
+	case err != nil && errors.Is(err, syscall.ENOSPC):
+		// bbolt rolled the transaction back, so the file holds none of the batch and memory is ahead of it by
+		// exactly this batch: keep it, in order, at the head of the queue for retryFull. Its writers keep waiting
+		// (nothing is acknowledged before it is on disk) and new writes are refused, so nothing is built on it.
+		if s.full == nil {
+			s.full = fmt.Errorf("committing to state %q: %w: %w (writes are refused until space is freed; "+
+				"nothing acknowledged is lost)", s.path, ErrDiskFull, err)
+			s.opts.logger.Error("the state's device is full: refusing writes until space is freed", zap.Error(err))
+
+			go s.retryFull()
+		}
+
+		s.queue = append(batch, s.queue...)
+		s.release()
+
+		return
 	case err != nil:
 		// Memory is now ahead of the disk; committing later writes that depend on the lost ones would make the
 		// log lie, so the store fails as a whole.
@@ -143,6 +166,11 @@ func (s *Store) commitQueued() {
 		s.commits.Add(1)
 		s.writes.Add(uint64(len(batch)))
 		s.durable.Store(batch[len(batch)-1].seq)
+
+		if s.full != nil {
+			s.opts.logger.Info("the state's device has space again: writes resume")
+			s.full = nil
+		}
 	}
 
 	clear(batch)
@@ -155,6 +183,48 @@ func (s *Store) commitQueued() {
 		default:
 		}
 	}
+}
+
+// retryFull commits the batch kept by a commit that found the device full, every fullRetryInterval, until one
+// succeeds or the store closes.
+func (s *Store) retryFull() {
+	ticker := time.NewTicker(s.opts.fullRetryInterval)
+	defer ticker.Stop()
+
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-ticker.C:
+		}
+
+		if !s.acquire() {
+			return
+		}
+
+		s.commitQueued()
+
+		s.mu.Lock()
+		full := s.full != nil
+		s.mu.Unlock()
+
+		if !full {
+			return
+		}
+	}
+}
+
+// readable refuses a read that would show writes a full device keeps off the disk; waitDurable would wait for
+// them until space is freed.
+func (s *Store) readable(seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	if s.full != nil && s.durable.Load() < seq {
+		return s.full
+	}
+
+	return nil
 }
 
 // applyBatch writes a batch: for every record the log entry, its index entry and the new current state.

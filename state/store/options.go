@@ -34,6 +34,7 @@ type options struct {
 	openTimeout        time.Duration
 	historyCapacity    int
 	compactionInterval time.Duration
+	fullRetryInterval  time.Duration
 	key                []byte
 }
 
@@ -46,6 +47,18 @@ func defaultOptions() options {
 		openTimeout:        DefaultOpenTimeout,
 		historyCapacity:    DefaultHistoryCapacity,
 		compactionInterval: time.Minute,
+		fullRetryInterval:  DefaultFullRetryInterval,
+	}
+}
+
+// DefaultFullRetryInterval is how often a store whose device is full tries its kept commit again: each try costs
+// one failed write, and writes resume at most this long after space is freed.
+const DefaultFullRetryInterval = time.Second
+
+// WithFullRetryInterval sets how often a store whose device is full tries again (DefaultFullRetryInterval).
+func WithFullRetryInterval(d time.Duration) Option {
+	return func(o *options) {
+		o.fullRetryInterval = d
 	}
 }
 

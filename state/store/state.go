@@ -107,7 +107,12 @@ func (d *durableState) collectionOf(kind resource.Kind) *atomic.Uint64 {
 // settle waits until every write enqueued so far for a collection is durable; callers use it after reading
 // in-memory state so that what they return has reached the disk.
 func (d *durableState) settle(ctx context.Context, kind resource.Kind) error {
-	return d.store.waitDurable(ctx, d.collectionOf(kind).Load())
+	seq := d.collectionOf(kind).Load()
+	if err := d.store.readable(seq); err != nil {
+		return err
+	}
+
+	return d.store.waitDurable(ctx, seq)
 }
 
 // Get implements state.CoreState.

@@ -32,6 +32,9 @@ var (
 	// ErrFailed: a commit failed, so memory is ahead of the disk; the store refuses writes, and reads of what did
 	// not reach the disk, until it is reopened from the file.
 	ErrFailed = errors.New("state store failed")
+	// ErrDiskFull: a commit found no space left on the file's device. The writes of that commit stay queued and
+	// are committed once space is freed; new writes are refused until then, and reads of what is not yet on disk.
+	ErrDiskFull = errors.New("no space left for the state file")
 )
 
 // marshaler is COSI's protobuf resource marshaling: registered types round-trip, others come back as
@@ -54,6 +57,7 @@ type Store struct {
 	lastSeq   uint64        // last sequence number handed out; guarded by mu
 	durableCh chan struct{} // closed and replaced whenever a commit or compaction ends; guarded by mu
 	failure   error         // set once a commit fails; guarded by mu
+	full      error         // set while the device is full and a batch waits to be committed again; guarded by mu
 	closed    bool          // guarded by mu
 	busy      bool          // a commit or compaction is in flight; guarded by mu
 	durable   atomic.Uint64 // highest sequence number known to be on disk
@@ -137,7 +141,16 @@ func openDB(path string, timeout time.Duration, readOnly bool) (*bbolt.DB, error
 		}
 	}
 
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType, NoFreelistSync: !readOnly})
+	if !readOnly {
+		// bbolt rebuilds the free list at a read-write open by walking every page in a goroutine of its own, where
+		// a corrupt page is a panic no caller can recover: the process would die with a stack trace instead of
+		// refusing the file. Reading every page first, here, turns that into ErrCorrupt.
+		if err := checkPages(path, timeout); err != nil {
+			return nil, err
+		}
+	}
+
+	db, err := openBolt(path, &bbolt.Options{Timeout: timeout, ReadOnly: readOnly, FreelistType: bbolt.FreelistMapType, NoFreelistSync: !readOnly})
 
 	switch {
 	case err == nil:
@@ -336,6 +349,15 @@ func (s *Store) Close() error {
 		s.commitQueued()
 		s.acquire()
 	}
+
+	// Writes still waiting for space are lost with the close: their writers get the error, never an ack.
+	s.mu.Lock()
+	if s.full != nil && s.failure == nil {
+		s.failure = fmt.Errorf("%w (closed before space was freed)", s.full)
+		close(s.durableCh)
+		s.durableCh = make(chan struct{})
+	}
+	s.mu.Unlock()
 
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("closing state %q: %w", s.path, err)

@@ -1,0 +1,163 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/upshift-io/upshift/internal/talosemu"
+	"github.com/upshift-io/upshift/internal/testbed"
+	"github.com/upshift-io/upshift/internal/tmpfs"
+	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/upgrade"
+	"github.com/upshift-io/upshift/state/store"
+)
+
+// TestFaultCorruptStateRefusedAtStart runs an upgrade on a lite bed, stops the engine, damages one page of its
+// state file that holds live data, and starts the engine again, in process and as `upshift serve`: both refuse
+// with a message naming the file and saying it is corrupt, and the file's bytes are the damaged bytes, untouched.
+func TestFaultCorruptStateRefusedAtStart(t *testing.T) {
+	bed := startLiteBed(t, 1, 1, "1.13.4")
+	setCluster(t, bed.State(), "c1", func(s *cluster.ClusterSpec) { s.TalosVersion = "v1.14.1" })
+	waitTalos(t, bed.State(), "c1", 2*time.Minute, "the upgrade to finish", phaseIs(upgrade.PhaseDone, "1.14.1"))
+	require.NoError(t, bed.StopEngine())
+
+	path := filepath.Join(bed.EngineDir(), "state.db")
+	damaged := damageLivePage(t, path)
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	err := bed.StartEngine(ctx)
+	require.ErrorIs(t, err, store.ErrCorrupt)
+	require.ErrorContains(t, err, path)
+
+	var stdout, stderr bytes.Buffer
+
+	cmd := exec.CommandContext(ctx, binary, "serve", "--data-dir", bed.EngineDir(), "--listen", "127.0.0.1:0")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.Error(t, cmd.Run(), "serve must refuse a corrupt state file: %s", stdout.String())
+	require.Contains(t, stderr.String(), "state file is corrupt")
+	require.Contains(t, stderr.String(), path)
+	require.NotContains(t, stderr.String(), "goroutine ", "a refusal, not a crash")
+
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(damaged, after), "the corrupt file must never be overwritten")
+}
+
+// damageLivePage flips the header of the first page whose damage the store's verifier notices (a page holding
+// live data, not free space), writes the damaged file in place and returns its bytes.
+func damageLivePage(t *testing.T, path string) []byte {
+	t.Helper()
+
+	good, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	const pageSize = 4096
+
+	probe := filepath.Join(t.TempDir(), "probe.db")
+
+	for page := 2; page < len(good)/pageSize; page++ {
+		damaged := append([]byte(nil), good...)
+		for i := range 16 {
+			damaged[page*pageSize+i] ^= 0xff
+		}
+
+		require.NoError(t, os.WriteFile(probe, damaged, 0o600))
+
+		if _, err := store.Verify(probe); err != nil {
+			require.NoError(t, os.WriteFile(path, damaged, 0o600))
+
+			return damaged
+		}
+	}
+
+	require.FailNow(t, "no page of the state file holds live data")
+
+	return nil
+}
+
+// TestFaultDiskFullEngineStaysUp runs a lite bed whose engine data dir is a small tmpfs and fills the device:
+// a user's write through the CLI fails with the store's clear error, the engine stays up and `get` still reads,
+// and once space is freed the requested upgrade runs to Done; after a restart everything acknowledged is there.
+func TestFaultDiskFullEngineStaysUp(t *testing.T) {
+	dir := t.TempDir()
+	engineDir := filepath.Join(dir, "engine")
+	require.NoError(t, os.MkdirAll(engineDir, 0o700))
+
+	unmount, err := tmpfs.Mount(engineDir, 16<<20)
+	if err != nil {
+		t.Skipf("cannot run the full-disk test here: %v", err)
+	}
+
+	t.Cleanup(func() { require.NoError(t, unmount()) })
+
+	bed := startBed(t, testbed.WithDir(dir), testbed.WithLite(), testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithTalosVersion("1.13.4"),
+		talosemu.WithRebootDowntime(0)))
+	logOnFailure(t, bed, "c1")
+	waitObserved(t, bed, "1.13.4")
+
+	filler := fillDevice(t, engineDir)
+
+	_, errOut, err := cli(t, bed, "upgrade", "talos", "c1", "--to", "v1.14.1")
+	require.Error(t, err, "a write on a full device must fail")
+	require.Contains(t, errOut, "no space left for the state file")
+
+	out := mustCLI(t, bed, "get", "machines")
+	require.Contains(t, out, "c1-w-1", "the engine serves reads while the device is full")
+
+	require.NoError(t, os.Remove(filler))
+
+	// The engine retries its kept commit about every second; until then a write is still refused.
+	deadline := time.Now().Add(30 * time.Second)
+
+	for {
+		_, errOut, err = cli(t, bed, "upgrade", "talos", "c1", "--to", "v1.14.1")
+		if err == nil {
+			break
+		}
+
+		require.Contains(t, errOut, "no space left for the state file")
+		require.True(t, time.Now().Before(deadline), "writes never resumed after space was freed: %s", errOut)
+	}
+
+	waitTalos(t, bed.State(), "c1", 2*time.Minute, "the upgrade to finish", phaseIs(upgrade.PhaseDone, "1.14.1"))
+
+	require.NoError(t, bed.StopEngine())
+	require.NoError(t, bed.StartEngine(t.Context()))
+
+	done, err := bed.State().Get(t.Context(), upgrade.NewTalosUpgradeStatus("c1").Metadata())
+	require.NoError(t, err)
+	require.Equal(t, upgrade.PhaseDone, done.(*upgrade.TalosUpgradeStatus).TypedSpec().Phase) //nolint:forcetypeassert
+}
+
+// fillDevice writes a file in dir until its device has no space left, and returns the file's path.
+func fillDevice(t *testing.T, dir string) string {
+	t.Helper()
+
+	path := filepath.Join(dir, "filler")
+
+	f, err := os.Create(path)
+	require.NoError(t, err)
+
+	defer f.Close() //nolint:errcheck
+
+	chunk := make([]byte, 64<<10)
+
+	for {
+		if _, err = f.Write(chunk); err != nil {
+			require.ErrorIs(t, err, syscall.ENOSPC)
+
+			return path
+		}
+	}
+}
