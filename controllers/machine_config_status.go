@@ -29,7 +29,8 @@ import (
 // is recorded before its side effect. ApplyingConfig reads the config the machine runs (already the change: done,
 // so a restart never sends it again), then dry-runs it in NO_REBOOT mode: a change Talos makes live is applied so.
 // One Talos refuses without a reboot, and accepts in a REBOOT dry run, goes through the Talos upgrade's steps
-// (nodeSteps): Cordoning, Draining (the cluster's drain timeout, PDBs honoured), Rebooting (the boot ID recorded
+// (nodeSteps): for a control plane CheckingEtcd (its member may leave without losing quorum; the reason in Waiting
+// while it may not) and ForfeitingLeadership, then Cordoning, Draining (the cluster's drain timeout, PDBs honoured), Rebooting (the boot ID recorded
 // first; ApplyConfiguration in REBOOT mode, never sent again once the boot ID changed or the machine is rebooting),
 // WaitingReady (a new boot ID, running and ready, running the change), Uncordoning. A failure after the cordon
 // uncordons first. A locked machine is never started; one locked in the middle of its change finishes it.
@@ -281,7 +282,7 @@ func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigSta
 func (run configRun) steps(spec upgrade.MachineConfigStatusSpec) nodeSteps {
 	return nodeSteps{
 		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: *run.machine.TypedSpec(),
-		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID,
+		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID, waiting: spec.Waiting,
 	}
 }
 
@@ -363,6 +364,21 @@ func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatus
 	switch spec.Phase {
 	case upgrade.MachineApplyingConfig:
 		return run.apply(ctx, spec)
+	case upgrade.MachineCheckingEtcd:
+		fail, err := ns.waitEtcdGate(ctx, func(ctx context.Context, reason string) error {
+			spec.Waiting = reason
+			if !run.persist(ctx, *spec, false) {
+				return ctx.Err()
+			}
+
+			return nil
+		})
+
+		return fail, upgrade.MachineForfeitingLeadership, err
+	case upgrade.MachineForfeitingLeadership:
+		fail, err := ns.forfeitLeadership(ctx)
+
+		return fail, upgrade.MachineCordoning, err
 	case upgrade.MachineCordoning:
 		fail, err := ns.cordon(ctx)
 
@@ -392,7 +408,8 @@ func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatus
 
 // apply is the ApplyingConfig step: done at once when the machine already runs the change (it was sent before a
 // restart); otherwise a NO_REBOOT dry run, and the change in NO_REBOOT mode when Talos can make it live. A change
-// NO_REBOOT refuses and a REBOOT dry run accepts needs a reboot: the next step is Cordoning. An unreachable machine
+// NO_REBOOT refuses and a REBOOT dry run accepts needs a reboot: the next step is Cordoning, for a control plane
+// first CheckingEtcd and ForfeitingLeadership, the Talos upgrade's steps before its member leaves. An unreachable machine
 // is waited for, up to the step timeout; the next try reads the running config first, so an apply whose answer
 // was lost is not sent twice.
 func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
@@ -433,6 +450,10 @@ func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatu
 
 		run.logger.Info("the config change needs a reboot", zap.String("talos", err.Error()), zap.String("dry run", live))
 		spec.NodeName, next = nodeName(run.id, st.NodeName), upgrade.MachineCordoning
+
+		if run.machine.TypedSpec().Role == cluster.RoleControlPlane {
+			next = upgrade.MachineCheckingEtcd // its etcd member leaves with the reboot
+		}
 
 		return "", nil
 	})

@@ -15,6 +15,7 @@ import (
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
@@ -229,9 +230,11 @@ spec:
 `
 
 // TestConfigPatchNeedingReboot rolls out a patch Talos refuses without a reboot: each machine goes through the
-// Talos upgrade's steps (cordon, drain, a reboot that applies the change, back with a new boot ID running it,
-// uncordon), sent once (journal: NO_REBOOT dry run refused, REBOOT dry run, REBOOT, one reboot), control planes one
-// at a time before the workers. Removing the patch takes it back out the same way.
+// Talos upgrade's steps (control planes: the etcd check and leadership forfeit; cordon, drain, a reboot that applies
+// the change, back with a new boot ID running it, uncordon), sent once (journal: NO_REBOOT dry run refused, REBOOT
+// dry run, REBOOT, one reboot), control planes one at a time before the workers. While another etcd member is
+// unhealthy, no control plane's config reboot starts and the rollout says it waits for etcd. Removing the patch
+// takes it back out the same way.
 func TestConfigPatchNeedingReboot(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	bed := startLiteBed(t, 3, 2, supported[len(supported)-1])
@@ -294,13 +297,15 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 				}
 			}
 
-			assert.Equal(t, []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineCordoning, upgrade.MachineDraining,
-				upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone}, steps,
-				"%s's steps, each recorded, %s", n.Name(), what)
+			want := []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineCordoning, upgrade.MachineDraining,
+				upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone}
 
 			if strings.Contains(n.Name(), "-cp-") {
 				cps = append(cps, [2]uint64{first, done})
+				want = slices.Insert(want, 1, upgrade.MachineCheckingEtcd, upgrade.MachineForfeitingLeadership)
 			}
+
+			assert.Equal(t, want, steps, "%s's steps, each recorded, %s", n.Name(), what)
 		}
 
 		slices.SortFunc(cps, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
@@ -313,7 +318,27 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "patch.yaml")
 	require.NoError(t, os.WriteFile(file, []byte(envPatch), 0o600))
 
-	rollOut("patched", "http://proxy.example:3128", 1, func() { mustCLI(t, bed, "apply", "-f", file) })
+	rollOut("patched", "http://proxy.example:3128", 1, func() {
+		from := len(bed.Fleet.Journal().Entries())
+
+		require.NoError(t, bed.Fleet.SetFault(t.Context(), "c1-cp-2", talosemu.FaultEtcdUnhealthy))
+		waitFor(t, st, observe.NewEtcdStatus("c1").Metadata(), time.Minute, "etcd seen unhealthy",
+			func(s *observe.EtcdStatus) bool { return !s.TypedSpec().Healthy })
+
+		mustCLI(t, bed, "apply", "-f", file)
+
+		waiting := waitConfig(t, bed, "the control planes waiting for etcd", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+			return strings.Contains(s.Reason, "waits for etcd")
+		})
+		assert.Contains(t, waiting.Reason, "healthy", "the rollout says why it waits")
+		assert.Empty(t, rebootsSince(bed, from), "no config reboot while an etcd member is unhealthy")
+
+		for _, n := range nodes {
+			assert.NotContains(t, applies(bed, n.Name(), from), "REBOOT", "%s: no change sent while etcd is unhealthy", n.Name())
+		}
+
+		require.NoError(t, bed.Fleet.ClearFault(t.Context(), "c1-cp-2", talosemu.FaultEtcdUnhealthy))
+	})
 	rollOut("back on its base config", "", 0, func() {
 		require.NoError(t, st.Destroy(t.Context(), cluster.NewConfigPatch("proxy").Metadata()))
 	})

@@ -46,6 +46,8 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	var unseen []string
 
+	var reason string // why the rollout waits, when it waits on etcd
+
 	in := Input{Target: configApplied, Paused: view.Cluster.Paused}
 	if p, err := cluster.ParseParallelism(view.Cluster.Parallelism); err == nil {
 		in.Parallelism = p
@@ -74,6 +76,10 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 			rm.Version = configPending
 		}
 
+		if c.Phase == upgrade.MachineCheckingEtcd && c.Waiting != "" {
+			reason = fmt.Sprintf("control plane %s waits for etcd: %s", m.ID, c.Waiting)
+		}
+
 		if c.ChangeVersion != c.TargetVersion && !c.Phase.InFlight() {
 			rm.PhaseTarget = configStale
 		}
@@ -94,8 +100,6 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	}
 
 	d := Schedule(in)
-
-	var reason string
 
 	for _, id := range d.Start {
 		if i := slices.IndexFunc(view.Machines, func(m MachineView) bool { return m.ID == id }); view.Machines[i].Role == cluster.RoleControlPlane {

@@ -27,7 +27,8 @@ type MachineConfigStatusSpec struct {
 	// Cluster is the ID of the machine's Cluster.
 	Cluster string `yaml:"cluster" protobuf:"1"`
 	// Phase is the step of the current or last change: empty before the first, then ApplyingConfig; for a change
-	// that needs a reboot then Cordoning, Draining, Rebooting, WaitingReady, Uncordoning; Done or Failed.
+	// that needs a reboot then (control planes) CheckingEtcd, ForfeitingLeadership, and Cordoning, Draining,
+	// Rebooting, WaitingReady, Uncordoning; Done or Failed.
 	Phase MachinePhase `yaml:"phase,omitempty" protobuf:"2"`
 	// AppliedVersion is the version of the config the machine runs, as the engine applied or first saw it.
 	AppliedVersion string `yaml:"appliedVersion,omitempty" protobuf:"3"`
