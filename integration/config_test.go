@@ -2,6 +2,8 @@ package integration
 
 import (
 	"cmp"
+	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -45,11 +47,7 @@ func TestConfigPatchRolloutWithLockedWorkers(t *testing.T) {
 	unlocked := nodesExcept(bed, locked)
 
 	waitObserved(t, bed, version)
-
-	for _, id := range bed.Fleet.Nodes() {
-		waitFor(t, st, upgrade.NewMachineConfigStatus(id.Name()).Metadata(), time.Minute, id.Name()+"'s config read",
-			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
-	}
+	waitConfigsRead(t, bed)
 
 	for _, id := range locked {
 		mustCLI(t, bed, "lock", id, "--reason", "staged config test")
@@ -242,18 +240,7 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 	nodes := bed.Fleet.Nodes()
 
 	waitObserved(t, bed, supported[len(supported)-1])
-
-	for _, n := range nodes {
-		waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
-			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
-	}
-
-	proxy := func(id string) string {
-		n, err := bed.Fleet.Node(id)
-		require.NoError(t, err)
-
-		return n.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]
-	}
+	waitConfigsRead(t, bed)
 
 	rollOut := func(what, want string, patches int, change func()) {
 		from := len(bed.Fleet.Journal().Entries())
@@ -264,7 +251,7 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 				func(s *upgrade.MachineConfigStatus) bool {
 					return !s.TypedSpec().Pending && s.TypedSpec().Phase == upgrade.MachineDone && len(s.TypedSpec().Patches) == patches
 				})
-			assert.Equal(t, want, proxy(n.Name()), "%s %s", n.Name(), what)
+			assert.Equal(t, want, proxyOf(t, bed, n.Name()), "%s %s", n.Name(), what)
 			assert.Equal(t, []string{"NO_REBOOT dry-run", "REBOOT dry-run", "REBOOT"}, applies(bed, n.Name(), from),
 				"%s: refused live, checked, sent once with a reboot", n.Name())
 		}
@@ -350,4 +337,118 @@ type configStatusDoc struct {
 		Phase         upgrade.MachinePhase `yaml:"phase"`
 		ChangeVersion string               `yaml:"changeVersion"`
 	} `yaml:"spec"`
+}
+
+// waitConfigsRead waits until the engine read every node's config: the base its patches apply to.
+func waitConfigsRead(t *testing.T, bed *testbed.Bed) {
+	t.Helper()
+
+	for _, n := range bed.Fleet.Nodes() {
+		waitFor(t, bed.State(), upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
+			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+	}
+}
+
+// proxyOf is the node's https_proxy as its running config sets it (envPatch).
+func proxyOf(t *testing.T, bed *testbed.Bed, id string) string {
+	t.Helper()
+
+	n, err := bed.Fleet.Node(id)
+	require.NoError(t, err)
+
+	return n.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]
+}
+
+// isConfigStep matches the journal entries that are a config rollout's side effects and their consequences, so
+// kills land between them rather than between observations.
+func isConfigStep(e talosemu.Entry) bool {
+	return e.Error == "" && (e.Method == methodApply || e.Method == methodForfeit ||
+		e.Event == talosemu.EventRebootDown || e.Event == talosemu.EventRebootUp)
+}
+
+// TestConfigCrashDuringRollout runs the engine as a child process and kills it with SIGKILL after one to three
+// side effects of a rollout of a patch that needs a reboot (at least minConfigKills times), as
+// TestCrashDuringRollout does for a Talos upgrade: the rollout converges with every machine on its effective
+// config, the journal shows each machine's change sent once (one ApplyConfiguration that is not a dry run) and
+// exactly one reboot per machine.
+func TestConfigCrashDuringRollout(t *testing.T) {
+	const minConfigKills = 5
+
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startBed(t, testbed.WithLite(), testbed.WithEngineProcess(testbed.SelfCommand()), testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version),
+		talosemu.WithRebootDowntime(rebootDowntime),
+	))
+	logOnFailure(t, bed, "c1")
+
+	waitObserved(t, bed, version)
+	waitConfigsRead(t, bed)
+
+	file := filepath.Join(t.TempDir(), "patch.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(envPatch), 0o600))
+
+	const want = "http://proxy.example:3128"
+
+	allPatched := func() bool {
+		return !slices.ContainsFunc(bed.Fleet.Nodes(), func(n *talosemu.Node) bool { return proxyOf(t, bed, n.Name()) != want })
+	}
+
+	from := len(bed.Fleet.Journal().Entries())
+	mustCLI(t, bed, "apply", "-f", file)
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
+	kills := 0
+
+	for !allPatched() {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		err := waitJournal(ctx, bed, len(bed.Fleet.Journal().Entries()), 1+rng.IntN(3), func(e talosemu.Entry) bool {
+			if allPatched() {
+				cancel() // no side effect comes after the last machine's reboot
+			}
+
+			return isConfigStep(e)
+		})
+
+		cancel()
+
+		if err != nil {
+			break
+		}
+
+		require.NoError(t, bed.StopEngine())
+
+		kills++
+
+		require.NoError(t, bed.StartEngine(t.Context()))
+	}
+
+	t.Logf("killed the engine %d times during the config rollout", kills)
+	assert.GreaterOrEqual(t, kills, minConfigKills, "the rollout was long enough for %d kills", minConfigKills)
+
+	done := waitConfig(t, bed, "the rollout to converge", func(s *upgrade.ConfigRolloutStatusSpec) bool { return s.Phase == upgrade.PhaseDone })
+	assert.Equal(t, done.Total, done.Done)
+
+	reboots := rebootsSince(bed, from)
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, want, proxyOf(t, bed, n.Name()), "%s runs its effective config", n.Name())
+
+		sent := slices.DeleteFunc(applies(bed, n.Name(), from), func(call string) bool { return strings.HasSuffix(call, " dry-run") })
+		assert.Equal(t, []string{"REBOOT"}, sent, "%s: the change sent once", n.Name())
+		assert.Equal(t, 1, countOf(reboots, n.Name()), "%s rebooted once", n.Name())
+	}
+}
+
+func countOf(list []string, s string) int {
+	n := 0
+
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+
+	return n
 }
