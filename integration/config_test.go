@@ -2,7 +2,6 @@ package integration
 
 import (
 	"cmp"
-	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -399,30 +398,7 @@ func TestConfigCrashDuringRollout(t *testing.T) {
 	mustCLI(t, bed, "apply", "-f", file)
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
-	kills := 0
-
-	for !allPatched() {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		err := waitJournal(ctx, bed, len(bed.Fleet.Journal().Entries()), 1+rng.IntN(3), func(e talosemu.Entry) bool {
-			if allPatched() {
-				cancel() // no side effect comes after the last machine's reboot
-			}
-
-			return isConfigStep(e)
-		})
-
-		cancel()
-
-		if err != nil {
-			break
-		}
-
-		require.NoError(t, bed.StopEngine())
-
-		kills++
-
-		require.NoError(t, bed.StartEngine(t.Context()))
-	}
+	kills := killEngineDuring(t, bed, allPatched, func(int) (int, func(talosemu.Entry) bool) { return 1 + rng.IntN(3), isConfigStep })
 
 	t.Logf("killed the engine %d times during the config rollout", kills)
 	assert.GreaterOrEqual(t, kills, minConfigKills, "the rollout was long enough for %d kills", minConfigKills)
