@@ -137,6 +137,11 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 		return err
 	}
 
+	if spec.Phase == upgrade.MachineFailed && configRetryRequested(machine, spec) {
+		// The rollout takes the machine on again like any other: admitted by its rules, then from ApplyingConfig.
+		spec.Phase, spec.Error, spec.Waiting, spec.PhaseChangedAt = upgrade.MachineQueued, "", "", time.Now()
+	}
+
 	if !spec.Phase.InFlight() {
 		start, err := run.admitted(ctx, spec)
 		if err != nil {
@@ -148,6 +153,7 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 		}
 
 		// The step is recorded, with the config it applies, before anything is sent.
+		spec.Attempt = nextAttempt(spec)
 		spec.Phase, spec.ChangeVersion, spec.Change, spec.Error, spec.PhaseChangedAt = upgrade.MachineApplyingConfig, spec.TargetVersion, spec.Effective, "", time.Now()
 		spec.NodeName, spec.PreRebootBootID = "", ""
 		if err = run.record(ctx, spec); err != nil {
@@ -161,6 +167,24 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 	})
 
 	return nil
+}
+
+// configRetryRequested reports whether the machine carries a retry of its failed config change
+// (upgrade.RetryAnnotation, the Talos upgrade's, with the change's RetryValue).
+func configRetryRequested(machine *cluster.Machine, spec upgrade.MachineConfigStatusSpec) bool {
+	v, ok := machine.Metadata().Annotations().Get(upgrade.RetryAnnotation)
+
+	return ok && v == spec.RetryValue()
+}
+
+// nextAttempt is the attempt of the change spec starts: one more when it tries the config of the last change
+// again (a retry), else the first.
+func nextAttempt(spec upgrade.MachineConfigStatusSpec) int {
+	if spec.ChangeVersion == spec.TargetVersion {
+		return spec.Attempt + 1
+	}
+
+	return 1
 }
 
 // configRun is one reconcile of one machine's config.
@@ -250,7 +274,7 @@ func (run configRun) target(ctx context.Context, spec *upgrade.MachineConfigStat
 }
 
 // admitted reports whether the machine starts its pending change now: the config rollout admitted it, it is not
-// locked, and its last change did not fail toward the same config.
+// locked, and its last change did not fail toward the same config (a retry makes that Queued again).
 func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigStatusSpec) (bool, error) {
 	if !spec.Pending || spec.Phase == upgrade.MachineFailed && spec.ChangeVersion == spec.TargetVersion {
 		return false, nil

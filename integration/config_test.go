@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
@@ -427,4 +428,85 @@ func countOf(list []string, s string) int {
 	}
 
 	return n
+}
+
+// TestConfigPatchRetryAndSkip: a config change that fails (the machine's API down past the step timeout) halts the
+// rollout naming the machine and the reason; `upshift upgrade retry` once the fault is cleared applies it (attempt
+// 2) and the rollout finishes. A later change failing on another machine is left out with `upshift upgrade skip`:
+// the rollout goes on without it to Done, says so (status and ConfigRolloutStatus), and the machine keeps its config.
+func TestConfigPatchRetryAndSkip(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startBed(t, testbed.WithLite(), testbed.WithUpgradeOptions(controllers.WithStepTimeout(3*time.Second)),
+		testbed.WithFleetOptions(talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version)))
+	logOnFailure(t, bed, "c1")
+
+	ctx, st := t.Context(), bed.State()
+
+	waitObserved(t, bed, version)
+	waitConfigsRead(t, bed)
+
+	apply := func(value string) {
+		file := filepath.Join(t.TempDir(), "patch.yaml")
+		require.NoError(t, os.WriteFile(file, []byte(strings.ReplaceAll(sysctlPatch, "262144", value)), 0o600))
+		mustCLI(t, bed, "apply", "-f", file)
+	}
+
+	failOn := func(id string) *upgrade.ConfigRolloutStatusSpec {
+		failed := waitConfig(t, bed, "the rollout failed on "+id, func(s *upgrade.ConfigRolloutStatusSpec) bool {
+			return s.Phase == upgrade.PhaseFailed
+		})
+		assert.Equal(t, id, failed.FailedMachine)
+		assert.Contains(t, failed.Error, "timeout", "the rollout says why")
+
+		return failed
+	}
+
+	// Retry.
+	require.NoError(t, bed.Fleet.SetFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+	apply("262144")
+	failOn("c1-w-1")
+	assert.Empty(t, sysctl(t, bed, "c1-w-1"))
+
+	require.NoError(t, bed.Fleet.ClearFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+	assert.Contains(t, mustCLI(t, bed, "upgrade", "retry", "c1"), "retrying c1-w-1 ("+upgrade.RetryAnnotation+"=config:")
+
+	done := waitConfig(t, bed, "the rollout done after the retry", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseDone
+	})
+	assert.Equal(t, 3, done.Done)
+	assert.Empty(t, done.Skipped)
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, "262144", sysctl(t, bed, n.Name()), n.Name())
+	}
+
+	mcs := waitFor(t, st, upgrade.NewMachineConfigStatus("c1-w-1").Metadata(), time.Minute, "c1-w-1 done",
+		func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDone })
+	assert.Equal(t, 2, mcs.TypedSpec().Attempt, "the retry is the second attempt")
+
+	// Skip.
+	require.NoError(t, bed.Fleet.SetFault(ctx, "c1-w-2", talosemu.FaultAPIDown))
+	apply("524288")
+	failOn("c1-w-2")
+
+	assert.Contains(t, mustCLI(t, bed, "upgrade", "skip", "c1", "--machine", "c1-w-2"), "skipping c1-w-2 ("+upgrade.SkipAnnotation+"=config:")
+
+	done = waitConfig(t, bed, "the rollout done without the skipped machine", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseDone
+	})
+	assert.Equal(t, []string{"c1-w-2"}, done.Skipped)
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), "skipped (keep their config): c1-w-2")
+
+	require.NoError(t, bed.Fleet.ClearFault(ctx, "c1-w-2", talosemu.FaultAPIDown))
+
+	for _, n := range bed.Fleet.Nodes() {
+		want := "524288"
+		if n.Name() == "c1-w-2" {
+			want = "262144" // skipped: it keeps the config it runs
+		}
+
+		assert.Equal(t, want, sysctl(t, bed, n.Name()), n.Name())
+	}
 }

@@ -70,7 +70,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 		}
 
 		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == leader, Version: configApplied,
-			Phase: c.Phase, From: configPending, PhaseTarget: configApplied}
+			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, Skipped: m.SkipVersion == c.SkipValue()}
 
 		if c.Pending {
 			rm.Version = configPending
@@ -119,6 +119,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	slices.Sort(current)
 
 	next.Current, next.Done, next.WaitingOnLock, next.Reason = slices.Compact(current), d.Finished, d.WaitingOnLock, cmpOr(reason, d.Reason)
+	next.Skipped = d.Skipped
 
 	switch {
 	case d.Done:

@@ -35,6 +35,9 @@ type ConfigRolloutStatusSpec struct {
 	Error string `yaml:"error,omitempty" protobuf:"8"`
 	// Reason says what the rollout waits for when no machine can start.
 	Reason string `yaml:"reason,omitempty" protobuf:"9"`
+	// Skipped lists the machines a user left out of the rollout to their current effective config (`upshift
+	// upgrade skip`, MachineConfigStatusSpec.SkipValue): they keep the config they run.
+	Skipped []string `yaml:"skipped,omitempty" protobuf:"10"`
 }
 
 // NewConfigRolloutStatus returns an empty ConfigRolloutStatus for the cluster named id.
@@ -47,6 +50,7 @@ func (s ConfigRolloutStatusSpec) DeepCopy() ConfigRolloutStatusSpec {
 	s.Admitted = append([]string(nil), s.Admitted...)
 	s.Current = append([]string(nil), s.Current...)
 	s.WaitingOnLock = append([]string(nil), s.WaitingOnLock...)
+	s.Skipped = append([]string(nil), s.Skipped...)
 
 	return s
 }
