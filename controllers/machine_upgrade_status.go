@@ -127,6 +127,7 @@ func (ctrl *MachineUpgradeStatusController) Reconcile(ctx context.Context, logge
 	case current != nil && current.Phase == upgrade.MachineFailed && retryRequested(machine, current):
 		queued := *current
 		queued.Phase, queued.Error, queued.Waiting, queued.PhaseChangedAt = upgrade.MachineQueued, "", "", time.Now()
+		queued.Held = false
 
 		return run.record(ctx, queued)
 	}
@@ -266,7 +267,10 @@ func (run *machineRun) begin(ctx context.Context, w way) {
 	hop := w.targetFrom(st.Version)
 	spec.ToVersion, spec.Attempt = hop, 1
 
-	if last.Phase == upgrade.MachineQueued && rollout.SameVersion(last.ToVersion, hop) {
+	switch {
+	case last.Phase == upgrade.MachineQueued && last.Held && rollout.SameVersion(last.ToVersion, hop):
+		spec.Attempt = last.Attempt // it held for a lock: the same attempt goes on
+	case last.Phase == upgrade.MachineQueued && rollout.SameVersion(last.ToVersion, hop):
 		spec.Attempt = last.Attempt + 1
 	}
 
@@ -287,6 +291,7 @@ func (run *machineRun) begin(ctx context.Context, w way) {
 	}
 
 	spec.Phase = rollout.Steps(run.flow(spec), run.machine.Role)[1]
+	spec.Cordoned = spec.Phase == upgrade.MachineCordoning // a legacy worker's first step: recorded before the cordon
 
 	if run.write(ctx, spec) != nil {
 		return
@@ -321,7 +326,7 @@ func (run *machineRun) resume(ctx context.Context) {
 			return
 		}
 
-		if next.Phase == upgrade.MachineDone || next.Phase == upgrade.MachineFailed {
+		if next.Phase == upgrade.MachineDone || next.Phase == upgrade.MachineFailed || next.Phase == upgrade.MachineQueued {
 			run.finish(ctx, next)
 
 			return
@@ -461,9 +466,15 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 		s.Phase, s.Error, s.FinishedAt = upgrade.MachineFailed, fail, now
 	case s.Phase == upgrade.MachineUncordoning && s.Error != "":
 		s.Phase, s.FinishedAt = upgrade.MachineFailed, now
+	case s.Phase == upgrade.MachineUncordoning && s.Held:
+		s.Phase = upgrade.MachineQueued // uncordoned: it holds until unlocked
 	default:
 		next, err := run.nextPhase(ctx, &s)
 		if err != nil {
+			return s, err
+		}
+
+		if next, err = run.holdIfLocked(ctx, &s, next); err != nil {
 			return s, err
 		}
 
@@ -497,6 +508,32 @@ func (run *machineRun) advance(ctx context.Context, fail string) (upgrade.Machin
 	}
 
 	return s, nil
+}
+
+// holdIfLocked is the step after the recorded one when the machine may have been locked while the step ran: if
+// next is not past the point of no return (rollout.HoldsForLock) and the machine is locked, it stops there, through
+// Uncordoning when the node may be cordoned, and waits in Queued (Held) until it is unlocked and admitted again.
+func (run *machineRun) holdIfLocked(ctx context.Context, s *upgrade.MachineUpgradeStatusSpec, next upgrade.MachinePhase) (upgrade.MachinePhase, error) {
+	if !rollout.HoldsForLock(run.flow(*s), run.machine.Role, next) {
+		return next, nil
+	}
+
+	if _, err := safe.ReaderGetByID[*cluster.MachineLock](ctx, run.r, run.id); err != nil {
+		if state.IsNotFoundError(err) {
+			return next, nil
+		}
+
+		return "", fmt.Errorf("reading lock of machine %q: %w", run.id, err)
+	}
+
+	run.logger.Info("machine locked during its upgrade: it stops before the install and holds", zap.String("step", string(s.Phase)), zap.String("next", string(next)))
+
+	s.Held = true
+	if s.Cordoned || mayBeCordoned(run.flow(*s), run.machine.Role, s.Phase) {
+		return upgrade.MachineUncordoning, nil
+	}
+
+	return upgrade.MachineQueued, nil
 }
 
 // nextPhase is the step after the recorded one; when the cluster's target moved while the step ran (a revert or

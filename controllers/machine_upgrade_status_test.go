@@ -663,3 +663,68 @@ func TestRolloutSingleControlPlane(t *testing.T) {
 
 	assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("cp-1"))
 }
+
+// A worker locked during its drain finishes the drain. On the legacy flow, where the install comes after the drain,
+// it stops there: uncordoned, never installed, Queued and Held on its old version, listed as waiting on the lock;
+// unlocked, it upgrades in the same attempt. On the lifecycle flow its install is already staged: it finishes the
+// upgrade, ending uncordoned, and the lock holds it from then on.
+func TestRolloutLockedDuringDrain(t *testing.T) {
+	t.Parallel()
+
+	lockOnDrain := func(ctx context.Context, t *testing.T, f *fakeFleet, st state.State) {
+		var once sync.Once
+
+		f.hook(func(c fakeCall) {
+			if c.Node == "w-1" && c.Method == "Drain" {
+				once.Do(func() { assert.NoError(t, st.Create(ctx, cluster.NewMachineLock("w-1"))) })
+			}
+		})
+	}
+
+	t.Run("legacy: holds before the install", func(t *testing.T) {
+		t.Parallel()
+
+		f := newFakeFleet("v1.12.0", 0, 2)
+		ctx, st := startUpgrades(t, f)
+		createUpgradeFleet(ctx, t, st, f, "v1.12.0", nil)
+		assertDone(ctx, t, st, "v1.12.0")
+
+		lockOnDrain(ctx, t, f, st)
+		setTarget(ctx, t, st, v13)
+
+		assertUpgrade(ctx, t, st, func(s *upgrade.TalosUpgradeStatusSpec, a *assert.Assertions) {
+			a.Equal(upgrade.PhaseBlocked, s.Phase)
+			a.Equal([]string{"w-1"}, s.WaitingOnLock)
+			a.Equal(1, s.Done, "w-2 upgraded")
+		})
+
+		held := machineUpgrade(ctx, t, st, "w-1")
+		assert.Equal(t, upgrade.MachineQueued, held.Phase)
+		assert.True(t, held.Held)
+		assert.False(t, held.Cordoned)
+		assert.Equal(t, []string{"Cordon", "Drain", "Uncordon"}, f.callsOf("w-1"), "drained, then uncordoned, never installed")
+		assert.False(t, f.get("w-1").cordoned)
+
+		require.NoError(t, st.Destroy(ctx, cluster.NewMachineLock("w-1").Metadata()))
+		assertDone(ctx, t, st, v13)
+		assert.Equal(t, 1, machineUpgrade(ctx, t, st, "w-1").Attempt, "holding for a lock is not a new attempt")
+		assert.Equal(t, 1, f.count("w-1", "LegacyUpgrade"))
+	})
+
+	t.Run("lifecycle: past the install, it finishes", func(t *testing.T) {
+		t.Parallel()
+
+		f := newFakeFleet(v13, 0, 2)
+		ctx, st := startUpgrades(t, f)
+		createUpgradeFleet(ctx, t, st, f, v13, nil)
+		assertDone(ctx, t, st, v13)
+
+		lockOnDrain(ctx, t, f, st)
+		setTarget(ctx, t, st, v14)
+
+		assertDone(ctx, t, st, v14)
+		assert.Equal(t, []string{"PullImage", "Install", "Cordon", "Drain", "Reboot", "Uncordon"}, f.callsOf("w-1"))
+		assert.False(t, f.get("w-1").cordoned)
+		assert.False(t, machineUpgrade(ctx, t, st, "w-1").Held)
+	})
+}

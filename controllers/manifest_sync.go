@@ -89,7 +89,8 @@ type syncInputs struct {
 	cluster *cluster.ClusterSpec
 	current *manifest.ManifestSyncSpec // nil before the first check
 	request *cluster.ManifestSyncRequest
-	// upgrading is set while a Talos or Kubernetes upgrade runs (not Done).
+	// upgrading is set while a Talos or Kubernetes upgrade runs: not Done, and not Blocked on nothing but locked
+	// machines (WaitsOnlyOnLocks), which change nothing until unlocked.
 	upgrading bool
 	// checkedFor sums up what the rendered manifests depend on (see ManifestSyncSpec.CheckedFor).
 	checkedFor string
@@ -211,14 +212,14 @@ func readSyncInputs(ctx context.Context, r controller.Reader, id string) (syncIn
 	var parts []string
 
 	if tus, err := safe.ReaderGetByID[*upgrade.TalosUpgradeStatus](ctx, r, id); err == nil {
-		in.upgrading = in.upgrading || running(tus.TypedSpec().Phase)
+		in.upgrading = in.upgrading || running(tus.TypedSpec().Phase) && !tus.TypedSpec().WaitsOnlyOnLocks()
 		parts = append(parts, "talos="+string(tus.TypedSpec().Phase)+"/"+tus.TypedSpec().ToVersion)
 	} else if !state.IsNotFoundError(err) {
 		return syncInputs{}, fmt.Errorf("reading Talos upgrade status of cluster %q: %w", id, err)
 	}
 
 	if kus, err := safe.ReaderGetByID[*upgrade.KubernetesUpgradeStatus](ctx, r, id); err == nil {
-		in.upgrading = in.upgrading || running(kus.TypedSpec().Phase)
+		in.upgrading = in.upgrading || running(kus.TypedSpec().Phase) && !kus.TypedSpec().WaitsOnlyOnLocks()
 		// The version too: the manifests render kube-proxy (and what else follows Kubernetes) for it, and an
 		// upgrade ends Done like the status before it, so the phase alone would not make a check due.
 		parts = append(parts, "kubernetes="+string(kus.TypedSpec().Phase)+"/"+kus.TypedSpec().ToVersion)

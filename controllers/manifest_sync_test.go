@@ -449,3 +449,43 @@ func observedVersion(ctx context.Context, t *testing.T, st state.State, id, vers
 	}, state.WithUpdateOwner("MachineStatusController"))
 	require.NoError(t, err)
 }
+
+// TestManifestSyncAutoPastLockedMachines: a Talos upgrade Blocked with nothing left but locked machines changes
+// nothing until they are unlocked, so auto mode applies the diff its control planes brought; Blocked with work
+// left (an etcd wait past its grace period) still counts as running, and nothing is applied.
+func TestManifestSyncAutoPastLockedMachines(t *testing.T) {
+	t.Parallel()
+
+	f := newFakeManifests()
+	ctx, st := startManifestSync(t, f, cluster.ManifestSyncAuto)
+
+	assertSync(ctx, t, st, func(s *manifest.ManifestSyncSpec, a *assert.Assertions) { a.Equal(manifest.PhaseUpToDate, s.Phase) })
+
+	tus := upgrade.NewTalosUpgradeStatus("c1")
+	*tus.TypedSpec() = upgrade.TalosUpgradeStatusSpec{
+		Phase: upgrade.PhaseBlocked, FromVersion: v13, ToVersion: v14, Done: 1, Total: 3, WaitingOnLock: []string{"w-1"},
+		Error: "control plane cp-2 waits for etcd", // work left beside the lock: still running
+	}
+	require.NoError(t, st.Create(ctx, tus, state.WithCreateOwner("TalosUpgradeStatusController")))
+
+	f.change(func(f *fakeManifests) { f.rendered[coreDNS] = "coredns:v1.13.1" })
+	observedVersion(ctx, t, st, "cp-1", v14)
+
+	assertSync(ctx, t, st, func(s *manifest.ManifestSyncSpec, a *assert.Assertions) { a.Equal(1, s.OutOfSync) })
+
+	_, _ = quietChecks(ctx, t, st, f, 3)
+	assert.Empty(t, f.applied(), "nothing is applied while the upgrade has work left")
+
+	_, err := safe.StateUpdateWithConflicts(ctx, st, tus.Metadata(), func(r *upgrade.TalosUpgradeStatus) error {
+		r.TypedSpec().Done, r.TypedSpec().Error = 2, "waiting for locked machines to be unlocked: w-1"
+
+		return nil
+	}, state.WithUpdateOwner("TalosUpgradeStatusController"))
+	require.NoError(t, err)
+
+	assertSync(ctx, t, st, func(s *manifest.ManifestSyncSpec, a *assert.Assertions) {
+		a.Equal(controllers.AutoRequestBy, s.Request.By)
+		a.False(s.Request.Finished.IsZero())
+	})
+	assert.Equal(t, []fakeApply{{Object: coreDNS}}, f.applied(), "applied while only the locked machine waits")
+}

@@ -188,6 +188,10 @@ func readMachineView(ctx context.Context, r controller.Reader, m *cluster.Machin
 	skip, _ := m.Metadata().Annotations().Get(upgrade.SkipAnnotation)
 	view := rollout.MachineView{ID: id, Role: m.TypedSpec().Role, SkipVersion: skip}
 
+	if at, ok := m.Metadata().Annotations().Get(cluster.UnlockedAtAnnotation); ok {
+		view.UnlockedAt, _ = time.Parse(time.RFC3339Nano, at) // one that does not parse counts as unknown
+	}
+
 	if _, err := safe.ReaderGetByID[*cluster.MachineLock](ctx, r, id); err == nil {
 		view.Locked = true
 	} else if !state.IsNotFoundError(err) {

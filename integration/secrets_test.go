@@ -5,13 +5,16 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/siderolabs/crypto/x509"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
+	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -99,6 +102,30 @@ func secretsOf(t *testing.T, creds cluster.CredentialsSpec) []string {
 	return secrets
 }
 
+// machineSecretsOf is what a machine's config holds that must never be seen: its join token, the cluster's
+// bootstrap token and secretbox secret, and a line of the keys of its CA and etcd's (as secretsOf takes of a key).
+func machineSecretsOf(t *testing.T, cfg talosconfig.Provider) []string {
+	t.Helper()
+
+	secrets := []string{cfg.Machine().Security().Token(), cfg.Cluster().Token().Secret(), cfg.Cluster().SecretboxEncryptionSecret()}
+
+	for _, ca := range []*x509.PEMEncodedCertificateAndKey{cfg.Machine().Security().IssuingCA(), cfg.Cluster().Etcd().CA()} {
+		if ca == nil {
+			continue
+		}
+
+		for line := range strings.Lines(string(ca.Key)) {
+			if line = strings.TrimSpace(line); len(line) == 64 && !strings.HasPrefix(line, "-----") {
+				secrets = append(secrets, line)
+
+				break
+			}
+		}
+	}
+
+	return slices.DeleteFunc(secrets, func(s string) bool { return s == "" })
+}
+
 // requireNoSecret fails if any secret is in text, naming where it was found.
 func requireNoSecret(t *testing.T, where, text string, secrets []string) {
 	t.Helper()
@@ -143,6 +170,15 @@ func TestSecretsNeverInClear(t *testing.T) {
 	require.NoError(t, os.WriteFile(applyFile, []byte(credentialsDocument(planted)), 0o600))
 	assert.Contains(t, mustCLI(t, bed, "apply", "-f", applyFile), "credential/c1 configured")
 	assert.Contains(t, mustCLI(t, bed, "apply", "-f", applyFile), "credential/c1 unchanged", "apply compares with the stored secret")
+
+	// The machines' configs hold their secrets too (the engine keeps each machine's first-seen config as the base
+	// of its config patches): the token, the cluster secret and the keys of the machine's CAs.
+	for _, n := range bed.Fleet.Nodes() {
+		waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
+			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+
+		secrets = append(secrets, machineSecretsOf(t, n.Config())...)
+	}
 
 	waitObserved(t, bed, from)
 	mustCLI(t, bed, "upgrade", "talos", "c1", "--to", "v"+to)

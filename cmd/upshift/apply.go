@@ -261,9 +261,11 @@ func showDryRun(ctx context.Context, w io.Writer, view overlay, docs []applyfile
 			continue
 		}
 
-		effects, err := patch.Effect(ctx, md, view)
+		// The effect is computed from the machines' configs, which hold their secrets: only a caller allowed to read
+		// secrets back (an admin) gets them, and the diffs printed are redacted (machineconfig.Diff).
+		effects, err := patch.Effect(server.WithSecretsShown(ctx), md, view)
 		if err != nil {
-			return err
+			return fmt.Errorf("computing what %s changes (the machines' configs hold secrets, which only the admin role reads): %w", md.ID(), err)
 		}
 
 		if len(effects) == 0 {

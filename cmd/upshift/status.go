@@ -306,6 +306,15 @@ func (v *clusterView) machineDetails(m *cluster.Machine) []string {
 			out = append(out, fmt.Sprintf("pending: talos %s -> %s", from, t.TypedSpec().ToVersion))
 		}
 
+		if v.kubeWaitsOn(id) {
+			from := "?"
+			if s, ok := v.statuses[id]; ok && s.TypedSpec().KubeletVersion != "" {
+				from = strings.TrimPrefix(s.TypedSpec().KubeletVersion, "v") // as the upgrade line writes versions
+			}
+
+			out = append(out, fmt.Sprintf("pending: kubernetes %s -> %s", from, strings.TrimPrefix(v.kube.TypedSpec().ToVersion, "v")))
+		}
+
 		if c, ok := v.configs[id]; ok && c.TypedSpec().Pending {
 			out = append(out, fmt.Sprintf("pending: config %s -> %s", c.TypedSpec().AppliedVersion, c.TypedSpec().TargetVersion))
 			for line := range strings.Lines(c.TypedSpec().Diff) {
@@ -333,7 +342,20 @@ func (v *clusterView) machineDetails(m *cluster.Machine) []string {
 	return out
 }
 
-// waitingOnLock lists the locked machines with a pending change of any rollout (Talos, config), in ID order.
+// kubeWaitsOn reports whether the Kubernetes upgrade has a change for locked machine id still to make: a kubelet
+// step not started yet.
+func (v *clusterView) kubeWaitsOn(id string) bool {
+	if v.kube == nil || v.kube.TypedSpec().Phase == upgrade.PhaseDone {
+		return false
+	}
+
+	return slices.ContainsFunc(v.kube.TypedSpec().Steps, func(s upgrade.KubernetesUpgradeStep) bool {
+		return s.Kind == upgrade.StepKubelet && s.Machine == id && s.State == upgrade.StepPending
+	})
+}
+
+// waitingOnLock lists the locked machines with a pending change of any rollout (Talos, Kubernetes, config), in ID
+// order.
 func (v *clusterView) waitingOnLock() []string {
 	var out []string
 
@@ -346,7 +368,7 @@ func (v *clusterView) waitingOnLock() []string {
 		talos := v.talos != nil && slices.Contains(v.talos.TypedSpec().WaitingOnLock, id)
 		config := v.configs[id] != nil && v.configs[id].TypedSpec().Pending
 
-		if talos || config {
+		if talos || config || v.kubeWaitsOn(id) {
 			out = append(out, id)
 		}
 	}

@@ -167,13 +167,17 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 		}
 	}
 
-	next.Reason, next.Error, next.WaitingOnLock = "", "", nil
+	// The lists of machines waiting on a lock, and unlocked after waiting, are the last decision's until this one
+	// admits steps: a pause, a failure or another rollout's turn keeps them, so no unlock loses its place.
+	unlocked := rollout.UnlockOrder(view.ClusterView, next.WaitingOnLock, next.Unlocked)
+	next.Reason, next.Error = "", ""
 	next.Total = len(next.Steps)
 	next.CurrentStep = slices.IndexFunc(next.Steps, func(s upgrade.KubernetesUpgradeStep) bool { return !s.State.Finished() })
 	next.Done = len(next.Steps)
 
 	if next.CurrentStep < 0 {
 		next.CurrentStep, next.Phase, next.Reverting = len(next.Steps), upgrade.PhaseDone, false
+		next.WaitingOnLock, next.Unlocked = nil, nil
 
 		return next
 	}
@@ -205,7 +209,9 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 	}
 
 	group, limit := groupOf(policy, view, next.Steps, next.CurrentStep)
+	group = unlockedFirst(group, next.Steps, unlocked)
 	inFlight := 0
+	next.WaitingOnLock, next.Unlocked = nil, nil
 
 	for _, i := range group {
 		if next.Steps[i].State == upgrade.StepRunning {
@@ -231,6 +237,12 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 		}
 	}
 
+	for _, i := range group {
+		if s := next.Steps[i]; s.State == upgrade.StepPending && !unlocked[s.Machine].IsZero() && !slices.Contains(next.Unlocked, s.Machine) {
+			next.Unlocked = append(next.Unlocked, s.Machine)
+		}
+	}
+
 	next.Phase = phase(next)
 
 	switch {
@@ -242,6 +254,32 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 	}
 
 	return next
+}
+
+// unlockedFirst orders the group's steps of machines that were unlocked after waiting on a lock (rollout.UnlockOrder)
+// before the others, in unlock order, as rollout.Schedule orders machines: the others keep the plan's order.
+func unlockedFirst(group []int, steps []upgrade.KubernetesUpgradeStep, unlocked map[string]time.Time) []int {
+	if len(unlocked) == 0 {
+		return group
+	}
+
+	out := slices.Clone(group)
+	slices.SortStableFunc(out, func(a, b int) int {
+		ta, tb := unlocked[steps[a].Machine], unlocked[steps[b].Machine]
+
+		switch {
+		case ta.IsZero() && tb.IsZero():
+			return 0
+		case ta.IsZero():
+			return 1
+		case tb.IsZero():
+			return -1
+		default:
+			return ta.Compare(tb)
+		}
+	})
+
+	return out
 }
 
 func phase(s upgrade.KubernetesUpgradeStatusSpec) upgrade.ClusterPhase {

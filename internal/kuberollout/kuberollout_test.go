@@ -383,3 +383,42 @@ func TestDecideRevertsStepByStep(t *testing.T) {
 		t.Fatalf("revert ends %s (reverting %v)", s.Phase, s.Reverting)
 	}
 }
+
+// Worker kubelets unlocked after waiting on a lock run next, in the order they were unlocked, not in plan order.
+func TestDecideRunsUnlockedKubeletsInUnlockOrder(t *testing.T) {
+	t.Parallel()
+
+	view := fleet("v1.35.2", "v1.36.2")
+	view.Cluster.Parallelism = "1"
+	view.Machines[2].Locked, view.Machines[3].Locked = true, true // w-1, w-2
+	policy := kuberollout.Policy{PullConcurrency: 8}
+
+	s := kuberollout.Decide(policy, view, upgrade.KubernetesUpgradeStatusSpec{})
+	for range 20 {
+		if slices.Equal(running(s), []string{"kubelet w-3"}) {
+			break
+		}
+
+		s = kuberollout.Decide(policy, view, finish(s))
+	}
+
+	if !slices.Equal(running(s), []string{"kubelet w-3"}) || !slices.Equal(s.WaitingOnLock, []string{"w-1", "w-2"}) {
+		t.Fatalf("the unlocked worker's kubelet runs, the locked ones wait: running %v, waiting %v", running(s), s.WaitingOnLock)
+	}
+
+	// w-2 is unlocked, then w-1, while w-3's kubelet holds the only slot.
+	view.Machines[3].Locked, view.Machines[3].UnlockedAt = false, view.Now.Add(time.Second)
+	view.Machines[2].Locked, view.Machines[2].UnlockedAt = false, view.Now.Add(2*time.Second)
+
+	if s = kuberollout.Decide(policy, view, s); !slices.Equal(s.Unlocked, []string{"w-2", "w-1"}) {
+		t.Fatalf("unlocked, in unlock order: %v", s.Unlocked)
+	}
+
+	if s = kuberollout.Decide(policy, view, finish(s)); !slices.Equal(running(s), []string{"kubelet w-2"}) || !slices.Equal(s.Unlocked, []string{"w-1"}) {
+		t.Fatalf("the first unlocked goes first: running %v, unlocked %v", running(s), s.Unlocked)
+	}
+
+	if s = kuberollout.Decide(policy, view, finish(s)); !slices.Equal(running(s), []string{"kubelet w-1"}) {
+		t.Fatalf("then the second: running %v", running(s))
+	}
+}

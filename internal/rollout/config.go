@@ -54,6 +54,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	}
 
 	leader := etcdLeader(view.Etcd)
+	unlocked := UnlockOrder(view, prev.WaitingOnLock, prev.Unlocked)
 
 	for _, m := range view.Machines {
 		c := m.Config
@@ -70,7 +71,8 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 		}
 
 		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == leader, Version: configApplied,
-			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, Skipped: m.SkipVersion == c.SkipValue()}
+			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, UnlockedAt: unlocked[m.ID],
+			Skipped: m.SkipVersion == c.SkipValue()}
 
 		if c.Pending {
 			rm.Version = configPending
@@ -94,7 +96,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	if len(unseen) > 0 {
 		next.Phase, next.Reason = upgrade.PhasePending, "waiting for the effective configs of the machines to be computed: "+strings.Join(unseen, ", ")
-		next.Admitted = prev.Admitted
+		next.Admitted, next.WaitingOnLock, next.Unlocked = prev.Admitted, prev.WaitingOnLock, prev.Unlocked
 
 		return next
 	}
@@ -120,6 +122,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	next.Current, next.Done, next.WaitingOnLock, next.Reason = slices.Compact(current), d.Finished, d.WaitingOnLock, cmpOr(reason, d.Reason)
 	next.Skipped = d.Skipped
+	next.Unlocked = d.Unlocked
 
 	switch {
 	case d.Done:

@@ -21,6 +21,8 @@ type MachineView struct {
 	ID     string
 	Role   cluster.Role
 	Locked bool
+	// UnlockedAt is when the machine's last lock was removed (cluster.UnlockedAtAnnotation); zero when unknown.
+	UnlockedAt time.Time
 	// SkipVersion is the value of the machine's upgrade.SkipAnnotation: the target it was left out of.
 	SkipVersion string
 	// Status is the last observation; nil before the first.
@@ -189,6 +191,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 		admitted []string
 		etcdWait string
 		started  bool
+		unlocked = UnlockOrder(view, next.WaitingOnLock, next.Unlocked) // next still holds the last decision's lists
 	)
 
 	if p, err := cluster.ParseParallelism(view.Cluster.Parallelism); err == nil {
@@ -198,7 +201,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 	for _, m := range view.Machines {
 		rm := Machine{
 			ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == next.LastControlPlane, Version: m.Version(),
-			Skipped: m.SkippedFor(next.ToVersion),
+			Skipped: m.SkippedFor(next.ToVersion), UnlockedAt: unlocked[m.ID],
 		}
 
 		if u := m.Upgrade; u != nil {
@@ -246,6 +249,7 @@ func schedule(policy Policy, view ClusterView, next upgrade.TalosUpgradeStatusSp
 
 	next.Target, next.Admitted, next.Current = d.Hop, admitted, slices.Compact(current)
 	next.Done, next.Total, next.WaitingOnLock, next.Skipped, next.Reason = d.Finished, d.Total, d.WaitingOnLock, d.Skipped, d.Reason
+	next.Unlocked = d.Unlocked
 	next.Error, next.FailedMachine = "", ""
 
 	var recheck time.Duration

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/upgrade"
@@ -18,6 +19,10 @@ type Machine struct {
 	Role cluster.Role
 	// Locked machines are skipped: they neither start nor hold a slot, and are picked up once unlocked.
 	Locked bool
+	// UnlockedAt is when the machine was unlocked, set only for a machine that waited on a lock in this rollout and
+	// has not started since (UnlockOrder): it starts before every machine that did not wait, and after those
+	// unlocked before it, so a user who unlocks machines one by one chooses the order they get their change.
+	UnlockedAt time.Time
 	// Skipped machines were left out of this rollout by a user (`upgrade skip`); they count as finished.
 	Skipped bool
 	// Last marks the control plane that goes last among the control planes (the etcd leader when the plan was
@@ -62,6 +67,9 @@ type Decision struct {
 	Retarget []string
 	// WaitingOnLock lists the locked machines that still need the target.
 	WaitingOnLock []string
+	// Unlocked lists the machines given an UnlockedAt that still wait to start after this decision, in the order
+	// they go: the rollout's memory of who waited on a lock (UnlockOrder reads it back).
+	Unlocked []string
 	// Skipped lists the machines a user left out of this rollout.
 	Skipped []string
 	// Failed lists the machines whose upgrade failed on their way to the target; while any is listed nothing new
@@ -141,7 +149,8 @@ func (p plan) hopIndex(m Machine) int {
 //   - no worker starts while a control plane is in flight, a control plane needs the hop, or a locked control
 //     plane still needs the target;
 //   - at most WorkerSlots workers are in flight at once, counted over the whole cluster;
-//   - locked machines neither start nor hold a slot, hold back nobody else, and are started once unlocked;
+//   - locked machines neither start nor hold a slot, hold back nobody else, and are started once unlocked:
+//     before the machines that never waited on a lock, in the order they were unlocked (Machine.UnlockedAt);
 //   - a failed machine, or a pause, stops every new start; machines already in flight carry on;
 //   - machines are otherwise taken in natural ID order (c1-w-2 before c1-w-10), so decisions are repeatable.
 func Schedule(in Input) Decision {
@@ -150,6 +159,8 @@ func Schedule(in Input) Decision {
 		return cmp.Or(
 			boolCompare(a.Role != cluster.RoleControlPlane, b.Role != cluster.RoleControlPlane),
 			boolCompare(a.Last, b.Last),
+			boolCompare(a.UnlockedAt.IsZero(), b.UnlockedAt.IsZero()),
+			a.UnlockedAt.Compare(b.UnlockedAt),
 			naturalCompare(a.ID, b.ID),
 		)
 	})
@@ -245,6 +256,12 @@ func Schedule(in Input) Decision {
 	}
 
 	d.Start = slices.Clone(d.Start)
+
+	for i, m := range candidates {
+		if !m.UnlockedAt.IsZero() && !(candidateHops[i] == hop && slices.Contains(d.Start, m.ID)) {
+			d.Unlocked = append(d.Unlocked, m.ID)
+		}
+	}
 
 	return d
 }

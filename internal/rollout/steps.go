@@ -72,6 +72,20 @@ var steps = map[Flow]map[cluster.Role][]upgrade.MachinePhase{
 	},
 }
 
+// HoldsForLock reports whether a machine whose upgrade is in flight, found locked as a step ends, stops before
+// next, the step it would enter. It does up to and including the step that puts the new version on the machine,
+// the point of no return: Installing, which stages the install on the lifecycle flow and sends the upgrade with
+// its reboot on the legacy flow. Such a machine is uncordoned if it was cordoned and goes back to Queued, on its old
+// version and configuration, as a lock promises. Past that point it finishes the upgrade: an install staged on the
+// lifecycle flow would boot at the machine's next reboot whatever the engine does, and a machine left cordoned and
+// drained to wait for an unlock would be worse than one upgraded (the same line Retarget draws).
+func HoldsForLock(flow Flow, role cluster.Role, next upgrade.MachinePhase) bool {
+	s := steps[flow][role]
+	i := slices.Index(s, next)
+
+	return i > 0 && i <= slices.Index(s, upgrade.MachineInstalling)
+}
+
 // Steps returns the ordered phases a machine of role goes through in flow, from Queued to Done. The slice is
 // a copy; Failed is not in it, since any step may end there.
 func Steps(flow Flow, role cluster.Role) []upgrade.MachinePhase {

@@ -257,3 +257,30 @@ func TestEtcdCanLoseAny(t *testing.T) {
 		}
 	}
 }
+
+// A machine locked in flight stops before its install, never after: the install is the point of no return.
+func TestHoldsForLock(t *testing.T) {
+	t.Parallel()
+
+	for _, tc := range []struct {
+		flow  rollout.Flow
+		role  cluster.Role
+		holds []upgrade.MachinePhase
+	}{
+		{rollout.FlowLifecycle, cluster.RoleWorker, []upgrade.MachinePhase{upgrade.MachinePullingImage, upgrade.MachineInstalling}},
+		{rollout.FlowLifecycle, cluster.RoleControlPlane, []upgrade.MachinePhase{upgrade.MachinePullingImage, upgrade.MachineInstalling}},
+		{rollout.FlowLegacy, cluster.RoleWorker, []upgrade.MachinePhase{upgrade.MachineCordoning, upgrade.MachineDraining, upgrade.MachineInstalling}},
+	} {
+		var got []upgrade.MachinePhase
+
+		for _, p := range rollout.Steps(tc.flow, tc.role) {
+			if rollout.HoldsForLock(tc.flow, tc.role, p) {
+				got = append(got, p)
+			}
+		}
+
+		if !slices.Equal(got, tc.holds) {
+			t.Errorf("%s %s: holds before %v, want %v", tc.flow, tc.role, got, tc.holds)
+		}
+	}
+}

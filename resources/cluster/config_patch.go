@@ -204,8 +204,10 @@ func (s *ConfigPatchSpec) Effect(ctx context.Context, md *resource.Metadata, st 
 			return nil, fmt.Errorf("reading the config status of machine %q: %w", id, err)
 		}
 
+		// A reader not allowed to read secrets back (a client without the admin role) sees the base redacted and
+		// cannot judge that machine; the engine's validation of the write, which reads it whole, does.
 		base := status.Spec().(*upgrade.MachineConfigStatusSpec).Base //nolint:forcetypeassert // registered type
-		if base == "" {
+		if base == "" || base == resources.Redacted {
 			continue
 		}
 

@@ -13,6 +13,12 @@ import (
 // MachineLockType is the type of MachineLock resources.
 const MachineLockType = resource.Type("MachineLocks.upshift.dev")
 
+// UnlockedAtAnnotation on a Machine is when its last MachineLock was removed (RFC 3339, nanoseconds). The state
+// stamps it, before it removes the lock, whoever removes it (CLI, gRPC, Go API): a lock is gone without a trace
+// otherwise, and a machine unlocked while it waited gets its pending changes next, in the order machines were
+// unlocked (docs/architecture.md, "Scheduling").
+const UnlockedAtAnnotation = "upshift.dev/unlocked-at"
+
 // MachineLock locks the machine with the same ID: while it exists, no upgrade or config rollout touches that
 // machine, and it neither blocks the others nor holds a parallelism slot. Only workers can be locked.
 type MachineLock = typed.Resource[MachineLockSpec, MachineLockExtension]

@@ -35,9 +35,12 @@ type ConfigRolloutStatusSpec struct {
 	Error string `yaml:"error,omitempty" protobuf:"8"`
 	// Reason says what the rollout waits for when no machine can start.
 	Reason string `yaml:"reason,omitempty" protobuf:"9"`
+	// Unlocked lists the machines that waited on a lock in this rollout and were unlocked but have not started yet,
+	// in the order they go (rollout.UnlockOrder).
+	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"10"`
 	// Skipped lists the machines a user left out of the rollout to their current effective config (`upshift
 	// upgrade skip`, MachineConfigStatusSpec.SkipValue): they keep the config they run.
-	Skipped []string `yaml:"skipped,omitempty" protobuf:"10"`
+	Skipped []string `yaml:"skipped,omitempty" protobuf:"11"`
 }
 
 // NewConfigRolloutStatus returns an empty ConfigRolloutStatus for the cluster named id.
@@ -50,6 +53,7 @@ func (s ConfigRolloutStatusSpec) DeepCopy() ConfigRolloutStatusSpec {
 	s.Admitted = append([]string(nil), s.Admitted...)
 	s.Current = append([]string(nil), s.Current...)
 	s.WaitingOnLock = append([]string(nil), s.WaitingOnLock...)
+	s.Unlocked = append([]string(nil), s.Unlocked...)
 	s.Skipped = append([]string(nil), s.Skipped...)
 
 	return s

@@ -89,6 +89,9 @@ type KubernetesUpgradeStatusSpec struct {
 	Attempt int `yaml:"attempt,omitempty" protobuf:"16"`
 	// SkippedChecks are the pre-checks the Cluster's skipKubernetesChecks overrides.
 	SkippedChecks []string `yaml:"skippedChecks,omitempty" protobuf:"17"`
+	// Unlocked lists the machines whose kubelet waited on a lock in this upgrade and that were unlocked, but whose
+	// kubelet step has not started yet, in the order they go (rollout.UnlockOrder).
+	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"18"`
 }
 
 // KubernetesUpgradeStep is one step of a Kubernetes upgrade.
@@ -150,6 +153,22 @@ func NewKubernetesUpgradeStatus(id resource.ID) *KubernetesUpgradeStatus {
 	return resources.NewTyped[KubernetesUpgradeStatusSpec, KubernetesUpgradeStatusExtension](KubernetesUpgradeStatusType, id)
 }
 
+// WaitsOnlyOnLocks reports whether the upgrade is Blocked with nothing left but the kubelets of locked machines
+// (see TalosUpgradeStatusSpec.WaitsOnlyOnLocks).
+func (s KubernetesUpgradeStatusSpec) WaitsOnlyOnLocks() bool {
+	if s.Phase != PhaseBlocked || len(s.WaitingOnLock) == 0 {
+		return false
+	}
+
+	for _, step := range s.Steps {
+		if !step.State.Finished() && !(step.Kind == StepKubelet && step.State == StepPending && slices.Contains(s.WaitingOnLock, step.Machine)) {
+			return false
+		}
+	}
+
+	return true
+}
+
 // DeepCopy implements typed.DeepCopyable.
 func (s KubernetesUpgradeStatusSpec) DeepCopy() KubernetesUpgradeStatusSpec {
 	s.Steps = slices.Clone(s.Steps)
@@ -157,6 +176,7 @@ func (s KubernetesUpgradeStatusSpec) DeepCopy() KubernetesUpgradeStatusSpec {
 	s.AvailableVersions = slices.Clone(s.AvailableVersions)
 	s.Plan = slices.Clone(s.Plan)
 	s.WaitingOnLock = slices.Clone(s.WaitingOnLock)
+	s.Unlocked = slices.Clone(s.Unlocked)
 	s.SkippedChecks = slices.Clone(s.SkippedChecks)
 
 	return s

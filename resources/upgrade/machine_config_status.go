@@ -51,8 +51,8 @@ type MachineConfigStatusSpec struct {
 	// change is sent, so a restart applies the same config, or sees it applied.
 	ChangeVersion string `yaml:"changeVersion,omitempty" protobuf:"11"`
 	// Base is the machine's config as the engine first saw it, the config its patches apply to. It holds the
-	// machine's secrets, so it is never shown (no YAML); it is stored in the clear until the store encrypts
-	// secrets at rest (the same as Credentials).
+	// machine's secrets, so it has no YAML, is sealed at rest (the type is sensitive) and redacted in the API
+	// (Redact), like Credentials.
 	Base string `yaml:"-" protobuf:"12"`
 	// Applied is the config the machine runs (AppliedVersion); secret like Base.
 	Applied string `yaml:"-" protobuf:"13"`
@@ -90,6 +90,16 @@ func NewMachineConfigStatus(id resource.ID) *MachineConfigStatus {
 	return resources.NewTyped[MachineConfigStatusSpec, MachineConfigStatusExtension](MachineConfigStatusType, id)
 }
 
+// Redact implements resources.Redactor: the configs hold the machine's secrets (its token, its CAs' keys), so the
+// API shows them only to a caller allowed to read secrets back, like Credentials.
+func (s *MachineConfigStatusSpec) Redact() {
+	for _, secret := range []*string{&s.Base, &s.Applied, &s.Change, &s.Effective} {
+		if *secret != "" {
+			*secret = resources.Redacted
+		}
+	}
+}
+
 // DeepCopy implements typed.DeepCopyable.
 func (s MachineConfigStatusSpec) DeepCopy() MachineConfigStatusSpec {
 	s.Patches = append([]string(nil), s.Patches...)
@@ -112,6 +122,7 @@ func (MachineConfigStatusExtension) ResourceDefinition() meta.ResourceDefinition
 			{Name: "Target", JSONPath: "{.targetVersion}"},
 			{Name: "Pending", JSONPath: "{.pending}"},
 		},
+		Sensitivity: meta.Sensitive, // sealed at rest and redacted in the API (Redact)
 	}
 }
 

@@ -86,6 +86,10 @@ type MachineUpgradeStatusSpec struct {
 	// set uncordons the node first, whatever step the failure comes from (a retarget or a second install round can
 	// put a cordoned machine back in a step before Cordoning).
 	Cordoned bool `yaml:"cordoned,omitempty" protobuf:"15"`
+	// Held says that the machine was locked while its upgrade ran, before the point of no return
+	// (rollout.HoldsForLock): it stops (through Uncordoning when it was cordoned) and waits in Queued, on its old
+	// version, until it is unlocked and admitted again; the attempt it was in is not counted as a new one.
+	Held bool `yaml:"held,omitempty" protobuf:"16"`
 }
 
 // User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),

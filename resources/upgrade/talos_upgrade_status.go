@@ -94,6 +94,17 @@ type TalosUpgradeStatusSpec struct {
 	// when none has work): the cluster's rollouts never change machines at once, and this controller, which
 	// decides the Talos and config rollouts, gives the turn (rollout.Turn, docs/architecture.md "Turns").
 	Turn string `yaml:"turn,omitempty" protobuf:"21"`
+	// Unlocked lists the machines that waited on a lock in this rollout and were unlocked, but have not started
+	// yet, in the order they go (the order they were unlocked): the durable memory that gives them their turn next
+	// (rollout.UnlockOrder), so it survives a restart.
+	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"22"`
+}
+
+// WaitsOnlyOnLocks reports whether the upgrade is Blocked with every machine finished but the locked ones: it
+// changes nothing until a user unlocks them, so it must not make the cluster look busy to other work (the manifest
+// sync, the other rollouts' turn), the failure users of lock-based staging otherwise meet.
+func (s TalosUpgradeStatusSpec) WaitsOnlyOnLocks() bool {
+	return s.Phase == PhaseBlocked && len(s.WaitingOnLock) > 0 && len(s.Current) == 0 && s.Done+len(s.WaitingOnLock) == s.Total
 }
 
 // NewTalosUpgradeStatus returns an empty TalosUpgradeStatus for the cluster named id.
@@ -109,6 +120,7 @@ func (s TalosUpgradeStatusSpec) DeepCopy() TalosUpgradeStatusSpec {
 	s.AvailableVersions = slices.Clone(s.AvailableVersions)
 	s.Admitted = slices.Clone(s.Admitted)
 	s.Skipped = slices.Clone(s.Skipped)
+	s.Unlocked = slices.Clone(s.Unlocked)
 
 	return s
 }
