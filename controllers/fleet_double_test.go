@@ -55,7 +55,10 @@ type fakeNode struct {
 	cp, down, cordoned                   bool
 	rollback, noReturn, etcdUnhealthy    bool
 	installFails, installBreaks          bool
-	memberID                             uint64
+	// config is the machine config the node runs (nil: the double serves none); stagedConfig the one it runs after
+	// its next reboot.
+	config, stagedConfig []byte
+	memberID             uint64
 	// k8s is the node's Kubernetes side (kube_double_test.go); nil means every component on fakeKubernetes.
 	k8s *fakeK8s
 }
@@ -211,7 +214,11 @@ func (f *fakeFleet) comeBack(node string) {
 		n.version = n.staged
 	}
 
-	n.staged, n.bootID, n.down, n.stage = "", newID(), false, "running"
+	if n.stagedConfig != nil {
+		n.config = n.stagedConfig
+	}
+
+	n.staged, n.stagedConfig, n.bootID, n.down, n.stage = "", nil, newID(), false, "running"
 
 	if n.cp {
 		f.cpsDown--
@@ -226,7 +233,7 @@ func (f *fakeFleet) callsOf(node string) []string {
 	var out []string
 
 	for _, c := range f.calls {
-		if c.Node == node && c.Method != "MachineStatus" && c.Method != "EtcdMembers" && c.Method != "EtcdMemberStatus" && c.Method != "Node" {
+		if c.Node == node && c.Method != "MachineStatus" && c.Method != "EtcdMembers" && c.Method != "EtcdMemberStatus" && c.Method != "Node" && c.Method != "MachineConfig" {
 			out = append(out, c.Method)
 		}
 	}
@@ -240,6 +247,45 @@ func (f *fakeFleet) firstCall(node, method string) int {
 	defer f.mu.Unlock()
 
 	return slices.IndexFunc(f.calls, func(c fakeCall) bool { return c.Node == node && c.Method == method })
+}
+
+// firstCallOf is the index in the call log of the first call of method with arg to node, -1 if none.
+func (f *fakeFleet) firstCallOf(node, method, arg string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	return slices.IndexFunc(f.calls, func(c fakeCall) bool { return c.Node == node && c.Method == method && c.Arg == arg })
+}
+
+// applies lists the ApplyConfiguration calls to node, in order, by their Arg ("REBOOT dry-run", ...).
+func (f *fakeFleet) applies(node string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	var out []string
+
+	for _, c := range f.calls {
+		if c.Node == node && c.Method == "ApplyConfiguration" {
+			out = append(out, c.Arg)
+		}
+	}
+
+	return out
+}
+
+// names lists the fleet's nodes, sorted.
+func (f *fakeFleet) names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	names := make([]string, 0, len(f.nodes))
+	for name := range f.nodes {
+		names = append(names, name)
+	}
+
+	slices.Sort(names)
+
+	return names
 }
 
 func (f *fakeFleet) lastCall(node, method string) int {
@@ -344,15 +390,48 @@ func (t fakeTalos) LegacyUpgrade(_ context.Context, node, image string) error {
 	})
 }
 
-// MachineConfig serves no config: the doubles of these tests model upgrades; config rollouts are tested on the
-// emulated fleet. It records no call, so the upgrade tests' call lists are the upgrades'.
-func (t fakeTalos) MachineConfig(_ context.Context, node string) ([]byte, error) {
-	return nil, &talos.Error{Node: node, Op: "MachineConfig", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
+// MachineConfig serves the node's config, once a test gave it one (serveConfigs); before, it refuses, and records
+// no call, so the upgrade tests' call lists are the upgrades'.
+func (t fakeTalos) MachineConfig(_ context.Context, node string) (cfg []byte, err error) {
+	t.f.mu.Lock()
+	serves := t.f.nodes[node].config != nil
+	t.f.mu.Unlock()
+
+	if !serves {
+		return nil, &talos.Error{Node: node, Op: "MachineConfig", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
+	}
+
+	err = t.do(node, "MachineConfig", "", func(n *fakeNode) error {
+		cfg = slices.Clone(n.config)
+
+		return nil
+	})
+
+	return cfg, err
 }
 
-// ApplyConfiguration refuses, like MachineConfig.
-func (t fakeTalos) ApplyConfiguration(_ context.Context, node string, _ []byte, _ machineapi.ApplyConfigurationRequest_Mode, _ bool) (string, error) {
-	return "", &talos.Error{Node: node, Op: "ApplyConfiguration", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
+// ApplyConfiguration models a change that Talos makes only with a reboot: NO_REBOOT is refused; REBOOT stages the
+// config and reboots, and the node runs it once back. The call's Arg is its mode, " dry-run" added for a dry run.
+// Without a served config it refuses, like MachineConfig.
+func (t fakeTalos) ApplyConfiguration(_ context.Context, node string, cfg []byte, mode machineapi.ApplyConfigurationRequest_Mode, dryRun bool) (string, error) {
+	arg := mode.String()
+	if dryRun {
+		arg += " dry-run"
+	}
+
+	return "", t.do(node, "ApplyConfiguration", arg, func(n *fakeNode) error {
+		switch {
+		case n.config == nil:
+			return &talos.Error{Node: node, Op: "ApplyConfiguration", Kind: talos.KindRefused, Err: errors.New("the double serves no config")}
+		case mode != machineapi.ApplyConfigurationRequest_REBOOT:
+			return &talos.Error{Node: node, Op: "ApplyConfiguration", Kind: talos.KindRefused, Err: errors.New("the change needs a reboot")}
+		case !dryRun:
+			n.stagedConfig = slices.Clone(cfg)
+			t.f.reboot(n)
+		}
+
+		return nil
+	})
 }
 
 func (t fakeTalos) Reboot(_ context.Context, node string) error {
@@ -492,12 +571,12 @@ func createUpgradeFleet(ctx context.Context, t *testing.T, st state.State, f *fa
 	creds.TypedSpec().Kubeconfig = testKubeconfig
 	require.NoError(t, st.Create(ctx, creds))
 
+	names := f.names()
+
 	f.mu.Lock()
-	names := make([]string, 0, len(f.nodes))
 	roles := map[string]cluster.Role{}
 
 	for name, n := range f.nodes {
-		names = append(names, name)
 		roles[name] = cluster.RoleWorker
 
 		if n.cp {
@@ -505,8 +584,6 @@ func createUpgradeFleet(ctx context.Context, t *testing.T, st state.State, f *fa
 		}
 	}
 	f.mu.Unlock()
-
-	slices.Sort(names)
 
 	for _, name := range names {
 		m := cluster.NewMachine(name)

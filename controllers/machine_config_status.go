@@ -29,7 +29,8 @@ import (
 // is recorded before its side effect. ApplyingConfig reads the config the machine runs (already the change: done,
 // so a restart never sends it again), then dry-runs it in NO_REBOOT mode: a change Talos makes live is applied so.
 // One Talos refuses without a reboot, and accepts in a REBOOT dry run, goes through the Talos upgrade's steps
-// (nodeSteps): Cordoning, Draining (the cluster's drain timeout, PDBs honoured), Rebooting (the boot ID recorded
+// (nodeSteps): for a control plane CheckingEtcd (its member may leave without losing quorum; the reason in Waiting
+// while it may not) and ForfeitingLeadership, then Cordoning, Draining (the cluster's drain timeout, PDBs honoured), Rebooting (the boot ID recorded
 // first; ApplyConfiguration in REBOOT mode, never sent again once the boot ID changed or the machine is rebooting),
 // WaitingReady (a new boot ID, running and ready, running the change), Uncordoning. A failure after the cordon
 // uncordons first. A locked machine is never started; one locked in the middle of its change finishes it.
@@ -136,6 +137,11 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 		return err
 	}
 
+	if spec.Phase == upgrade.MachineFailed && configRetryRequested(machine, spec) {
+		// The rollout takes the machine on again like any other: admitted by its rules, then from ApplyingConfig.
+		spec.Phase, spec.Error, spec.Waiting, spec.PhaseChangedAt = upgrade.MachineQueued, "", "", time.Now()
+	}
+
 	if !spec.Phase.InFlight() {
 		start, err := run.admitted(ctx, spec)
 		if err != nil {
@@ -147,6 +153,7 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 		}
 
 		// The step is recorded, with the config it applies, before anything is sent.
+		spec.Attempt = nextAttempt(spec)
 		spec.Phase, spec.ChangeVersion, spec.Change, spec.Error, spec.PhaseChangedAt = upgrade.MachineApplyingConfig, spec.TargetVersion, spec.Effective, "", time.Now()
 		spec.NodeName, spec.PreRebootBootID = "", ""
 		if err = run.record(ctx, spec); err != nil {
@@ -160,6 +167,24 @@ func (ctrl *MachineConfigStatusController) Reconcile(ctx context.Context, logger
 	})
 
 	return nil
+}
+
+// configRetryRequested reports whether the machine carries a retry of its failed config change
+// (upgrade.RetryAnnotation, the Talos upgrade's, with the change's RetryValue).
+func configRetryRequested(machine *cluster.Machine, spec upgrade.MachineConfigStatusSpec) bool {
+	v, ok := machine.Metadata().Annotations().Get(upgrade.RetryAnnotation)
+
+	return ok && v == spec.RetryValue()
+}
+
+// nextAttempt is the attempt of the change spec starts: one more when it tries the config of the last change
+// again (a retry), else the first.
+func nextAttempt(spec upgrade.MachineConfigStatusSpec) int {
+	if spec.ChangeVersion == spec.TargetVersion {
+		return spec.Attempt + 1
+	}
+
+	return 1
 }
 
 // configRun is one reconcile of one machine's config.
@@ -249,7 +274,7 @@ func (run configRun) target(ctx context.Context, spec *upgrade.MachineConfigStat
 }
 
 // admitted reports whether the machine starts its pending change now: the config rollout admitted it, it is not
-// locked, and its last change did not fail toward the same config.
+// locked, and its last change did not fail toward the same config (a retry makes that Queued again).
 func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigStatusSpec) (bool, error) {
 	if !spec.Pending || spec.Phase == upgrade.MachineFailed && spec.ChangeVersion == spec.TargetVersion {
 		return false, nil
@@ -281,7 +306,7 @@ func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigSta
 func (run configRun) steps(spec upgrade.MachineConfigStatusSpec) nodeSteps {
 	return nodeSteps{
 		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: *run.machine.TypedSpec(),
-		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID,
+		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID, waiting: spec.Waiting,
 	}
 }
 
@@ -363,6 +388,21 @@ func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatus
 	switch spec.Phase {
 	case upgrade.MachineApplyingConfig:
 		return run.apply(ctx, spec)
+	case upgrade.MachineCheckingEtcd:
+		fail, err := ns.waitEtcdGate(ctx, func(ctx context.Context, reason string) error {
+			spec.Waiting = reason
+			if !run.persist(ctx, *spec, false) {
+				return ctx.Err()
+			}
+
+			return nil
+		})
+
+		return fail, upgrade.MachineForfeitingLeadership, err
+	case upgrade.MachineForfeitingLeadership:
+		fail, err := ns.forfeitLeadership(ctx)
+
+		return fail, upgrade.MachineCordoning, err
 	case upgrade.MachineCordoning:
 		fail, err := ns.cordon(ctx)
 
@@ -392,7 +432,8 @@ func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatus
 
 // apply is the ApplyingConfig step: done at once when the machine already runs the change (it was sent before a
 // restart); otherwise a NO_REBOOT dry run, and the change in NO_REBOOT mode when Talos can make it live. A change
-// NO_REBOOT refuses and a REBOOT dry run accepts needs a reboot: the next step is Cordoning. An unreachable machine
+// NO_REBOOT refuses and a REBOOT dry run accepts needs a reboot: the next step is Cordoning, for a control plane
+// first CheckingEtcd and ForfeitingLeadership, the Talos upgrade's steps before its member leaves. An unreachable machine
 // is waited for, up to the step timeout; the next try reads the running config first, so an apply whose answer
 // was lost is not sent twice.
 func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
@@ -433,6 +474,10 @@ func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatu
 
 		run.logger.Info("the config change needs a reboot", zap.String("talos", err.Error()), zap.String("dry run", live))
 		spec.NodeName, next = nodeName(run.id, st.NodeName), upgrade.MachineCordoning
+
+		if run.machine.TypedSpec().Role == cluster.RoleControlPlane {
+			next = upgrade.MachineCheckingEtcd // its etcd member leaves with the reboot
+		}
 
 		return "", nil
 	})

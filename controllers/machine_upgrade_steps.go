@@ -44,13 +44,14 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 
 		return run.installOnce(ctx)
 	case upgrade.MachineCheckingEtcd:
-		return run.waitEtcdGate(ctx)
-	case upgrade.MachineForfeitingLeadership:
-		if cps, _, err := controlPlanes(ctx, run.r, run.machine.Cluster); err == nil && len(cps) < 2 {
-			return "", nil // a single member keeps its leadership: there is nobody to hand it to
-		}
+		return run.steps().waitEtcdGate(ctx, func(ctx context.Context, reason string) error {
+			waiting := run.spec
+			waiting.Waiting = reason
 
-		return run.steps().talosCall(ctx, "forfeit etcd leadership", func(ctx context.Context, api talos.API) error { return api.EtcdForfeitLeadership(ctx, node) })
+			return run.write(ctx, waiting)
+		})
+	case upgrade.MachineForfeitingLeadership:
+		return run.steps().forfeitLeadership(ctx)
 	case upgrade.MachineCordoning:
 		return run.steps().cordon(ctx)
 	case upgrade.MachineDraining:
@@ -128,7 +129,7 @@ func (run *machineRun) waitReady(ctx context.Context) (string, error) {
 func (run *machineRun) steps() nodeSteps {
 	return nodeSteps{
 		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: run.machine,
-		node: run.spec.NodeName, entered: run.spec.PhaseChangedAt, bootID: run.spec.PreRebootBootID,
+		node: run.spec.NodeName, entered: run.spec.PhaseChangedAt, bootID: run.spec.PreRebootBootID, waiting: run.spec.Waiting,
 	}
 }
 
@@ -142,47 +143,4 @@ func (run *machineRun) confirmInstall(ctx context.Context, onTarget bool) error 
 	s.InstallUnconfirmed = false
 
 	return run.write(ctx, s)
-}
-
-// waitEtcdGate waits, without a timeout, until etcd may lose this control plane's member; while it may not, the
-// reason is recorded in Waiting and the cluster shows Blocked.
-func (run *machineRun) waitEtcdGate(ctx context.Context) (string, error) {
-	for {
-		ok, reason := run.etcdGate(ctx)
-		if ok {
-			return "", nil
-		}
-
-		if reason != run.spec.Waiting {
-			waiting := run.spec
-			waiting.Waiting = reason
-
-			if err := run.write(ctx, waiting); err != nil {
-				return "", err
-			}
-		}
-
-		if err := sleep(ctx, run.ctrl.cfg.RetryDelay); err != nil {
-			return "", err
-		}
-	}
-}
-
-func (run *machineRun) etcdGate(ctx context.Context) (bool, string) {
-	cps, _, err := controlPlanes(ctx, run.r, run.machine.Cluster)
-	if err != nil {
-		return false, err.Error()
-	}
-
-	api, err := run.steps().talos(ctx)
-	if err != nil {
-		return false, err.Error()
-	}
-
-	ctx, cancel := context.WithTimeout(ctx, run.ctrl.cfg.ObserveTimeout)
-	defer cancel()
-
-	etcd := observeEtcd(ctx, api, cps)
-
-	return rollout.ControlPlaneMayLeave(&etcd, run.id)
 }

@@ -13,13 +13,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/upshift-io/upshift/internal/kube"
+	"github.com/upshift-io/upshift/internal/rollout"
 	"github.com/upshift-io/upshift/internal/talos"
 	"github.com/upshift-io/upshift/resources/cluster"
 )
 
 // nodeSteps are the side effects a machine's rollout steps share, whichever rollout records them: a Talos upgrade
-// (machineRun) and a config change that needs a reboot (configRun) cordon, drain, reboot once and wait for the
-// machine to come back, and uncordon by the same rules. Each returns fail, the reason the step fails ("" when it
+// (machineRun) and a config change that needs a reboot (configRun) check etcd and forfeit its leadership (control
+// planes), cordon, drain, reboot once and wait for the machine to come back, and uncordon by the same rules. Each returns fail, the reason the step fails ("" when it
 // succeeded), and an error only when ctx ended (the runtime stops and the step is resumed by the next one).
 //
 // A nodeSteps is made for one recorded step: its deadlines count from when that step was entered, so they survive
@@ -37,6 +38,8 @@ type nodeSteps struct {
 	entered time.Time
 	// bootID is the machine's boot ID recorded before its reboot step.
 	bootID string
+	// waiting is what the recorded step says it waits for.
+	waiting string
 }
 
 // deadline is when the recorded step, entered at PhaseChangedAt, gives up after d; it survives restarts.
@@ -258,4 +261,60 @@ func (ns nodeSteps) waitBack(ctx context.Context, back func(talos.MachineStatus)
 			return st, "", err
 		}
 	}
+}
+
+// waitEtcdGate is the CheckingEtcd step: it waits, without a timeout, until etcd may lose this control plane's
+// member (rollout.ControlPlaneMayLeave, observed afresh through the control planes). While it may not, report
+// records the reason in the step's status (its Waiting) whenever it differs from the recorded one, so the cluster
+// shows why it waits.
+func (ns nodeSteps) waitEtcdGate(ctx context.Context, report func(ctx context.Context, reason string) error) (string, error) {
+	last := ns.waiting
+
+	for {
+		ok, reason := ns.etcdGate(ctx)
+		if ok {
+			return "", nil
+		}
+
+		if reason != last {
+			if err := report(ctx, reason); err != nil {
+				return "", err
+			}
+
+			last = reason
+		}
+
+		if err := sleep(ctx, ns.cfg.RetryDelay); err != nil {
+			return "", err
+		}
+	}
+}
+
+func (ns nodeSteps) etcdGate(ctx context.Context) (bool, string) {
+	cps, _, err := controlPlanes(ctx, ns.r, ns.machine.Cluster)
+	if err != nil {
+		return false, err.Error()
+	}
+
+	api, err := ns.talos(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, ns.cfg.ObserveTimeout)
+	defer cancel()
+
+	etcd := observeEtcd(ctx, api, cps)
+
+	return rollout.ControlPlaneMayLeave(&etcd, ns.id)
+}
+
+// forfeitLeadership is the ForfeitingLeadership step: the member hands etcd leadership on before its machine
+// reboots, so leadership moves once and on purpose. A lone control plane keeps it: there is nobody to hand it to.
+func (ns nodeSteps) forfeitLeadership(ctx context.Context) (string, error) {
+	if cps, _, err := controlPlanes(ctx, ns.r, ns.machine.Cluster); err == nil && len(cps) < 2 {
+		return "", nil
+	}
+
+	return ns.talosCall(ctx, "forfeit etcd leadership", func(ctx context.Context, api talos.API) error { return api.EtcdForfeitLeadership(ctx, ns.id) })
 }

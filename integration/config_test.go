@@ -2,6 +2,7 @@ package integration
 
 import (
 	"cmp"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,9 +13,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
 	"github.com/upshift-io/upshift/resources/cluster"
+	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
@@ -44,11 +47,7 @@ func TestConfigPatchRolloutWithLockedWorkers(t *testing.T) {
 	unlocked := nodesExcept(bed, locked)
 
 	waitObserved(t, bed, version)
-
-	for _, id := range bed.Fleet.Nodes() {
-		waitFor(t, st, upgrade.NewMachineConfigStatus(id.Name()).Metadata(), time.Minute, id.Name()+"'s config read",
-			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
-	}
+	waitConfigsRead(t, bed)
 
 	for _, id := range locked {
 		mustCLI(t, bed, "lock", id, "--reason", "staged config test")
@@ -229,9 +228,11 @@ spec:
 `
 
 // TestConfigPatchNeedingReboot rolls out a patch Talos refuses without a reboot: each machine goes through the
-// Talos upgrade's steps (cordon, drain, a reboot that applies the change, back with a new boot ID running it,
-// uncordon), sent once (journal: NO_REBOOT dry run refused, REBOOT dry run, REBOOT, one reboot), control planes one
-// at a time before the workers. Removing the patch takes it back out the same way.
+// Talos upgrade's steps (control planes: the etcd check and leadership forfeit; cordon, drain, a reboot that applies
+// the change, back with a new boot ID running it, uncordon), sent once (journal: NO_REBOOT dry run refused, REBOOT
+// dry run, REBOOT, one reboot), control planes one at a time before the workers. While another etcd member is
+// unhealthy, no control plane's config reboot starts and the rollout says it waits for etcd. Removing the patch
+// takes it back out the same way.
 func TestConfigPatchNeedingReboot(t *testing.T) {
 	supported := talosemu.SupportedVersions()
 	bed := startLiteBed(t, 3, 2, supported[len(supported)-1])
@@ -239,18 +240,7 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 	nodes := bed.Fleet.Nodes()
 
 	waitObserved(t, bed, supported[len(supported)-1])
-
-	for _, n := range nodes {
-		waitFor(t, st, upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
-			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
-	}
-
-	proxy := func(id string) string {
-		n, err := bed.Fleet.Node(id)
-		require.NoError(t, err)
-
-		return n.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]
-	}
+	waitConfigsRead(t, bed)
 
 	rollOut := func(what, want string, patches int, change func()) {
 		from := len(bed.Fleet.Journal().Entries())
@@ -261,7 +251,7 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 				func(s *upgrade.MachineConfigStatus) bool {
 					return !s.TypedSpec().Pending && s.TypedSpec().Phase == upgrade.MachineDone && len(s.TypedSpec().Patches) == patches
 				})
-			assert.Equal(t, want, proxy(n.Name()), "%s %s", n.Name(), what)
+			assert.Equal(t, want, proxyOf(t, bed, n.Name()), "%s %s", n.Name(), what)
 			assert.Equal(t, []string{"NO_REBOOT dry-run", "REBOOT dry-run", "REBOOT"}, applies(bed, n.Name(), from),
 				"%s: refused live, checked, sent once with a reboot", n.Name())
 		}
@@ -294,13 +284,15 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 				}
 			}
 
-			assert.Equal(t, []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineCordoning, upgrade.MachineDraining,
-				upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone}, steps,
-				"%s's steps, each recorded, %s", n.Name(), what)
+			want := []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineCordoning, upgrade.MachineDraining,
+				upgrade.MachineRebooting, upgrade.MachineWaitingReady, upgrade.MachineUncordoning, upgrade.MachineDone}
 
 			if strings.Contains(n.Name(), "-cp-") {
 				cps = append(cps, [2]uint64{first, done})
+				want = slices.Insert(want, 1, upgrade.MachineCheckingEtcd, upgrade.MachineForfeitingLeadership)
 			}
+
+			assert.Equal(t, want, steps, "%s's steps, each recorded, %s", n.Name(), what)
 		}
 
 		slices.SortFunc(cps, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
@@ -313,7 +305,27 @@ func TestConfigPatchNeedingReboot(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "patch.yaml")
 	require.NoError(t, os.WriteFile(file, []byte(envPatch), 0o600))
 
-	rollOut("patched", "http://proxy.example:3128", 1, func() { mustCLI(t, bed, "apply", "-f", file) })
+	rollOut("patched", "http://proxy.example:3128", 1, func() {
+		from := len(bed.Fleet.Journal().Entries())
+
+		require.NoError(t, bed.Fleet.SetFault(t.Context(), "c1-cp-2", talosemu.FaultEtcdUnhealthy))
+		waitFor(t, st, observe.NewEtcdStatus("c1").Metadata(), time.Minute, "etcd seen unhealthy",
+			func(s *observe.EtcdStatus) bool { return !s.TypedSpec().Healthy })
+
+		mustCLI(t, bed, "apply", "-f", file)
+
+		waiting := waitConfig(t, bed, "the control planes waiting for etcd", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+			return strings.Contains(s.Reason, "waits for etcd")
+		})
+		assert.Contains(t, waiting.Reason, "healthy", "the rollout says why it waits")
+		assert.Empty(t, rebootsSince(bed, from), "no config reboot while an etcd member is unhealthy")
+
+		for _, n := range nodes {
+			assert.NotContains(t, applies(bed, n.Name(), from), "REBOOT", "%s: no change sent while etcd is unhealthy", n.Name())
+		}
+
+		require.NoError(t, bed.Fleet.ClearFault(t.Context(), "c1-cp-2", talosemu.FaultEtcdUnhealthy))
+	})
 	rollOut("back on its base config", "", 0, func() {
 		require.NoError(t, st.Destroy(t.Context(), cluster.NewConfigPatch("proxy").Metadata()))
 	})
@@ -325,4 +337,176 @@ type configStatusDoc struct {
 		Phase         upgrade.MachinePhase `yaml:"phase"`
 		ChangeVersion string               `yaml:"changeVersion"`
 	} `yaml:"spec"`
+}
+
+// waitConfigsRead waits until the engine read every node's config: the base its patches apply to.
+func waitConfigsRead(t *testing.T, bed *testbed.Bed) {
+	t.Helper()
+
+	for _, n := range bed.Fleet.Nodes() {
+		waitFor(t, bed.State(), upgrade.NewMachineConfigStatus(n.Name()).Metadata(), time.Minute, n.Name()+"'s config read",
+			func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().AppliedVersion != "" })
+	}
+}
+
+// proxyOf is the node's https_proxy as its running config sets it (envPatch).
+func proxyOf(t *testing.T, bed *testbed.Bed, id string) string {
+	t.Helper()
+
+	n, err := bed.Fleet.Node(id)
+	require.NoError(t, err)
+
+	return n.Config().RawV1Alpha1().MachineConfig.MachineEnv["https_proxy"]
+}
+
+// isConfigStep matches the journal entries that are a config rollout's side effects and their consequences, so
+// kills land between them rather than between observations.
+func isConfigStep(e talosemu.Entry) bool {
+	return e.Error == "" && (e.Method == methodApply || e.Method == methodForfeit ||
+		e.Event == talosemu.EventRebootDown || e.Event == talosemu.EventRebootUp)
+}
+
+// TestConfigCrashDuringRollout runs the engine as a child process and kills it with SIGKILL after one to three
+// side effects of a rollout of a patch that needs a reboot (at least minConfigKills times), as
+// TestCrashDuringRollout does for a Talos upgrade: the rollout converges with every machine on its effective
+// config, the journal shows each machine's change sent once (one ApplyConfiguration that is not a dry run) and
+// exactly one reboot per machine.
+func TestConfigCrashDuringRollout(t *testing.T) {
+	const minConfigKills = 5
+
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startBed(t, testbed.WithLite(), testbed.WithEngineProcess(testbed.SelfCommand()), testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version),
+		talosemu.WithRebootDowntime(rebootDowntime),
+	))
+	logOnFailure(t, bed, "c1")
+
+	waitObserved(t, bed, version)
+	waitConfigsRead(t, bed)
+
+	file := filepath.Join(t.TempDir(), "patch.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(envPatch), 0o600))
+
+	const want = "http://proxy.example:3128"
+
+	allPatched := func() bool {
+		return !slices.ContainsFunc(bed.Fleet.Nodes(), func(n *talosemu.Node) bool { return proxyOf(t, bed, n.Name()) != want })
+	}
+
+	from := len(bed.Fleet.Journal().Entries())
+	mustCLI(t, bed, "apply", "-f", file)
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
+	kills := killEngineDuring(t, bed, allPatched, func(int) (int, func(talosemu.Entry) bool) { return 1 + rng.IntN(3), isConfigStep })
+
+	t.Logf("killed the engine %d times during the config rollout", kills)
+	assert.GreaterOrEqual(t, kills, minConfigKills, "the rollout was long enough for %d kills", minConfigKills)
+
+	done := waitConfig(t, bed, "the rollout to converge", func(s *upgrade.ConfigRolloutStatusSpec) bool { return s.Phase == upgrade.PhaseDone })
+	assert.Equal(t, done.Total, done.Done)
+
+	reboots := rebootsSince(bed, from)
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, want, proxyOf(t, bed, n.Name()), "%s runs its effective config", n.Name())
+
+		sent := slices.DeleteFunc(applies(bed, n.Name(), from), func(call string) bool { return strings.HasSuffix(call, " dry-run") })
+		assert.Equal(t, []string{"REBOOT"}, sent, "%s: the change sent once", n.Name())
+		assert.Equal(t, 1, countOf(reboots, n.Name()), "%s rebooted once", n.Name())
+	}
+}
+
+func countOf(list []string, s string) int {
+	n := 0
+
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+
+	return n
+}
+
+// TestConfigPatchRetryAndSkip: a config change that fails (the machine's API down past the step timeout) halts the
+// rollout naming the machine and the reason; `upshift upgrade retry` once the fault is cleared applies it (attempt
+// 2) and the rollout finishes. A later change failing on another machine is left out with `upshift upgrade skip`:
+// the rollout goes on without it to Done, says so (status and ConfigRolloutStatus), and the machine keeps its config.
+func TestConfigPatchRetryAndSkip(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	version := supported[len(supported)-1]
+
+	bed := startBed(t, testbed.WithLite(), testbed.WithUpgradeOptions(controllers.WithStepTimeout(3*time.Second)),
+		testbed.WithFleetOptions(talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version)))
+	logOnFailure(t, bed, "c1")
+
+	ctx, st := t.Context(), bed.State()
+
+	waitObserved(t, bed, version)
+	waitConfigsRead(t, bed)
+
+	apply := func(value string) {
+		file := filepath.Join(t.TempDir(), "patch.yaml")
+		require.NoError(t, os.WriteFile(file, []byte(strings.ReplaceAll(sysctlPatch, "262144", value)), 0o600))
+		mustCLI(t, bed, "apply", "-f", file)
+	}
+
+	failOn := func(id string) *upgrade.ConfigRolloutStatusSpec {
+		failed := waitConfig(t, bed, "the rollout failed on "+id, func(s *upgrade.ConfigRolloutStatusSpec) bool {
+			return s.Phase == upgrade.PhaseFailed
+		})
+		assert.Equal(t, id, failed.FailedMachine)
+		assert.Contains(t, failed.Error, "timeout", "the rollout says why")
+
+		return failed
+	}
+
+	// Retry.
+	require.NoError(t, bed.Fleet.SetFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+	apply("262144")
+	failOn("c1-w-1")
+	assert.Empty(t, sysctl(t, bed, "c1-w-1"))
+
+	require.NoError(t, bed.Fleet.ClearFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+	assert.Contains(t, mustCLI(t, bed, "upgrade", "retry", "c1"), "retrying c1-w-1 ("+upgrade.RetryAnnotation+"=config:")
+
+	done := waitConfig(t, bed, "the rollout done after the retry", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseDone
+	})
+	assert.Equal(t, 3, done.Done)
+	assert.Empty(t, done.Skipped)
+
+	for _, n := range bed.Fleet.Nodes() {
+		assert.Equal(t, "262144", sysctl(t, bed, n.Name()), n.Name())
+	}
+
+	mcs := waitFor(t, st, upgrade.NewMachineConfigStatus("c1-w-1").Metadata(), time.Minute, "c1-w-1 done",
+		func(s *upgrade.MachineConfigStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDone })
+	assert.Equal(t, 2, mcs.TypedSpec().Attempt, "the retry is the second attempt")
+
+	// Skip.
+	require.NoError(t, bed.Fleet.SetFault(ctx, "c1-w-2", talosemu.FaultAPIDown))
+	apply("524288")
+	failOn("c1-w-2")
+
+	assert.Contains(t, mustCLI(t, bed, "upgrade", "skip", "c1", "--machine", "c1-w-2"), "skipping c1-w-2 ("+upgrade.SkipAnnotation+"=config:")
+
+	done = waitConfig(t, bed, "the rollout done without the skipped machine", func(s *upgrade.ConfigRolloutStatusSpec) bool {
+		return s.Phase == upgrade.PhaseDone
+	})
+	assert.Equal(t, []string{"c1-w-2"}, done.Skipped)
+	assert.Contains(t, mustCLI(t, bed, "status", "c1"), "skipped (keep their config): c1-w-2")
+
+	require.NoError(t, bed.Fleet.ClearFault(ctx, "c1-w-2", talosemu.FaultAPIDown))
+
+	for _, n := range bed.Fleet.Nodes() {
+		want := "524288"
+		if n.Name() == "c1-w-2" {
+			want = "262144" // skipped: it keeps the config it runs
+		}
+
+		assert.Equal(t, want, sysctl(t, bed, n.Name()), n.Name())
+	}
 }

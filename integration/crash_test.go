@@ -143,3 +143,39 @@ func logJournal(t *testing.T, fleet *talosemu.Fleet) {
 		}
 	}
 }
+
+// killEngineDuring kills the bed's engine with SIGKILL and starts it again each time n more journal entries match,
+// where the i-th kill (from 0) waits for what steps(i) returns, until finished or nothing matched for 30 seconds;
+// it returns how many times it killed the engine.
+func killEngineDuring(t *testing.T, bed *testbed.Bed, finished func() bool, steps func(i int) (n int, match func(talosemu.Entry) bool)) int {
+	t.Helper()
+
+	kills := 0
+
+	for !finished() {
+		n, match := steps(kills)
+
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		err := waitJournal(ctx, bed, len(bed.Fleet.Journal().Entries()), n, func(e talosemu.Entry) bool {
+			if finished() {
+				cancel() // no side effect comes after the last one
+			}
+
+			return match(e)
+		})
+
+		cancel()
+
+		if err != nil {
+			return kills
+		}
+
+		require.NoError(t, bed.StopEngine())
+
+		kills++
+
+		require.NoError(t, bed.StartEngine(t.Context()))
+	}
+
+	return kills
+}

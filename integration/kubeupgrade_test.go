@@ -651,37 +651,16 @@ func TestKubeCrashDuringUpgrade(t *testing.T) {
 	mustCLI(t, bed, "upgrade", "kubernetes", "c1", "--to", "v"+kubeNext)
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
-	kills := 0
 
 	// The first kill lands in the pre-pull (the cluster pulls 14 images), the others after one or two changes each
 	// (17 ApplyConfigurations and 6 API server events), so at least 12 of them.
-	for first := true; !kubeletsApplied(bed, kubeNext); first = false {
-		n, match := 1+rng.IntN(2), isKubeChange
-		if first {
-			n, match = 1+rng.IntN(14), isPull
+	kills := killEngineDuring(t, bed, func() bool { return kubeletsApplied(bed, kubeNext) }, func(i int) (int, func(talosemu.Entry) bool) {
+		if i == 0 {
+			return 1 + rng.IntN(14), isPull
 		}
 
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		err := waitJournal(ctx, bed, len(bed.Fleet.Journal().Entries()), n, func(e talosemu.Entry) bool {
-			if kubeletsApplied(bed, kubeNext) {
-				cancel() // no change comes after the last kubelet's
-			}
-
-			return match(e)
-		})
-
-		cancel()
-
-		if err != nil {
-			break
-		}
-
-		require.NoError(t, bed.StopEngine())
-
-		kills++
-
-		require.NoError(t, bed.StartEngine(t.Context()))
-	}
+		return 1 + rng.IntN(2), isKubeChange
+	})
 
 	t.Logf("killed the engine %d times during the upgrade", kills)
 	assert.GreaterOrEqual(t, kills, minKills, "the upgrade was long enough for %d kills", minKills)

@@ -46,6 +46,8 @@ type demoFlags struct {
 	kubernetesTo   string
 	faults         []string
 	retryAfter     time.Duration
+	locks          []string
+	unlockAfter    time.Duration
 	keep           bool
 	plain          bool
 	rebootDowntime time.Duration
@@ -69,7 +71,10 @@ func init() {
 			"--fault NODE=KIND makes a node misbehave (kinds: " + fmt.Sprint(talosemu.Faults()) + "). When the\n" +
 			"upgrade stops on it, the demo shows the failure and its reason, repairs the node (clears the fault) and\n" +
 			"prints the retry command; run it yourself, or after --retry-after the demo runs it for you. A fault that\n" +
-			"blocks the rollout instead (etcd-unhealthy) is shown, then repaired after --retry-after.",
+			"blocks the rollout instead (etcd-unhealthy) is shown, then repaired after --retry-after.\n\n" +
+			"--lock MACHINE stages the rollout: the demo locks the worker before the upgrade, the others upgrade, the\n" +
+			"rollout stops Blocked on the lock and the demo prints the unlock command; run it yourself, or after\n" +
+			"--unlock-after the demo runs it for you, and the locked machine upgrades next.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), flags, cmd.Flags().Changed("listen"))
@@ -87,6 +92,8 @@ func init() {
 		"Kubernetes version to upgrade to after the Talos rollout (default: the first one the engine offers then); "+kubernetesNone+" skips it")
 	f.StringArrayVar(&flags.faults, "fault", nil, "make a node misbehave, NODE=KIND[:DURATION] (repeatable), e.g. c1-w-1=rollback")
 	f.DurationVar(&flags.retryAfter, "retry-after", 20*time.Second, "after a failure, how long the demo leaves you to run the retry command before it runs it itself")
+	f.StringArrayVar(&flags.locks, "lock", nil, "lock a worker before the upgrade (repeatable), for a staged rollout, e.g. c1-w-2")
+	f.DurationVar(&flags.unlockAfter, "unlock-after", 20*time.Second, "once the rollout is Blocked on --lock, how long the demo leaves you to run the unlock command before it runs it itself")
 	f.BoolVar(&flags.keep, "keep", false, "keep the engine and the fleet running after the upgrade, until Ctrl-C")
 	f.BoolVar(&flags.plain, "plain", false, "print one line per transition even on a terminal")
 	f.DurationVar(&flags.rebootDowntime, "reboot-downtime", talosemu.DefaultRebootDowntime, "how long a rebooting node stays unreachable")
@@ -113,6 +120,18 @@ type demo struct {
 	blocked map[string]time.Time
 	// kubernetes is the Kubernetes version asked for after the Talos rollout, once asked (by cluster).
 	kubernetes map[string]string
+	// locks are the machines the demo locked (--lock), in flag order.
+	locks []*stagedLock
+}
+
+// stagedLock is a machine the demo locked before the upgrade, until it is unlocked.
+type stagedLock struct {
+	machine, cluster string
+	// unlockAt is when the demo unlocks it itself, set once the rollout is Blocked on it.
+	unlockAt time.Time
+	command  []string
+	// ran says the demo ran the unlock command; unlocked that the rollout no longer waits on the machine.
+	ran, unlocked bool
 }
 
 // incident is an upgrade stopped on a failed machine, until it is retried. Its notes are held on the console
@@ -222,6 +241,10 @@ func (d *demo) fleetOptions() ([]talosemu.Option, error) {
 
 	if d.flags.retryAfter < 0 {
 		return nil, fmt.Errorf("--retry-after must not be negative, got %s", d.flags.retryAfter)
+	}
+
+	if d.flags.unlockAfter < 0 {
+		return nil, fmt.Errorf("--unlock-after must not be negative, got %s", d.flags.unlockAfter)
 	}
 
 	if !slices.Contains(talosemu.SupportedVersions(), strings.TrimPrefix(d.flags.to, "v")) {
@@ -340,6 +363,10 @@ func (d *demo) run(ctx context.Context) error {
 			state.WithBootstrapContents(true)); err != nil {
 			return fmt.Errorf("watching %s: %w", t, err)
 		}
+	}
+
+	if err := d.lock(ctx); err != nil {
+		return err
 	}
 
 	for _, id := range d.bed.Fleet.Clusters() {
@@ -484,14 +511,86 @@ func (d *demo) requestKubernetes(ctx context.Context) error {
 	return nil
 }
 
+// lock locks the machines of --lock before the upgrade, as `upshift lock` does (a control plane is refused).
+func (d *demo) lock(ctx context.Context) error {
+	for _, id := range d.flags.locks {
+		n, err := d.bed.Fleet.Node(id)
+		if err != nil {
+			return fmt.Errorf("--lock %s: %w", id, err)
+		}
+
+		l := cluster.NewMachineLock(id)
+		l.TypedSpec().Reason = "staged rollout: the others first"
+
+		if err = d.bed.State().Create(ctx, l); err != nil {
+			return fmt.Errorf("--lock %s: %w", id, err)
+		}
+
+		d.locks = append(d.locks, &stagedLock{
+			machine: id, cluster: n.Cluster(), command: []string{"unlock", id, "--config", d.bed.ConfigPath()},
+		})
+		d.console.Note("", fmt.Sprintf("locked: %s, so %s upgrades without it first", id, n.Cluster()))
+	}
+
+	return nil
+}
+
+// stage follows the machines the demo locked in a cluster: once its Talos upgrade is Blocked on one, it says so
+// and how to unlock it, and unlocks it itself after --unlock-after; once unlocked, it says the rollout goes on.
+func (d *demo) stage(ctx context.Context, clusterID string, tus upgrade.TalosUpgradeStatusSpec) error {
+	for _, l := range d.locks {
+		waiting := slices.Contains(tus.WaitingOnLock, l.machine)
+
+		switch {
+		case l.cluster != clusterID || l.unlocked:
+		case l.unlockAt.IsZero():
+			if tus.Phase != upgrade.PhaseBlocked || !waiting {
+				continue
+			}
+
+			l.unlockAt = time.Now().Add(d.flags.unlockAfter)
+			d.console.Note("", fmt.Sprintf("! %s is Blocked: %s", clusterID, tus.Error),
+				"  Unlock it from another terminal:", "    upshift "+strings.Join(l.command, " "),
+				fmt.Sprintf("  or the demo runs it in %s.", d.flags.unlockAfter))
+		case !waiting:
+			l.unlocked = true
+			d.console.Note("", fmt.Sprintf("✓ %s unlocked; it upgrades next", l.machine))
+		case !l.ran && !time.Now().Before(l.unlockAt):
+			l.ran = true
+
+			if err := d.runCommand(ctx, "", "unlocking "+l.machine, l.command); err != nil {
+				return err
+			}
+		}
+	}
+
+	return nil
+}
+
+// runCommand runs the upshift command a user would type (args), saying so under the note key.
+func (d *demo) runCommand(ctx context.Context, key, what string, args []string) error {
+	d.console.Note(key, "  The demo runs: upshift "+strings.Join(args, " "))
+
+	if out, err := exec.CommandContext(ctx, self(), args...).CombinedOutput(); err != nil { //nolint:gosec // our own binary
+		return fmt.Errorf("%s: %w: %s", what, err, out)
+	}
+
+	return nil
+}
+
 // act deals with stopped upgrades: a failed machine is shown with its reason, repaired (its injected faults
-// cleared) and retried (by the user, or by the demo after --retry-after).
+// cleared) and retried (by the user, or by the demo after --retry-after); a rollout Blocked on the demo's locks
+// is unlocked (by the user, or by the demo after --unlock-after).
 func (d *demo) act(ctx context.Context) error {
 	for _, id := range d.bed.Fleet.Clusters() {
 		tus, _ := d.console.View().TalosUpgrade(id)
 		inc := d.incidents[id]
 
 		if err := d.unblock(ctx, id, tus); err != nil {
+			return err
+		}
+
+		if err := d.stage(ctx, id, tus); err != nil {
 			return err
 		}
 
@@ -507,10 +606,9 @@ func (d *demo) act(ctx context.Context) error {
 			delete(d.incidents, id)
 		case !inc.retried && !time.Now().Before(inc.retryAt):
 			inc.retried = true
-			d.console.Note(id, "  The demo runs: upshift "+strings.Join(inc.command, " "))
 
-			if out, err := exec.CommandContext(ctx, self(), inc.command...).CombinedOutput(); err != nil { //nolint:gosec // our own binary
-				return fmt.Errorf("retrying %s: %w: %s", inc.machine, err, out)
+			if err := d.runCommand(ctx, id, "retrying "+inc.machine, inc.command); err != nil {
+				return err
 			}
 		}
 	}

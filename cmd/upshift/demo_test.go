@@ -220,3 +220,37 @@ func TestDemoUpgradesKubernetesAfterTalos(t *testing.T) {
 		assert.LessOrEqual(t, len([]rune(l)), 80, "line %q", l)
 	}
 }
+
+// TestDemoStagedRolloutWithALock: with --lock, the demo locks a worker before the upgrade; the others upgrade, the
+// rollout reaches Blocked on the lock, the demo prints the exact unlock command (with the config the user is told
+// to use), runs it after --unlock-after, and the locked worker upgrades next, so every machine ends on the target.
+// The notes fit 80 columns.
+func TestDemoStagedRolloutWithALock(t *testing.T) {
+	t.Parallel()
+
+	d := startDemo(t, "--from", "1.13.4", "--to", "1.14.1", "--workers", "2", "--lock", "c1-w-2", "--unlock-after", "5s",
+		"--kubernetes-to", "none")
+	engine := d.engine(t)
+
+	blocked := d.until(t, regexp.MustCompile(`^ +(! c1 is Blocked: (.*))$`))
+	assert.Contains(t, blocked[2], "c1-w-2", "the lock it waits on")
+	assert.LessOrEqual(t, len([]rune(blocked[0])), 80, "line %q", blocked[0])
+
+	// While Blocked, the locked worker is still on the old version and the others on the new one.
+	statuses := mustRun(t, engine, "get", "machinestatus")
+	assert.Regexp(t, `(?m) c1-w-2 .* v1\.13\.4 `, statuses)
+	assert.Regexp(t, `(?m) c1-w-1 .* v1\.14\.1 `, statuses)
+
+	unlock := d.until(t, regexp.MustCompile(`^\s+upshift (unlock c1-w-2 --config (\S+))$`))
+	assert.Equal(t, engine.config, unlock[2], "the exact command, with the config the demo uses")
+
+	d.until(t, regexp.MustCompile(`^\s+The demo runs: upshift `+regexp.QuoteMeta(unlock[1])+`$`))
+	d.until(t, regexp.MustCompile(`✓ c1-w-2 unlocked; it upgrades next`))
+
+	out, err := d.wait(t)
+	require.NoError(t, err, "demo exit; stderr:\n%s\nstdout:\n%s", d.stderr.String(), out)
+
+	summary := out[strings.LastIndex(out, "\ncluster c1\n"):]
+	assert.Regexp(t, `(?m)^  c1-w-2 +worker +v1\.13\.4 +v1\.14\.1 +0$`, summary, "the locked worker upgraded once unlocked")
+	assert.Contains(t, summary, "Every machine runs Talos v1.14.1.")
+}

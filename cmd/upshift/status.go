@@ -218,7 +218,9 @@ func (v *clusterView) printTree(w io.Writer) error {
 		rs := r.TypedSpec()
 		fmt.Fprintf(&b, "├─ config rollout: %s %d/%d\n", rs.Phase, rs.Done, rs.Total)
 
-		for _, line := range []struct{ label, text string }{{"error", rs.Error}, {"waiting", rs.Reason}} {
+		for _, line := range []struct{ label, text string }{
+			{"error", rs.Error}, {"waiting", rs.Reason}, {"skipped (keep their config)", strings.Join(rs.Skipped, ", ")},
+		} {
 			if line.text != "" {
 				fmt.Fprintf(&b, "│  %s: %s\n", line.label, line.text)
 			}

@@ -237,11 +237,14 @@ func upgradePauseCmd(verb string, paused bool) *cobra.Command {
 	return cmd
 }
 
-// machineAction is a user action on machine upgrades (retry, skip), carried by an annotation on the Machine.
+// machineAction is a user action on machine upgrades and config changes (retry, skip), carried by an annotation on
+// the Machine.
 type machineAction struct {
 	use, short, machineHelp, verb string
 	machineRequired               bool
 	annotation                    func(*clusterView, *upgrade.MachineUpgradeStatusSpec) (key, value string)
+	// config is the annotation that acts on a failed config change: the same key, a value naming the config.
+	config func(*upgrade.MachineConfigStatusSpec) (key, value string)
 	// kubernetes, when set, acts on the cluster's Kubernetes upgrade first; ok says it had one to act on.
 	kubernetes func(ctx context.Context, st state.State, w io.Writer, id string) (ok bool, err error)
 }
@@ -249,12 +252,15 @@ type machineAction struct {
 func upgradeRetryCmd() *cobra.Command {
 	return machineActionCmd(machineAction{
 		use:         "retry CLUSTER [--machine M]",
-		short:       "Retry a failed Kubernetes upgrade at its failed step, else the failed machine upgrades (or one), from the beginning",
+		short:       "Retry a failed Kubernetes upgrade at its failed step, else the failed machine upgrades and config changes (or one machine's), from the beginning",
 		kubernetes:  retryKubernetes,
 		machineHelp: "retry only this machine",
 		verb:        "retrying",
 		annotation: func(_ *clusterView, u *upgrade.MachineUpgradeStatusSpec) (string, string) {
 			return upgrade.RetryAnnotation, u.RetryValue()
+		},
+		config: func(c *upgrade.MachineConfigStatusSpec) (string, string) {
+			return upgrade.RetryAnnotation, c.RetryValue()
 		},
 	})
 }
@@ -262,13 +268,16 @@ func upgradeRetryCmd() *cobra.Command {
 func upgradeSkipCmd() *cobra.Command {
 	return machineActionCmd(machineAction{
 		use:             "skip CLUSTER --machine M",
-		short:           "Leave a machine out of the cluster's Talos upgrade (every hop of it), so the others go on and the upgrade can finish",
+		short:           "Leave a machine out of the cluster's Talos upgrade (every hop of it), or out of the config rollout its config change failed in, so the others go on and the rollout can finish",
 		machineHelp:     "the machine to skip (required)",
 		verb:            "skipping",
 		machineRequired: true,
 		annotation: func(view *clusterView, _ *upgrade.MachineUpgradeStatusSpec) (string, string) {
 			// The cluster's target, not the hop the machine was on: skip leaves the machine out of the whole upgrade.
 			return upgrade.SkipAnnotation, view.cluster.TypedSpec().TalosVersion
+		},
+		config: func(c *upgrade.MachineConfigStatusSpec) (string, string) {
+			return upgrade.SkipAnnotation, c.SkipValue()
 		},
 	})
 }
@@ -293,60 +302,71 @@ func machineActionCmd(action machineAction) *cobra.Command {
 				}
 			}
 
-			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, action.verb, action.annotation)
+			return annotateFailed(cmd.Context(), st, cmd.OutOrStdout(), args[0], machine, action)
 		})
 	}
 
 	return cmd
 }
 
-// annotateFailed puts the annotation that annotation computes on the Machine of every failed upgrade of the
-// cluster (or only machine's, failed or not, when named): the controllers act on it.
-func annotateFailed(ctx context.Context, st state.State, w io.Writer, clusterID, machine, verb string,
-	annotation func(*clusterView, *upgrade.MachineUpgradeStatusSpec) (key, value string),
-) error {
+// annotateFailed puts the annotation the action computes on the Machine of every failed upgrade or config change
+// of the cluster (or only machine's: its failed one, else its Talos upgrade, failed or not): the controllers act
+// on it. A failed Talos upgrade comes first; the value says which one it acts on.
+func annotateFailed(ctx context.Context, st state.State, w io.Writer, clusterID, machine string, action machineAction) error {
 	view, err := loadCluster(ctx, st, clusterID)
 	if err != nil {
 		return err
 	}
 
-	var targets []string
+	type target struct{ id, key, value string }
+
+	var targets []target
+
+	found := false
 
 	for _, m := range view.machines {
 		id := m.Metadata().ID()
-		u, ok := view.upgrades[id]
+		if machine != "" && id != machine {
+			continue
+		}
+
+		found = true
+		u, upgrading := view.upgrades[id]
+		c, configured := view.configs[id]
 
 		switch {
-		case machine != "" && id != machine:
-		case !ok:
-			if machine != "" {
-				return fmt.Errorf("machine %q has no Talos upgrade to act on", machine)
-			}
-		case machine != "" || u.TypedSpec().Phase == upgrade.MachineFailed:
-			targets = append(targets, id)
+		case upgrading && u.TypedSpec().Phase == upgrade.MachineFailed:
+			key, value := action.annotation(view, u.TypedSpec())
+			targets = append(targets, target{id, key, value})
+		case configured && c.TypedSpec().Phase == upgrade.MachineFailed && action.config != nil:
+			key, value := action.config(c.TypedSpec())
+			targets = append(targets, target{id, key, value})
+		case machine != "" && upgrading:
+			key, value := action.annotation(view, u.TypedSpec())
+			targets = append(targets, target{id, key, value})
+		case machine != "":
+			return fmt.Errorf("machine %q has no Talos upgrade or failed config change to act on", machine)
 		}
 	}
 
-	if machine != "" && len(targets) == 0 {
+	if machine != "" && !found {
 		return fmt.Errorf("machine %q is not in cluster %q", machine, clusterID)
 	}
 
 	if len(targets) == 0 {
-		return fmt.Errorf("cluster %q has no failed machine upgrade", clusterID)
+		return fmt.Errorf("cluster %q has no failed machine upgrade or config change", clusterID)
 	}
 
-	for _, id := range targets {
-		key, value := annotation(view, view.upgrades[id].TypedSpec())
-
-		if _, err = safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine(id).Metadata(), func(m *cluster.Machine) error {
-			m.Metadata().Annotations().Set(key, value)
+	for _, tg := range targets {
+		if _, err = safe.StateUpdateWithConflicts(ctx, st, cluster.NewMachine(tg.id).Metadata(), func(m *cluster.Machine) error {
+			m.Metadata().Annotations().Set(tg.key, tg.value)
 
 			return nil
 		}); err != nil {
-			return fmt.Errorf("annotating machine %q: %w", id, err)
+			return fmt.Errorf("annotating machine %q: %w", tg.id, err)
 		}
 
-		if _, err = fmt.Fprintf(w, "%s %s (%s=%s)\n", verb, id, key, value); err != nil {
+		if _, err = fmt.Fprintf(w, "%s %s (%s=%s)\n", action.verb, tg.id, tg.key, tg.value); err != nil {
 			return err
 		}
 	}

@@ -46,6 +46,8 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	var unseen []string
 
+	var reason string // why the rollout waits, when it waits on etcd
+
 	in := Input{Target: configApplied, Paused: view.Cluster.Paused}
 	if p, err := cluster.ParseParallelism(view.Cluster.Parallelism); err == nil {
 		in.Parallelism = p
@@ -69,10 +71,15 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 		}
 
 		rm := Machine{ID: m.ID, Role: m.Role, Locked: m.Locked, Last: m.ID == leader, Version: configApplied,
-			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, UnlockedAt: unlocked[m.ID]}
+			Phase: c.Phase, From: configPending, PhaseTarget: configApplied, UnlockedAt: unlocked[m.ID],
+			Skipped: m.SkipVersion == c.SkipValue()}
 
 		if c.Pending {
 			rm.Version = configPending
+		}
+
+		if c.Phase == upgrade.MachineCheckingEtcd && c.Waiting != "" {
+			reason = fmt.Sprintf("control plane %s waits for etcd: %s", m.ID, c.Waiting)
 		}
 
 		if c.ChangeVersion != c.TargetVersion && !c.Phase.InFlight() {
@@ -96,8 +103,6 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 
 	d := Schedule(in)
 
-	var reason string
-
 	for _, id := range d.Start {
 		if i := slices.IndexFunc(view.Machines, func(m MachineView) bool { return m.ID == id }); view.Machines[i].Role == cluster.RoleControlPlane {
 			if ok, why := ControlPlaneMayLeave(view.Etcd, id); !ok {
@@ -116,6 +121,7 @@ func DecideConfig(view ClusterView, prev upgrade.ConfigRolloutStatusSpec) upgrad
 	slices.Sort(current)
 
 	next.Current, next.Done, next.WaitingOnLock, next.Reason = slices.Compact(current), d.Finished, d.WaitingOnLock, cmpOr(reason, d.Reason)
+	next.Skipped = d.Skipped
 	next.Unlocked = d.Unlocked
 
 	switch {

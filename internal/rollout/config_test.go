@@ -67,6 +67,30 @@ func TestDecideConfig(t *testing.T) {
 		assert.Empty(t, got.Admitted)
 	})
 
+	t.Run("a failure halts the rollout; skipped, the machine counts as finished and is listed", func(t *testing.T) {
+		t.Parallel()
+
+		machines := []rollout.MachineView{configView("w-1", cluster.RoleWorker, true, false), configView("w-2", cluster.RoleWorker, false, false)}
+		machines[0].Config.Phase, machines[0].Config.ChangeVersion, machines[0].Config.Error = upgrade.MachineFailed, "b", "config: refused"
+
+		got := rollout.DecideConfig(configCluster(machines), upgrade.ConfigRolloutStatusSpec{})
+		assert.Equal(t, upgrade.PhaseFailed, got.Phase)
+		assert.Equal(t, "w-1", got.FailedMachine)
+
+		machines[0].SkipVersion = machines[0].Config.SkipValue()
+
+		got = rollout.DecideConfig(configCluster(machines), got)
+		assert.Equal(t, upgrade.PhaseDone, got.Phase)
+		assert.Equal(t, []string{"w-1"}, got.Skipped)
+		assert.Equal(t, 2, got.Done)
+
+		machines[0].Config.TargetVersion = "c" // a new effective config: the skip was for the old one
+
+		got = rollout.DecideConfig(configCluster(machines), got)
+		assert.Equal(t, []string{"w-1"}, got.Admitted)
+		assert.Empty(t, got.Skipped)
+	})
+
 	t.Run("no decision from a status computed from other patches than the cluster's now", func(t *testing.T) {
 		t.Parallel()
 

@@ -38,6 +38,9 @@ type ConfigRolloutStatusSpec struct {
 	// Unlocked lists the machines that waited on a lock in this rollout and were unlocked but have not started yet,
 	// in the order they go (rollout.UnlockOrder).
 	Unlocked []string `yaml:"unlocked,omitempty" protobuf:"10"`
+	// Skipped lists the machines a user left out of the rollout to their current effective config (`upshift
+	// upgrade skip`, MachineConfigStatusSpec.SkipValue): they keep the config they run.
+	Skipped []string `yaml:"skipped,omitempty" protobuf:"11"`
 }
 
 // NewConfigRolloutStatus returns an empty ConfigRolloutStatus for the cluster named id.
@@ -51,6 +54,7 @@ func (s ConfigRolloutStatusSpec) DeepCopy() ConfigRolloutStatusSpec {
 	s.Current = append([]string(nil), s.Current...)
 	s.WaitingOnLock = append([]string(nil), s.WaitingOnLock...)
 	s.Unlocked = append([]string(nil), s.Unlocked...)
+	s.Skipped = append([]string(nil), s.Skipped...)
 
 	return s
 }

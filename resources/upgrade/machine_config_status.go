@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -27,7 +28,8 @@ type MachineConfigStatusSpec struct {
 	// Cluster is the ID of the machine's Cluster.
 	Cluster string `yaml:"cluster" protobuf:"1"`
 	// Phase is the step of the current or last change: empty before the first, then ApplyingConfig; for a change
-	// that needs a reboot then Cordoning, Draining, Rebooting, WaitingReady, Uncordoning; Done or Failed.
+	// that needs a reboot then (control planes) CheckingEtcd, ForfeitingLeadership, and Cordoning, Draining,
+	// Rebooting, WaitingReady, Uncordoning; Done or Failed.
 	Phase MachinePhase `yaml:"phase,omitempty" protobuf:"2"`
 	// AppliedVersion is the version of the config the machine runs, as the engine applied or first saw it.
 	AppliedVersion string `yaml:"appliedVersion,omitempty" protobuf:"3"`
@@ -65,6 +67,22 @@ type MachineConfigStatusSpec struct {
 	// PreRebootBootID is the machine's boot ID recorded before the change's reboot: a different one afterwards
 	// proves the reboot happened, so a restart never sends the change again.
 	PreRebootBootID string `yaml:"preRebootBootID,omitempty" protobuf:"18"`
+	// Attempt counts the tries of the change to ChangeVersion: a retry of the same config adds one.
+	Attempt int `yaml:"attempt,omitempty" protobuf:"19"`
+}
+
+// RetryValue is the value of RetryAnnotation that retries this machine's failed config change: the Talos upgrade's
+// retry mechanism, with a value naming the config and the attempt, so it never retries a Talos upgrade nor a later
+// failure of the same config.
+func (s MachineConfigStatusSpec) RetryValue() string {
+	return "config:" + s.ChangeVersion + "/" + strconv.Itoa(s.Attempt)
+}
+
+// SkipValue is the value of SkipAnnotation that leaves this machine out of the config rollout to its current
+// effective config (TargetVersion): it keeps the config it runs, counts as finished and no longer halts the others,
+// until its effective config changes again.
+func (s MachineConfigStatusSpec) SkipValue() string {
+	return "config:" + s.TargetVersion
 }
 
 // NewMachineConfigStatus returns an empty MachineConfigStatus for the machine named id.

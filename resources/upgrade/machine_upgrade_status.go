@@ -95,12 +95,14 @@ type MachineUpgradeStatusSpec struct {
 // User actions on a failed or stuck machine upgrade. They are annotations on the Machine (an input users write),
 // because MachineUpgradeStatus belongs to the engine; each names what it applies to, so a stale one does nothing.
 const (
-	// RetryAnnotation on a Machine retries its failed upgrade: its value is the failed upgrade's RetryValue. The
+	// RetryAnnotation on a Machine retries its failed upgrade: its value is the failed upgrade's RetryValue (or the
+	// failed config change's, MachineConfigStatusSpec.RetryValue). The
 	// machine goes back to Queued and starts again, from the beginning, once the rollout rules allow it.
 	RetryAnnotation = "upshift.dev/retry-attempt"
 	// SkipAnnotation on a Machine leaves it out of the Talos rollout to the version its value names (the cluster's
 	// target, whatever hop the machine was on): it counts as finished, neither blocks nor holds a slot, a failure
-	// of it no longer halts the others, and TalosUpgradeStatus lists it as skipped.
+	// of it no longer halts the others, and TalosUpgradeStatus lists it as skipped. A value naming a config
+	// (MachineConfigStatusSpec.SkipValue) does the same for the config rollout.
 	SkipAnnotation = "upshift.dev/skip-version"
 )
 
