@@ -72,21 +72,7 @@ func (ctrl *MachineConfigStatusController) MapInput(ctx context.Context, _ *zap.
 
 		return nil, nil
 	case upgrade.ConfigRolloutStatusType:
-		crs, err := safe.ReaderGetByID[*upgrade.ConfigRolloutStatus](ctx, r, ptr.ID())
-		if err != nil {
-			if state.IsNotFoundError(err) {
-				return nil, nil
-			}
-
-			return nil, fmt.Errorf("reading config rollout status of cluster %q: %w", ptr.ID(), err)
-		}
-
-		out := make([]resource.Pointer, 0, len(crs.TypedSpec().Admitted))
-		for _, id := range crs.TypedSpec().Admitted {
-			out = append(out, cluster.NewMachine(id).Metadata())
-		}
-
-		return out, nil
+		return admittedMachines(ctx, r, ptr.ID(), func(s *upgrade.ConfigRolloutStatus) []string { return s.TypedSpec().Admitted })
 	default:
 		return nil, nil
 	}
