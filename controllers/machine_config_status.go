@@ -349,7 +349,11 @@ func (run configRun) change(ctx context.Context, spec upgrade.MachineConfigStatu
 
 		if spec.Phase == upgrade.MachineRebooting {
 			// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
-			st, fail, err := run.steps(&spec).observeReachable(ctx, spec.PhaseChangedAt.Add(run.ctrl.cfg.StepTimeout))
+			// spec is the next step, not recorded yet: a record of it half made (no boot ID) must not be written.
+			ns := run.steps(&spec)
+			ns.report = nil
+
+			st, fail, err := ns.observeReachable(ctx, spec.PhaseChangedAt.Add(run.ctrl.cfg.StepTimeout))
 			if err != nil {
 				return
 			}

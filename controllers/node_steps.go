@@ -116,9 +116,9 @@ func (ns nodeSteps) waitOrTimeout(ctx context.Context, deadline time.Time, what 
 }
 
 // show reports reason as what the step waits for when it differs from the one shown, so a step that keeps waiting
-// for the same thing writes its status once, not at every try. A nil shown reports nothing.
+// for the same thing writes its status once, not at every try. Without report nothing is shown.
 func (ns nodeSteps) show(ctx context.Context, reason string, shown *string) error {
-	if shown == nil || reason == *shown || ns.report == nil {
+	if reason == *shown || ns.report == nil {
 		return nil
 	}
 
@@ -131,17 +131,18 @@ func (ns nodeSteps) show(ctx context.Context, reason string, shown *string) erro
 	return nil
 }
 
-// observeReachable observes the machine, waiting while it is unreachable until deadline. It shows nothing in the
-// status: it runs between two steps (the next one is not recorded yet, and a record of it half made could be
-// resumed wrongly), and only the log says it waits.
+// observeReachable observes the machine, waiting while it is unreachable until deadline; the recorded step shows
+// that it waits.
 func (ns nodeSteps) observeReachable(ctx context.Context, deadline time.Time) (talos.MachineStatus, string, error) {
+	shown := ns.waiting
+
 	for {
 		st, err := ns.observe(ctx)
 		if err == nil {
 			return st, "", nil
 		}
 
-		if fail, err := ns.waitOrTimeout(ctx, deadline, "observe", err, nil); fail != "" || err != nil {
+		if fail, err := ns.waitOrTimeout(ctx, deadline, "observe", err, &shown); fail != "" || err != nil {
 			return st, fail, err
 		}
 	}
