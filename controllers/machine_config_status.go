@@ -184,7 +184,7 @@ type configRun struct {
 }
 
 func (run configRun) api(ctx context.Context) (talos.API, error) {
-	return run.steps(upgrade.MachineConfigStatusSpec{}).talos(ctx)
+	return run.steps(&upgrade.MachineConfigStatusSpec{}).talos(ctx)
 }
 
 // running reads the config the machine runs, canonically encoded.
@@ -288,11 +288,20 @@ func (run configRun) admitted(ctx context.Context, spec upgrade.MachineConfigSta
 	return true, nil
 }
 
-// steps are the side effects (nodeSteps) the recorded step of spec shares with a Talos upgrade.
-func (run configRun) steps(spec upgrade.MachineConfigStatusSpec) nodeSteps {
+// steps are the side effects (nodeSteps) the recorded step of spec shares with a Talos upgrade; what the step
+// waits for is recorded in spec (its Waiting).
+func (run configRun) steps(spec *upgrade.MachineConfigStatusSpec) nodeSteps {
 	return nodeSteps{
 		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: *run.machine.TypedSpec(),
 		node: spec.NodeName, entered: spec.PhaseChangedAt, bootID: spec.PreRebootBootID, waiting: spec.Waiting,
+		report: func(ctx context.Context, reason string) error {
+			spec.Waiting = reason
+			if !run.persist(ctx, *spec, false) {
+				return ctx.Err()
+			}
+
+			return nil
+		},
 	}
 }
 
@@ -326,7 +335,11 @@ func (run configRun) change(ctx context.Context, spec upgrade.MachineConfigStatu
 
 		if spec.Phase == upgrade.MachineRebooting {
 			// The boot ID is recorded before the reboot: a different one afterwards proves it happened.
-			st, fail, err := run.steps(spec).observeReachable(ctx, spec.PhaseChangedAt.Add(run.ctrl.cfg.StepTimeout))
+			// spec is the next step, not recorded yet: a record of it half made (no boot ID) must not be written.
+			ns := run.steps(&spec)
+			ns.report = nil
+
+			st, fail, err := ns.observeReachable(ctx, spec.PhaseChangedAt.Add(run.ctrl.cfg.StepTimeout))
 			if err != nil {
 				return
 			}
@@ -369,20 +382,13 @@ func afterCordon(p upgrade.MachinePhase) bool {
 
 // step makes the side effect of the recorded step and returns the next one (see nodeSteps for fail and err).
 func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
-	ns := run.steps(*spec)
+	ns := run.steps(spec)
 
 	switch spec.Phase {
 	case upgrade.MachineApplyingConfig:
 		return run.apply(ctx, spec)
 	case upgrade.MachineCheckingEtcd:
-		fail, err := ns.waitEtcdGate(ctx, func(ctx context.Context, reason string) error {
-			spec.Waiting = reason
-			if !run.persist(ctx, *spec, false) {
-				return ctx.Err()
-			}
-
-			return nil
-		})
+		fail, err := ns.waitEtcdGate(ctx)
 
 		return fail, upgrade.MachineForfeitingLeadership, err
 	case upgrade.MachineForfeitingLeadership:
@@ -423,7 +429,7 @@ func (run configRun) step(ctx context.Context, spec *upgrade.MachineConfigStatus
 // is waited for, up to the step timeout; the next try reads the running config first, so an apply whose answer
 // was lost is not sent twice.
 func (run configRun) apply(ctx context.Context, spec *upgrade.MachineConfigStatusSpec) (string, upgrade.MachinePhase, error) {
-	ns := run.steps(*spec)
+	ns := run.steps(spec)
 	change := []byte(spec.Change)
 	next := upgrade.MachineDone
 

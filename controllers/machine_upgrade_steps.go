@@ -44,12 +44,7 @@ func (run *machineRun) do(ctx context.Context) (string, error) {
 
 		return run.installOnce(ctx)
 	case upgrade.MachineCheckingEtcd:
-		return run.steps().waitEtcdGate(ctx, func(ctx context.Context, reason string) error {
-			waiting := run.spec
-			waiting.Waiting = reason
-
-			return run.write(ctx, waiting)
-		})
+		return run.steps().waitEtcdGate(ctx)
 	case upgrade.MachineForfeitingLeadership:
 		return run.steps().forfeitLeadership(ctx)
 	case upgrade.MachineCordoning:
@@ -130,6 +125,12 @@ func (run *machineRun) steps() nodeSteps {
 	return nodeSteps{
 		conn: run.ctrl.conn, cfg: run.ctrl.cfg, r: run.r, logger: run.logger, id: run.id, machine: run.machine,
 		node: run.spec.NodeName, entered: run.spec.PhaseChangedAt, bootID: run.spec.PreRebootBootID, waiting: run.spec.Waiting,
+		report: func(ctx context.Context, reason string) error {
+			waiting := run.spec
+			waiting.Waiting = reason
+
+			return run.write(ctx, waiting)
+		},
 	}
 }
 

@@ -40,6 +40,9 @@ type nodeSteps struct {
 	bootID string
 	// waiting is what the recorded step says it waits for.
 	waiting string
+	// report records why the recorded step waits (its Waiting), so the machine's status shows what the step waits
+	// for instead of only the engine's log; it returns an error only when ctx ended.
+	report func(ctx context.Context, reason string) error
 }
 
 // deadline is when the recorded step, entered at PhaseChangedAt, gives up after d; it survives restarts.
@@ -58,6 +61,7 @@ func (ns nodeSteps) talos(ctx context.Context) (talos.API, error) {
 // try returns the failure of the step for good (fail), or an error worth another try (again).
 func (ns nodeSteps) retry(ctx context.Context, what string, try func() (fail string, again error)) (string, error) {
 	deadline := ns.deadline(ns.cfg.StepTimeout)
+	shown := ns.waiting
 
 	for {
 		fail, again := try()
@@ -69,7 +73,7 @@ func (ns nodeSteps) retry(ctx context.Context, what string, try func() (fail str
 			return fail, nil
 		}
 
-		if fail, err := ns.waitOrTimeout(ctx, deadline, what, again); fail != "" || err != nil {
+		if fail, err := ns.waitOrTimeout(ctx, deadline, what, again, &shown); fail != "" || err != nil {
 			return fail, err
 		}
 	}
@@ -95,26 +99,50 @@ func (ns nodeSteps) tryTalos(ctx context.Context, what string, call func(context
 	return "", err
 }
 
-// waitOrTimeout waits before the next try of a step, or says it timed out with the last error.
-func (ns nodeSteps) waitOrTimeout(ctx context.Context, deadline time.Time, what string, last error) (string, error) {
+// waitOrTimeout waits before the next try of a step, or says it timed out with the last error. While it waits,
+// the step's status says why (show), so an unreachable machine is visible, not only logged.
+func (ns nodeSteps) waitOrTimeout(ctx context.Context, deadline time.Time, what string, last error, shown *string) (string, error) {
 	if !time.Now().Before(deadline) {
 		return fmt.Sprintf("%s: %s: %v", ReasonTimeout, what, last), nil
 	}
 
 	ns.logger.Debug("machine step waits", zap.String("step", what), zap.Error(last))
 
+	if err := ns.show(ctx, fmt.Sprintf("%s (retrying until %s): %v", what, deadline.UTC().Format(time.RFC3339), last), shown); err != nil {
+		return "", err
+	}
+
 	return "", sleep(ctx, min(ns.cfg.RetryDelay, time.Until(deadline)+time.Millisecond))
 }
 
-// observeReachable observes the machine, waiting while it is unreachable until deadline.
+// show reports reason as what the step waits for when it differs from the one shown, so a step that keeps waiting
+// for the same thing writes its status once, not at every try. Without report nothing is shown.
+func (ns nodeSteps) show(ctx context.Context, reason string, shown *string) error {
+	if reason == *shown || ns.report == nil {
+		return nil
+	}
+
+	if err := ns.report(ctx, reason); err != nil {
+		return err
+	}
+
+	*shown = reason
+
+	return nil
+}
+
+// observeReachable observes the machine, waiting while it is unreachable until deadline; the recorded step shows
+// that it waits.
 func (ns nodeSteps) observeReachable(ctx context.Context, deadline time.Time) (talos.MachineStatus, string, error) {
+	shown := ns.waiting
+
 	for {
 		st, err := ns.observe(ctx)
 		if err == nil {
 			return st, "", nil
 		}
 
-		if fail, err := ns.waitOrTimeout(ctx, deadline, "observe", err); fail != "" || err != nil {
+		if fail, err := ns.waitOrTimeout(ctx, deadline, "observe", err, &shown); fail != "" || err != nil {
 			return st, fail, err
 		}
 	}
@@ -264,11 +292,10 @@ func (ns nodeSteps) waitBack(ctx context.Context, back func(talos.MachineStatus)
 }
 
 // waitEtcdGate is the CheckingEtcd step: it waits, without a timeout, until etcd may lose this control plane's
-// member (rollout.ControlPlaneMayLeave, observed afresh through the control planes). While it may not, report
-// records the reason in the step's status (its Waiting) whenever it differs from the recorded one, so the cluster
-// shows why it waits.
-func (ns nodeSteps) waitEtcdGate(ctx context.Context, report func(ctx context.Context, reason string) error) (string, error) {
-	last := ns.waiting
+// member (rollout.ControlPlaneMayLeave, observed afresh through the control planes). While it may not, the reason
+// is shown in the step's status (show), so the cluster shows why it waits.
+func (ns nodeSteps) waitEtcdGate(ctx context.Context) (string, error) {
+	shown := ns.waiting
 
 	for {
 		ok, reason := ns.etcdGate(ctx)
@@ -276,12 +303,8 @@ func (ns nodeSteps) waitEtcdGate(ctx context.Context, report func(ctx context.Co
 			return "", nil
 		}
 
-		if reason != last {
-			if err := report(ctx, reason); err != nil {
-				return "", err
-			}
-
-			last = reason
+		if err := ns.show(ctx, reason, &shown); err != nil {
+			return "", err
 		}
 
 		if err := sleep(ctx, ns.cfg.RetryDelay); err != nil {

@@ -20,6 +20,61 @@ import (
 	"github.com/upshift-io/upshift/state/store"
 )
 
+// TestFaultTalosAPIDownMidUpgrade takes a worker's Talos API down while its cluster's upgrade runs (the control
+// plane upgrading, the worker next): the worker is admitted and waits through many refused tries,
+// its status saying so (`get -o yaml` and `status`), without failing; once the API is back the upgrade finishes,
+// each machine installed once.
+func TestFaultTalosAPIDownMidUpgrade(t *testing.T) {
+	bed := startLiteBed(t, 1, 1, "1.13.4")
+	ctx, st := t.Context(), bed.State()
+	waitObserved(t, bed, "1.13.4")
+
+	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) { s.TalosVersion = "v1.14.1" })
+	waitFor(t, st, upgrade.NewMachineUpgradeStatus("c1-cp-1").Metadata(), time.Minute, "the control plane upgrading",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase.InFlight() })
+	require.NoError(t, bed.Fleet.SetFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+
+	waiting := waitFor(t, st, upgrade.NewMachineUpgradeStatus("c1-w-1").Metadata(), time.Minute, "c1-w-1 waiting for its API",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Waiting != "" })
+	require.Contains(t, waiting.TypedSpec().Waiting, "unreachable")
+
+	// The outage lasts many retries (the bed's retry delay is 100ms), well within the step timeout (30s).
+	const refusals = 20
+
+	refused := 0
+	_, err := bed.Fleet.Journal().Wait(ctx, func(e talosemu.Entry) bool {
+		if e.Node == "c1-w-1" && e.Error == "Unavailable" {
+			refused++
+		}
+
+		return refused >= refusals
+	})
+	require.NoError(t, err)
+
+	out := mustCLI(t, bed, "get", "machineupgradestatus", "c1-w-1", "-o", "yaml")
+	require.Contains(t, out, "waiting: ")
+	require.Contains(t, out, "unreachable")
+	require.Contains(t, mustCLI(t, bed, "status", "c1"), "(retrying until ")
+
+	require.NoError(t, bed.Fleet.ClearFault(ctx, "c1-w-1", talosemu.FaultAPIDown))
+	waitTalos(t, st, "c1", 2*time.Minute, "the upgrade to finish", phaseIs(upgrade.PhaseDone, "1.14.1"))
+
+	done, err := st.Get(ctx, upgrade.NewMachineUpgradeStatus("c1-w-1").Metadata())
+	require.NoError(t, err)
+	require.Empty(t, done.(*upgrade.MachineUpgradeStatus).TypedSpec().Waiting)                           //nolint:forcetypeassert
+	require.Equal(t, 1, done.(*upgrade.MachineUpgradeStatus).TypedSpec().Attempt, "no retry was needed") //nolint:forcetypeassert
+
+	installs := map[string]int{}
+
+	for _, e := range bed.Fleet.Journal().Entries() {
+		if isInstall(e) && e.Error == "" {
+			installs[e.Node]++
+		}
+	}
+
+	require.Equal(t, map[string]int{"c1-cp-1": 1, "c1-w-1": 1}, installs, "each machine installed once")
+}
+
 // TestFaultCorruptStateRefusedAtStart runs an upgrade on a lite bed, stops the engine, damages one page of its
 // state file that holds live data, and starts the engine again, in process and as `upshift serve`: both refuse
 // with a message naming the file and saying it is corrupt, and the file's bytes are the damaged bytes, untouched.
