@@ -214,7 +214,10 @@ func (ns nodeSteps) kubeCall(ctx context.Context, what string, call func(context
 	})
 }
 
-// drain evicts the node's pods within the cluster's drain timeout, counted from when the step was entered.
+// drain evicts the node's pods within the cluster's drain timeout, counted from when the step was entered. A drain
+// that fails while the Kubernetes API does not answer (its kube-apiserver restarting) is not a failure of the
+// drain: the step waits, saying so, and drains again once the API answers, within the same timeout. Evictions go
+// through the API, so no PodDisruptionBudget is passed over meanwhile.
 func (ns nodeSteps) drain(ctx context.Context) (string, error) {
 	timeout := cluster.DefaultDrainTimeout
 
@@ -224,28 +227,47 @@ func (ns nodeSteps) drain(ctx context.Context) (string, error) {
 		}
 	}
 
-	left := time.Until(ns.deadline(timeout))
-	if left <= 0 {
-		return fmt.Sprintf("%s: not finished within %s", ReasonDrain, timeout), nil
-	}
+	deadline := ns.deadline(timeout)
+	shown := ns.waiting
 
-	nodes, err := ns.kube(ctx)
-	if errors.Is(err, ErrNoKubernetes) {
-		return "", nil
-	}
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Sprintf("%s: not finished within %s", ReasonDrain, timeout), nil
+		}
 
-	if err == nil {
-		err = nodes.Drain(ctx, ns.node, left)
-	}
+		nodes, err := ns.kube(ctx)
+		if errors.Is(err, ErrNoKubernetes) {
+			return "", nil
+		}
 
-	switch {
-	case err == nil, apierrors.IsNotFound(err):
-		return "", nil
-	case ctx.Err() != nil:
-		return "", ctx.Err()
-	default:
-		return fmt.Sprintf("%s: %v", ReasonDrain, err), nil
+		if err == nil {
+			err = nodes.Drain(ctx, ns.node, left)
+		}
+
+		switch {
+		case err == nil, apierrors.IsNotFound(err):
+			return "", nil
+		case ctx.Err() != nil:
+			return "", ctx.Err()
+		case nodes == nil || !apiUnreachable(ctx, nodes, ns.node):
+			return fmt.Sprintf("%s: %v", ReasonDrain, err), nil
+		}
+
+		if fail, err := ns.waitOrTimeout(ctx, deadline, "drain: the Kubernetes API does not answer", err, &shown); fail != "" || err != nil {
+			return fail, err
+		}
 	}
+}
+
+// apiUnreachable reports whether the Kubernetes API fails to answer a read of node: a transport error, not an
+// answer (any API status, a not found included, means the API is up).
+func apiUnreachable(ctx context.Context, nodes kube.Nodes, node string) bool {
+	_, err := nodes.Node(ctx, node)
+
+	var status apierrors.APIStatus
+
+	return err != nil && ctx.Err() == nil && !errors.As(err, &status)
 }
 
 // cordon marks the node unschedulable.

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/upshift-io/upshift/internal/talosemu"
 	"github.com/upshift-io/upshift/internal/testbed"
@@ -215,4 +218,86 @@ func fillDevice(t *testing.T, dir string) string {
 			return path
 		}
 	}
+}
+
+// TestFaultAPIServerRestartMidDrain stops the cluster's kube-apiserver process while a PodDisruptionBudget
+// (minAvailable 1) holds a worker's drain, and starts it again on the same port, certificates and etcd: meanwhile
+// the worker stays Draining in its first attempt, its status waiting on the API; after the restart the pinned
+// replica the budget protects is the very pod it was (never evicted: the budget was never passed over), and once
+// the budget is removed the drain finishes, the upgrade ends Done in one attempt with one install, and the worker
+// ends uncordoned.
+func TestFaultAPIServerRestartMidDrain(t *testing.T) {
+	const (
+		worker       = "c1-w-1"
+		from, target = "1.12.6", "1.13.4"
+	)
+
+	bed := startBed(t, testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithTalosVersion(from),
+		talosemu.WithRebootDowntime(rebootDowntime),
+	))
+	logOnFailure(t, bed, "c1")
+
+	ctx, st := t.Context(), bed.State()
+	client := kubeClient(t, bed, "c1")
+
+	pinWorkload(t, client, worker)
+	waitObserved(t, bed, from)
+
+	protected := pinnedPod(t, client)
+	start := len(bed.Fleet.Journal().Entries())
+
+	holdDrain(t, client)
+	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
+		s.TalosVersion = "v" + target
+		s.DrainTimeout = "3m"
+	})
+
+	machine := upgrade.NewMachineUpgradeStatus(worker).Metadata()
+	waitFor(t, st, machine, 2*time.Minute, worker+" draining",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDraining })
+
+	require.NoError(t, bed.Fleet.StopAPIServer("c1"))
+
+	waiting := waitFor(t, st, machine, time.Minute, worker+" waiting for the API server",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Waiting != "" }).TypedSpec()
+	require.Contains(t, waiting.Waiting, "the Kubernetes API does not answer")
+	require.Equal(t, upgrade.MachineDraining, waiting.Phase)
+	require.Equal(t, 1, waiting.Attempt)
+	require.Empty(t, waiting.Error)
+
+	require.NoError(t, bed.Fleet.StartAPIServer(ctx, "c1"))
+
+	after := pinnedPod(t, client)
+	require.Equal(t, protected.UID, after.UID, "the replica the budget protects was never evicted")
+	require.Nil(t, after.DeletionTimestamp, "the replica the budget protects was never evicted")
+
+	still, err := st.Get(ctx, machine)
+	require.NoError(t, err)
+	require.Equal(t, upgrade.MachineDraining, still.(*upgrade.MachineUpgradeStatus).TypedSpec().Phase, "the drain is still held by the budget") //nolint:forcetypeassert
+
+	releaseDrain(t, client)
+	waitTalos(t, st, "c1", 2*time.Minute, "the rollout done", phaseIs(upgrade.PhaseDone, target))
+
+	done, err := st.Get(ctx, machine)
+	require.NoError(t, err)
+
+	spec := done.(*upgrade.MachineUpgradeStatus).TypedSpec() //nolint:forcetypeassert
+	require.Equal(t, upgrade.MachineDone, spec.Phase)
+	require.Equal(t, 1, spec.Attempt, "the outage cost no attempt")
+	require.Empty(t, spec.Waiting)
+	require.Equal(t, target, nodeVersion(t, bed, worker))
+	require.False(t, nodeCordoned(t, client, worker), "%s ends uncordoned", worker)
+	require.Equal(t, []string{target}, installedVersions(bed, worker, start), "one install")
+}
+
+// pinnedPod is the one replica of the pinned workload.
+func pinnedPod(t *testing.T, client kubernetes.Interface) corev1.Pod {
+	t.Helper()
+
+	pods, err := client.CoreV1().Pods(metav1.NamespaceDefault).List(t.Context(), metav1.ListOptions{LabelSelector: "app=" + pinned})
+	require.NoError(t, err)
+	require.Len(t, pods.Items, 1)
+
+	return pods.Items[0]
 }

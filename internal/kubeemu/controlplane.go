@@ -88,7 +88,16 @@ type ControlPlane struct {
 	restConfig *rest.Config
 	endpoint   *endpoint
 
-	processes []*process // in start order
+	// apiServer is what StartAPIServer needs to start kube-apiserver again as it was: same flags, so the same port,
+	// certificates and etcd.
+	apiServer struct {
+		binary, dir string
+		args        []string
+		caPool      *x509.CertPool
+	}
+
+	mu        sync.Mutex // guards processes against StopAPIServer and StartAPIServer
+	processes []*process // in start order; kube-apiserver first
 
 	stopOnce sync.Once
 	stopErr  error
@@ -171,11 +180,7 @@ func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binar
 	caPool := x509.NewCertPool()
 	caPool.AddCert(certs.CA.cert)
 
-	// Health probes go anonymous: /readyz and /healthz are open to everyone on all three components.
-	probe := &http.Client{
-		Timeout:   5 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool, MinVersion: tls.VersionTLS12}},
-	}
+	probe := newProbe(caPool)
 	defer probe.CloseIdleConnections()
 
 	apiPort, err := cp.startComponent(ctx, probe, binaries[APIServerBinary], cfg.Dir, APIServerBinary, "/readyz",
@@ -183,6 +188,9 @@ func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binar
 	if err != nil {
 		return err
 	}
+
+	cp.apiServer.binary, cp.apiServer.dir, cp.apiServer.caPool = binaries[APIServerBinary], cfg.Dir, caPool
+	cp.apiServer.args = apiServerArgs(cfg, certs.Files, apiPort)
 
 	host := "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
@@ -245,6 +253,15 @@ func (cp *ControlPlane) start(ctx context.Context, cfg ControlPlaneConfig, binar
 	return nil
 }
 
+// newProbe returns the client of health probes. They go anonymous: /readyz and /healthz are open to everyone on all
+// three components.
+func newProbe(caPool *x509.CertPool) *http.Client {
+	return &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool, MinVersion: tls.VersionTLS12}},
+	}
+}
+
 // startComponent starts one component on a free port and waits until healthPath answers 200, starting it again on
 // another port if the first was taken meanwhile. It returns the port.
 func (cp *ControlPlane) startComponent(ctx context.Context, probe *http.Client, binary, dir, name, healthPath string,
@@ -263,7 +280,9 @@ func (cp *ControlPlane) startComponent(ctx context.Context, probe *http.Client, 
 			return 0, err
 		}
 
+		cp.mu.Lock()
 		cp.processes = append(cp.processes, p)
+		cp.mu.Unlock()
 
 		err = waitHealthy(ctx, probe, p, fmt.Sprintf("https://127.0.0.1:%d%s", port, healthPath))
 		if err == nil {
@@ -407,6 +426,64 @@ func (cp *ControlPlane) InterruptAPIServer(ctx context.Context, d time.Duration)
 	return cp.endpoint.interrupt(ctx, d)
 }
 
+// StopAPIServer stops the kube-apiserver process (SIGTERM, then SIGKILL after a grace period), leaving etcd, the
+// other components and the API endpoint as they are, so a test can hold a real API server outage as long as it
+// needs to observe what its clients do meanwhile; StartAPIServer ends it. Unlike InterruptAPIServer, the components
+// that reach the apiserver directly (controller manager, scheduler, kubelets) lose it too.
+func (cp *ControlPlane) StopAPIServer() error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
+	if err := cp.processes[0].stop(); err != nil {
+		return fmt.Errorf("stopping the API server: %w", err)
+	}
+
+	cp.logger.Info("component stopped", zap.String("component", APIServerBinary))
+
+	return nil
+}
+
+// StartAPIServer starts kube-apiserver again after StopAPIServer, with the flags it first ran with: the same port,
+// certificates and etcd, so every client config handed out stays valid, as after a real restart. It returns once
+// the apiserver is ready, or fails if the port was taken meanwhile (a new port would break those configs).
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
+	select {
+	case <-cp.processes[0].done:
+	default:
+		return errors.New("starting the API server: it is running; stop it first")
+	}
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+
+		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
+		defer cancel()
+	}
+
+	started := time.Now()
+
+	p, err := startProcess(cp.apiServer.binary, cp.apiServer.dir, APIServerBinary, cp.apiServer.args)
+	if err != nil {
+		return fmt.Errorf("starting the API server again: %w", err)
+	}
+
+	cp.processes[0] = p
+
+	probe := newProbe(cp.apiServer.caPool)
+	defer probe.CloseIdleConnections()
+
+	if err := waitHealthy(ctx, probe, p, cp.restConfig.Host+"/readyz"); err != nil {
+		return fmt.Errorf("starting the API server again: %w", err)
+	}
+
+	cp.logger.Info("component ready again", zap.String("component", APIServerBinary), zap.Duration("took", time.Since(started)))
+
+	return nil
+}
+
 // Stop stops the components in reverse start order (SIGTERM, then SIGKILL after a grace period). It is safe to call
 // more than once; later calls return the first result.
 func (cp *ControlPlane) Stop() error {
@@ -416,6 +493,9 @@ func (cp *ControlPlane) Stop() error {
 		}
 
 		var errs []error
+
+		cp.mu.Lock()
+		defer cp.mu.Unlock()
 
 		for i := len(cp.processes) - 1; i >= 0; i-- {
 			errs = append(errs, cp.processes[i].stop())

@@ -603,6 +603,50 @@ func (f *Fleet) Kubeconfig(clusterName string) ([]byte, error) {
 	return c.kubeconfig, nil
 }
 
+// StopAPIServer stops a cluster's kube-apiserver process (its etcd, other components and kubelets keep running)
+// until StartAPIServer: a real API server outage in the middle of whatever the engine is doing.
+func (f *Fleet) StopAPIServer(clusterName string) error {
+	kube, err := f.kubernetes(clusterName)
+	if err != nil {
+		return err
+	}
+
+	if err := kube.StopAPIServer(); err != nil {
+		return fmt.Errorf("cluster %q: %w", clusterName, err)
+	}
+
+	return nil
+}
+
+// StartAPIServer starts a cluster's kube-apiserver stopped by StopAPIServer again, on the same port with the same
+// certificates and etcd, and returns once it is ready.
+func (f *Fleet) StartAPIServer(ctx context.Context, clusterName string) error {
+	kube, err := f.kubernetes(clusterName)
+	if err != nil {
+		return err
+	}
+
+	if err := kube.StartAPIServer(ctx); err != nil {
+		return fmt.Errorf("cluster %q: %w", clusterName, err)
+	}
+
+	return nil
+}
+
+// kubernetes is a cluster's running Kubernetes control plane.
+func (f *Fleet) kubernetes(clusterName string) (KubernetesControlPlane, error) {
+	c, err := f.cluster(clusterName)
+	if err != nil {
+		return nil, err
+	}
+
+	if c.kube == nil {
+		return nil, fmt.Errorf("cluster %q runs no Kubernetes control plane (lite mode, or no KubernetesRunner)", clusterName)
+	}
+
+	return c.kube, nil
+}
+
 // TalosVersion is the Talos version the fleet's nodes started with, except those given their own by
 // WithNodeVersion (Node.Version says what each one runs).
 func (f *Fleet) TalosVersion() string { return f.opts.talosVersion }

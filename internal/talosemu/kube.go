@@ -39,6 +39,12 @@ type KubernetesControlPlane interface {
 	// restart: connections open now are cut and new ones refused until d has passed. It returns once the endpoint
 	// serves again.
 	InterruptAPIServer(ctx context.Context, d time.Duration) error
+	// StopAPIServer stops the cluster's kube-apiserver process until StartAPIServer, for faults that need a real
+	// outage of the API server (every client, the controller manager and kubelets too) held as long as a test needs.
+	StopAPIServer() error
+	// StartAPIServer starts the kube-apiserver stopped by StopAPIServer again, as it was (same port, certificates
+	// and etcd), and returns once it is ready.
+	StartAPIServer(ctx context.Context) error
 	Stop() error
 }
 

@@ -59,6 +59,10 @@ func (recordedControlPlane) ApplyManifests(context.Context, []map[string]any) er
 
 func (recordedControlPlane) InterruptAPIServer(context.Context, time.Duration) error { return nil }
 
+func (recordedControlPlane) StopAPIServer() error { return nil }
+
+func (recordedControlPlane) StartAPIServer(context.Context) error { return nil }
+
 func (cp recordedControlPlane) StartKubelet(_ context.Context, cfg talosemu.KubeletConfig) (talosemu.Kubelet, error) {
 	cp.r.set(cfg)
 

@@ -76,6 +76,10 @@ func (c *controlPlane) InterruptAPIServer(ctx context.Context, d time.Duration) 
 	return c.cp.InterruptAPIServer(ctx, d)
 }
 
+func (c *controlPlane) StopAPIServer() error { return c.cp.StopAPIServer() }
+
+func (c *controlPlane) StartAPIServer(ctx context.Context) error { return c.cp.StartAPIServer(ctx) }
+
 func (c *controlPlane) Stop() error {
 	c.kubelets.Wait()
 
