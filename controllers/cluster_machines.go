@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cosi-project/runtime/pkg/controller"
+	"github.com/cosi-project/runtime/pkg/controller/generic"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
@@ -72,4 +73,26 @@ func mapToCluster(ctx context.Context, r controller.Reader, ptr controller.Reduc
 	}
 
 	return []resource.Pointer{cluster.NewCluster(m.TypedSpec().Cluster).Metadata()}, nil
+}
+
+// admittedMachines maps a cluster's rollout status (Talos upgrade, config rollout), read by its ID, to the machines
+// it admits: an admission wakes exactly the machines it starts.
+func admittedMachines[T generic.ResourceWithRD](ctx context.Context, r controller.Reader, id resource.ID, admitted func(T) []string) ([]resource.Pointer, error) {
+	status, err := safe.ReaderGetByID[T](ctx, r, id)
+	if err != nil {
+		if state.IsNotFoundError(err) {
+			return nil, nil
+		}
+
+		return nil, fmt.Errorf("reading the rollout status of cluster %q: %w", id, err)
+	}
+
+	ids := admitted(status)
+	out := make([]resource.Pointer, 0, len(ids))
+
+	for _, m := range ids {
+		out = append(out, cluster.NewMachine(m).Metadata())
+	}
+
+	return out, nil
 }

@@ -151,12 +151,7 @@ func TestFaultDiskFullEngineStaysUp(t *testing.T) {
 	engineDir := filepath.Join(dir, "engine")
 	require.NoError(t, os.MkdirAll(engineDir, 0o700))
 
-	unmount, err := tmpfs.Mount(engineDir, 16<<20)
-	if err != nil {
-		t.Skipf("cannot run the full-disk test here: %v", err)
-	}
-
-	t.Cleanup(func() { require.NoError(t, unmount()) })
+	tmpfs.MountForTest(t, engineDir, 16<<20)
 
 	bed := startBed(t, testbed.WithDir(dir), testbed.WithLite(), testbed.WithFleetOptions(
 		talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithTalosVersion("1.13.4"),

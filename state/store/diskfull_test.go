@@ -18,19 +18,12 @@ import (
 	"github.com/upshift-io/upshift/internal/tmpfs"
 )
 
-// mountTmpfs mounts a tmpfs of size bytes on a new directory and unmounts it at the end of the test; it skips
-// the test, saying why, where mounting is impossible.
+// mountTmpfs mounts a tmpfs of size bytes on a new directory for the test's life (tmpfs.MountForTest).
 func mountTmpfs(t *testing.T, size int) string {
 	t.Helper()
 
 	dir := t.TempDir()
-
-	unmount, err := tmpfs.Mount(dir, size)
-	if err != nil {
-		t.Skipf("cannot run the full-disk test here: %v", err)
-	}
-
-	t.Cleanup(func() { require.NoError(t, unmount()) })
+	tmpfs.MountForTest(t, dir, size)
 
 	return dir
 }
