@@ -314,8 +314,25 @@ func (m *realMember) join(ctx context.Context) (string, error) {
 	members, self := list.Members, uint64(0)
 
 	for _, member := range members {
-		if slices.Contains(member.PeerURLs, m.peerURL) {
+		if !slices.Contains(member.PeerURLs, m.peerURL) {
+			continue
+		}
+
+		if member.Name == "" {
 			self = member.ID // added by an earlier start that did not finish: join as that member
+
+			continue
+		}
+
+		// Still listed from before its data was wiped (its leave failed): a member without its raft log cannot
+		// come back as itself, so the stale entry goes and the member joins anew.
+		err = retryUnhealthy(ctx, func(ctx context.Context) error {
+			_, err := peer.MemberRemove(ctx, member.ID)
+
+			return err
+		})
+		if err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) && !errors.Is(err, rpctypes.ErrGRPCMemberNotFound) {
+			return "", fmt.Errorf("removing the stale etcd member %q before it joins again: %w", m.name, err)
 		}
 	}
 
@@ -387,21 +404,12 @@ func (m *realMember) stop() {
 	}
 }
 
+// wipe is Talos' upgrade without --preserve: the member leaves the cluster, stops, and its data is deleted, so its
+// next start joins as a new member. The member stops and its data goes even when leaving failed: the node reboots
+// either way, and an embedded etcd left running would keep its ports from the next start. A member still listed
+// after a failed leave is joined as that member again (join).
 func (m *realMember) wipe(ctx context.Context) error {
-	if cli := m.client(); cli != nil {
-		if id := m.id(); id != 0 {
-			if _, err := m.cluster.peerClient(m.name); err == nil {
-				err := retryUnhealthy(ctx, func(ctx context.Context) error {
-					_, err := cli.MemberRemove(ctx, id)
-
-					return err
-				})
-				if err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) && !errors.Is(err, rpctypes.ErrGRPCMemberNotFound) {
-					return fmt.Errorf("removing etcd member %q from the cluster: %w", m.name, err)
-				}
-			}
-		}
-	}
+	err := m.leave(ctx)
 
 	m.stop()
 
@@ -410,11 +418,39 @@ func (m *realMember) wipe(ctx context.Context) error {
 	m.mustJoin = true
 	m.mu.Unlock()
 
-	if err := os.RemoveAll(m.dir); err != nil {
-		return fmt.Errorf("wiping etcd data of %q: %w", m.name, err)
+	if rmErr := os.RemoveAll(m.dir); rmErr != nil {
+		err = errors.Join(err, fmt.Errorf("wiping etcd data of %q: %w", m.name, rmErr))
 	}
 
-	return nil
+	return err
+}
+
+// leave removes the member from its cluster through its own server, when it runs and has peers to leave.
+func (m *realMember) leave(ctx context.Context) error {
+	cli, id := m.client(), m.id()
+	if cli == nil || id == 0 {
+		return nil
+	}
+
+	if _, err := m.cluster.peerClient(m.name); err != nil {
+		return nil //nolint:nilerr // no peer: the only member of its cluster has nobody to leave
+	}
+
+	err := retryUnhealthy(ctx, func(ctx context.Context) error {
+		_, err := cli.MemberRemove(ctx, id)
+
+		return err
+	})
+
+	switch {
+	case err == nil,
+		errors.Is(err, rpctypes.ErrMemberNotFound), errors.Is(err, rpctypes.ErrGRPCMemberNotFound),
+		// The server applied its own removal and stopped before it answered.
+		errors.Is(err, rpctypes.ErrStopped), errors.Is(err, rpctypes.ErrGRPCStopped):
+		return nil
+	default:
+		return fmt.Errorf("removing etcd member %q from the cluster: %w", m.name, err)
+	}
 }
 
 var errEtcdNotRunning = errors.New("etcd is not running on this node")
