@@ -28,6 +28,8 @@ const rewatchDelay = time.Second
 // transitions turns the changes of the upgrade statuses into counts, durations and log lines.
 type transitions struct {
 	m *Metrics
+	// bootstrapped, when set, is told when a watch has read the initial contents of its type (tests wait for it).
+	bootstrapped func(resource.Type)
 }
 
 func newTransitions(m *Metrics) *transitions {
@@ -60,7 +62,7 @@ func (t *transitions) watch(ctx context.Context, typ resource.Type, handle func(
 		err := t.m.state.WatchKind(watchCtx, resource.NewMetadata(resources.Namespace, typ, "", resource.VersionUndefined), ch,
 			state.WithBootstrapContents(true))
 		if err == nil {
-			err = t.consume(watchCtx, ch, handle)
+			err = t.consume(watchCtx, typ, ch, handle)
 		}
 
 		cancel()
@@ -81,7 +83,7 @@ func (t *transitions) watch(ctx context.Context, typ resource.Type, handle func(
 }
 
 // consume reads ch until it fails or ctx ends.
-func (t *transitions) consume(ctx context.Context, ch <-chan state.Event, handle func(ev state.Event)) error {
+func (t *transitions) consume(ctx context.Context, typ resource.Type, ch <-chan state.Event, handle func(ev state.Event)) error {
 	bootstrapped := false
 
 	for {
@@ -94,6 +96,10 @@ func (t *transitions) consume(ctx context.Context, ch <-chan state.Event, handle
 				return ev.Error
 			case state.Bootstrapped:
 				bootstrapped = true
+
+				if t.bootstrapped != nil {
+					t.bootstrapped(typ)
+				}
 			case state.Created, state.Updated:
 				if bootstrapped {
 					handle(ev)
