@@ -55,9 +55,18 @@ func TestMonitoringDuringRollback(t *testing.T) {
 	st := bed.State()
 	waitTalos(t, st, "c1", time.Minute, "the cluster to be on its version", phaseIs(upgrade.PhaseDone, "1.13.4"))
 
-	// A watch of the test's own, open while it scrapes.
+	// A watch of the test's own, open while it scrapes (the server has it once it sends the initial contents).
 	watchCtx, stopWatch := context.WithCancel(t.Context())
-	require.NoError(t, st.WatchKind(watchCtx, upgrade.NewTalosUpgradeStatus("").Metadata(), make(chan state.Event, 100)))
+	events := make(chan state.Event, 100)
+	require.NoError(t, st.WatchKind(watchCtx, upgrade.NewTalosUpgradeStatus("").Metadata(), events, state.WithBootstrapContents(true)))
+
+	for ev := range events {
+		require.NotEqual(t, state.Errored, ev.Type, "%v", ev.Error)
+
+		if ev.Type == state.Bootstrapped {
+			break
+		}
+	}
 
 	before := scrape(t, metricsAddr)
 

@@ -292,3 +292,56 @@ upshift_machines_locked{cluster="c1"} 1
 	assert.Contains(t, string(phases), `upshift_cluster_upgrade_phase{cluster="c1",phase="Upgrading",upgrade="talos"} 0`+"\n")
 	assert.Contains(t, string(phases), `upshift_cluster_upgrade_phase{cluster="c1",phase="Done",upgrade="talos"} 1`+"\n")
 }
+
+// Each change of state of a Kubernetes upgrade's step is one line; a step that reaches Done is timed from its
+// record.
+func TestKubernetesStepTransitions(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+
+	st := newState()
+	core, logs := observer.New(zapcore.InfoLevel)
+	m := metrics.New(zap.New(core))
+	m.Bind(st)
+	m.RunWatching(ctx)
+
+	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	write := func(phase upgrade.ClusterPhase, steps ...upgrade.KubernetesUpgradeStep) {
+		r := upgrade.NewKubernetesUpgradeStatus("c1")
+		r.TypedSpec().Phase, r.TypedSpec().Steps = phase, steps
+		put(t, st, r)
+	}
+
+	checks := upgrade.KubernetesUpgradeStep{Kind: upgrade.StepPreChecks, Version: "1.36.1", State: upgrade.StepPending}
+	pull := upgrade.KubernetesUpgradeStep{Kind: upgrade.StepPrePull, Machine: "c1-cp-1", Version: "1.36.1", State: upgrade.StepPending}
+
+	write(upgrade.PhaseUpgrading, checks, pull)
+
+	checks.State, checks.StartedAt = upgrade.StepRunning, t0
+	write(upgrade.PhaseUpgrading, checks, pull)
+	write(upgrade.PhaseUpgrading, checks, pull) // the same again: no transition
+
+	checks.State, checks.FinishedAt = upgrade.StepDone, t0.Add(3*time.Second)
+	pull.State, pull.StartedAt = upgrade.StepRunning, t0.Add(3*time.Second)
+	write(upgrade.PhaseUpgrading, checks, pull)
+
+	pull.State, pull.Error = upgrade.StepFailed, "pull: not found"
+	write(upgrade.PhaseFailed, checks, pull)
+
+	require.Eventually(t, func() bool { return logs.Len() == 6 }, 10*time.Second, 10*time.Millisecond, "4 step lines, 2 phase lines")
+
+	var steps []string
+	for _, e := range logs.FilterMessage(metrics.MsgKubernetesStep).All() {
+		f := e.ContextMap()
+		steps = append(steps, fmt.Sprintf("%s %s %s %s", f["step"], f["machine"], f["state"], f["reason"]))
+	}
+
+	assert.Equal(t, []string{
+		"pre-checks  Running ", "pre-checks  Done ", "pre-pull c1-cp-1 Running ", "pre-pull c1-cp-1 Failed pull: not found",
+	}, steps)
+	assert.Equal(t, 2, logs.FilterMessage(metrics.MsgClusterPhase).Len())
+
+	histogram := gatherHistogram(t, m, "upshift_kubernetes_upgrade_step_duration_seconds")
+	assert.Equal(t, map[string]uint64{"pre-checks": 1}, histogram.counts)
+	assert.InDelta(t, 3.0, histogram.sums["pre-checks"], 1e-9)
+}
