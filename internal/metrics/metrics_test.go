@@ -46,6 +46,28 @@ func put(t *testing.T, st state.State, r resource.Resource) {
 	require.NoError(t, st.Update(ctx, r))
 }
 
+// watching returns metrics over a fresh state, logging to logs, watching for transitions until the test ends;
+// before, if set, writes what the watches find at start.
+func watching(t *testing.T, before func(state.State)) (state.State, *metrics.Metrics, *observer.ObservedLogs) {
+	t.Helper()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+
+	st := newState()
+	core, logs := observer.New(zapcore.InfoLevel)
+	m := metrics.New(zap.New(core))
+	m.Bind(st)
+
+	if before != nil {
+		before(st)
+	}
+
+	m.RunWatching(ctx)
+
+	return st, m, logs
+}
+
 func machineUpgrade(id string, phase upgrade.MachinePhase, changedAt time.Time, edit func(*upgrade.MachineUpgradeStatusSpec)) *upgrade.MachineUpgradeStatus {
 	r := upgrade.NewMachineUpgradeStatus(id)
 	*r.TypedSpec() = upgrade.MachineUpgradeStatusSpec{Cluster: "c1", Phase: phase, PhaseChangedAt: changedAt, ToVersion: "1.13.4", Attempt: 1}
@@ -60,21 +82,13 @@ func machineUpgrade(id string, phase upgrade.MachinePhase, changedAt time.Time, 
 // Every change of step is counted and logged once: a write that keeps the step (a new Waiting reason) and the
 // contents found when the watch starts are not transitions.
 func TestTransitionsAreCountedAndLoggedOnce(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-
-	st := newState()
-	core, logs := observer.New(zapcore.InfoLevel)
-	m := metrics.New(zap.New(core))
-	m.Bind(st)
-
 	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 
-	// Found at start: neither counted nor logged.
-	put(t, st, machineUpgrade("c1-w-0", upgrade.MachineFailed, t0, func(s *upgrade.MachineUpgradeStatusSpec) { s.Error = "timeout: old" }))
-
-	m.RunWatching(ctx)
+	st, m, logs := watching(t, func(st state.State) {
+		// Found at start: neither counted nor logged.
+		put(t, st, machineUpgrade("c1-w-0", upgrade.MachineFailed, t0, func(s *upgrade.MachineUpgradeStatusSpec) { s.Error = "timeout: old" }))
+	})
 
 	started := func(s *upgrade.MachineUpgradeStatusSpec) { s.StartedAt = t0 }
 	rolledBack := func(s *upgrade.MachineUpgradeStatusSpec) {
@@ -296,14 +310,7 @@ upshift_machines_locked{cluster="c1"} 1
 // Each change of state of a Kubernetes upgrade's step is one line; a step that reaches Done is timed from its
 // record.
 func TestKubernetesStepTransitions(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-
-	st := newState()
-	core, logs := observer.New(zapcore.InfoLevel)
-	m := metrics.New(zap.New(core))
-	m.Bind(st)
-	m.RunWatching(ctx)
+	st, m, logs := watching(t, nil)
 
 	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
 	write := func(phase upgrade.ClusterPhase, steps ...upgrade.KubernetesUpgradeStep) {
