@@ -7,8 +7,8 @@ import (
 	"github.com/cosi-project/runtime/pkg/resource"
 )
 
-// RunWatching is Run, returning once the watches of all three types have read their initial contents, so that a
-// test's writes after it are transitions.
+// RunWatching is Run, returning once the watches of every type have read their initial contents, so that a test's
+// writes after it are transitions.
 func (m *Metrics) RunWatching(ctx context.Context) {
 	var (
 		mu   sync.Mutex
@@ -26,7 +26,7 @@ func (m *Metrics) RunWatching(ctx context.Context) {
 		}
 
 		seen[typ] = true
-		if len(seen) == 3 {
+		if len(seen) == len(watchedTypes(t)) {
 			close(all)
 		}
 	}

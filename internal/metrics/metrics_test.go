@@ -231,6 +231,10 @@ func TestGaugesFollowTheState(t *testing.T) {
 	put(t, st, machineUpgrade("c1-w-1", upgrade.MachineRebooting, changed, nil))
 	put(t, st, machineUpgrade("c1-w-2", upgrade.MachineQueued, time.Time{}, nil))
 
+	config := upgrade.NewConfigRolloutStatus("c1")
+	config.TypedSpec().Phase = upgrade.PhaseDone
+	put(t, st, config)
+
 	summary := observe.NewClusterSummary("c1")
 	summary.TypedSpec().Locked = []string{"c1-w-3"}
 	put(t, st, summary)
@@ -293,7 +297,8 @@ upshift_machines_locked{cluster="c1"} 1
 		assert.Contains(t, text, line+"\n")
 	}
 
-	assert.Equal(t, 7*2, strings.Count(text, "upshift_cluster_upgrade_phase{"), "every phase of both upgrades")
+	assert.Contains(t, text, `upshift_cluster_upgrade_phase{cluster="c1",phase="Done",upgrade="config"} 1`+"\n")
+	assert.Equal(t, 7*3, strings.Count(text, "upshift_cluster_upgrade_phase{"), "every phase of the three rollouts")
 	assert.Equal(t, 12, strings.Count(text, "upshift_machines_upgrade_phase{"), "every machine phase")
 
 	// A phase the cluster leaves drops to 0 at the next scrape.
@@ -351,4 +356,38 @@ func TestKubernetesStepTransitions(t *testing.T) {
 	histogram := gatherHistogram(t, m, "upshift_kubernetes_upgrade_step_duration_seconds")
 	assert.Equal(t, map[string]uint64{"pre-checks": 1}, histogram.counts)
 	assert.InDelta(t, 3.0, histogram.sums["pre-checks"], 1e-9)
+}
+
+// A config change's steps and its rollout's phases are transitions too, logged as such.
+func TestConfigTransitions(t *testing.T) {
+	st, _, logs := watching(t, nil)
+
+	for _, phase := range []upgrade.MachinePhase{upgrade.MachineApplyingConfig, upgrade.MachineApplyingConfig, upgrade.MachineFailed} {
+		r := upgrade.NewMachineConfigStatus("c1-w-1")
+		r.TypedSpec().Cluster, r.TypedSpec().Phase, r.TypedSpec().ChangeVersion = "c1", phase, "abc"
+
+		if phase == upgrade.MachineFailed {
+			r.TypedSpec().Error = "apply: refused"
+		}
+
+		put(t, st, r)
+	}
+
+	rollout := upgrade.NewConfigRolloutStatus("c1")
+	rollout.TypedSpec().Phase, rollout.TypedSpec().FailedMachine = upgrade.PhaseFailed, "c1-w-1"
+	put(t, st, rollout)
+
+	require.Eventually(t, func() bool { return logs.Len() == 3 }, 10*time.Second, 10*time.Millisecond, "2 step lines, 1 phase line")
+
+	var lines []string
+	for _, e := range logs.All() {
+		f := e.ContextMap()
+		lines = append(lines, fmt.Sprintf("%s %s %s %s %s %s", e.Message, f["upgrade"], f["machine"], f["from"], f["step"], f["reason"]))
+	}
+
+	assert.ElementsMatch(t, []string{
+		"machine upgrade step config c1-w-1  ApplyingConfig ",
+		"machine upgrade step config c1-w-1 ApplyingConfig Failed apply: refused",
+		"cluster upgrade phase config c1-w-1  Failed ",
+	}, lines)
 }

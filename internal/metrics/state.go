@@ -13,10 +13,11 @@ import (
 	"github.com/upshift-io/upshift/resources/upgrade"
 )
 
-// The values of the "upgrade" label: which cluster-wide upgrade a series is about.
+// The values of the "upgrade" label: which cluster-wide rollout a series is about.
 const (
 	UpgradeTalos      = "talos"
 	UpgradeKubernetes = "kubernetes"
+	UpgradeConfig     = "config"
 )
 
 // clusterPhases and machinePhases are every value a phase gauge takes: each one is exported, 0 or 1 (or a count),
@@ -35,7 +36,7 @@ var (
 
 var (
 	descUpgradePhase = prometheus.NewDesc(Namespace+"_cluster_upgrade_phase",
-		"The phase of a cluster's Talos or Kubernetes upgrade: 1 for the current phase, 0 for the others.",
+		"The phase of a cluster's Talos upgrade, Kubernetes upgrade or config rollout: 1 for the current phase, 0 for the others.",
 		[]string{"cluster", "upgrade", "phase"}, nil)
 	descLastProgress = prometheus.NewDesc(Namespace+"_cluster_upgrade_last_progress_timestamp_seconds",
 		"When a cluster's Talos or Kubernetes upgrade last moved: a machine's last step change, a Kubernetes step's last start or end.",
@@ -85,7 +86,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 
 	for _, collect := range []func(context.Context, chan<- prometheus.Metric) error{
-		c.talosUpgrades, c.kubernetesUpgrades, c.machineUpgrades, c.summaries, c.etcd, c.machines,
+		c.talosUpgrades, c.kubernetesUpgrades, c.configRollouts, c.machineUpgrades, c.summaries, c.etcd, c.machines,
 	} {
 		if err := collect(ctx, ch); err != nil {
 			ch <- prometheus.NewInvalidMetric(descUpgradePhase, err)
@@ -133,6 +134,19 @@ func (c stateCollector) kubernetesUpgrades(ctx context.Context, ch chan<- promet
 		if !last.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descLastProgress, prometheus.GaugeValue, timestamp(last), id, UpgradeKubernetes)
 		}
+	}
+
+	return nil
+}
+
+func (c stateCollector) configRollouts(ctx context.Context, ch chan<- prometheus.Metric) error {
+	list, err := safe.StateListAll[*upgrade.ConfigRolloutStatus](ctx, c.state)
+	if err != nil {
+		return fmt.Errorf("listing config rollout statuses: %w", err)
+	}
+
+	for s := range list.All() {
+		phaseGauges(ch, s.Metadata().ID(), UpgradeConfig, s.TypedSpec().Phase)
 	}
 
 	return nil

@@ -36,15 +36,22 @@ func newTransitions(m *Metrics) *transitions {
 	return &transitions{m: m}
 }
 
-// run watches the three upgrade status types until ctx ends.
-func (t *transitions) run(ctx context.Context) {
-	var wg sync.WaitGroup
-
-	for typ, handle := range map[resource.Type]func(ev state.Event){
+// watchedTypes are the types whose changes are transitions, each with its handler.
+func watchedTypes(t *transitions) map[resource.Type]func(ev state.Event) {
+	return map[resource.Type]func(ev state.Event){
 		upgrade.MachineUpgradeStatusType:    t.machine,
 		upgrade.TalosUpgradeStatusType:      t.talos,
 		upgrade.KubernetesUpgradeStatusType: t.kubernetes,
-	} {
+		upgrade.MachineConfigStatusType:     t.machineConfig,
+		upgrade.ConfigRolloutStatusType:     t.configRollout,
+	}
+}
+
+// run watches the upgrade status types until ctx ends.
+func (t *transitions) run(ctx context.Context) {
+	var wg sync.WaitGroup
+
+	for typ, handle := range watchedTypes(t) {
 		wg.Go(func() { t.watch(ctx, typ, handle) })
 	}
 
@@ -157,6 +164,51 @@ func (t *transitions) machine(ev state.Event) {
 		zap.String("upgrade", UpgradeTalos), zap.String("cluster", after.Cluster), zap.String("machine", now.Metadata().ID()),
 		zap.String("step", string(after.Phase)), zap.String("from", string(before.Phase)), zap.String("reason", reason),
 		zap.String("error", after.Error), zap.String("to_version", after.ToVersion), zap.Int("attempt", after.Attempt))
+}
+
+// machineConfig logs a machine's change of step in a config change (not counted: the machine upgrade metrics are
+// of Talos upgrades).
+func (t *transitions) machineConfig(ev state.Event) {
+	now, ok := ev.Resource.(*upgrade.MachineConfigStatus)
+	if !ok {
+		return
+	}
+
+	var before upgrade.MachinePhase
+	if old, ok := ev.Old.(*upgrade.MachineConfigStatus); ok {
+		before = old.TypedSpec().Phase
+	}
+
+	after := now.TypedSpec()
+	if before == after.Phase {
+		return
+	}
+
+	level, reason := zapcore.InfoLevel, ""
+	if after.Phase == upgrade.MachineFailed {
+		level, reason = zapcore.WarnLevel, after.Error
+	}
+
+	t.m.logger.Log(level, MsgMachineStep,
+		zap.String("upgrade", UpgradeConfig), zap.String("cluster", after.Cluster), zap.String("machine", now.Metadata().ID()),
+		zap.String("step", string(after.Phase)), zap.String("from", string(before)), zap.String("reason", reason),
+		zap.String("to_version", after.ChangeVersion))
+}
+
+// configRollout logs a change of phase of a cluster's config rollout.
+func (t *transitions) configRollout(ev state.Event) {
+	now, ok := ev.Resource.(*upgrade.ConfigRolloutStatus)
+	if !ok {
+		return
+	}
+
+	var before upgrade.ClusterPhase
+	if old, ok := ev.Old.(*upgrade.ConfigRolloutStatus); ok {
+		before = old.TypedSpec().Phase
+	}
+
+	s := now.TypedSpec()
+	t.clusterPhase(UpgradeConfig, now.Metadata().ID(), s.FailedMachine, before, s.Phase, s.Error, s.Reason, "")
 }
 
 // talos logs a change of phase of a cluster's Talos rollout.
