@@ -153,10 +153,12 @@ type reconcileCore struct {
 	zapcore.Core
 }
 
+// With implements zapcore.Core, keeping the lowering on the child core.
 func (c reconcileCore) With(fields []zapcore.Field) zapcore.Core {
 	return reconcileCore{c.Core.With(fields)}
 }
 
+// Check implements zapcore.Core: the reconcile lines are checked at debug.
 func (c reconcileCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if ent.Level == zapcore.InfoLevel && (ent.Message == "reconcile succeeded" || ent.Message == "reconcile skipped") {
 		ent.Level = zapcore.DebugLevel

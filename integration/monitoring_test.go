@@ -158,7 +158,7 @@ func checkTransitionLog(t *testing.T, bed *testbed.Bed) {
 			assert.Contains(t, entry, field, "%s", line)
 		}
 
-		if msg == metrics.MsgMachineStep {
+		if msg == metrics.MsgMachineStep && entry["upgrade"] == metrics.UpgradeTalos {
 			perMachine[entry["machine"].(string)]++ //nolint:forcetypeassert // a string by the check above
 		}
 	}
