@@ -50,7 +50,6 @@ type Node struct {
 // LabelControlPlane marks a control plane Node (Talos labels its control planes so).
 const LabelControlPlane = "node-role.kubernetes.io/control-plane"
 
-
 // Nodes is what the controllers do with a cluster's nodes. A node that does not exist gives an error for which
 // apierrors.IsNotFound is true, except for Uncordon, where it is a no-op.
 type Nodes interface {
