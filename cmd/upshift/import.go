@@ -80,7 +80,7 @@ func init() {
 func runImport(ctx context.Context, endpoint *target, w io.Writer, name string, flags importFlags) error {
 	var v resources.Violations
 	if v.CheckDNSLabel("NAME", name); v.Err() != nil {
-		return fmt.Errorf("cluster name %q: %w", name, v.Err())
+		return v.Err()
 	}
 
 	access, kubeconfig, err := readImportFiles(flags)
