@@ -386,7 +386,7 @@ func (r *Result) summarize() error {
 
 		switch {
 		case m.KubeletVersion == "":
-			return fmt.Errorf("machine %s: its Node reports no kubelet version", m.Name)
+			return fmt.Errorf("machine %s: its Node reports no kubelet version yet: import again once it has joined", m.Name)
 		case r.KubernetesVersion == "":
 			r.KubernetesVersion = m.KubeletVersion
 		case m.KubeletVersion != r.KubernetesVersion:
