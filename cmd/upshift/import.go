@@ -307,10 +307,6 @@ func printImport(w io.Writer, docs []applyfile.Document, plan adopt.Plan, res ad
 		fmt.Fprintf(&out, "# unreachable, not imported: %s (%s)\n", u.Name, u.Role)
 	}
 
-	for _, id := range plan.Remove {
-		fmt.Fprintf(&out, "# would delete machine/%s\n", id)
-	}
-
 	for i, doc := range docs {
 		var d importDocument
 

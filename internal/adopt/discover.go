@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/upshift-io/upshift/internal/kube"
 	"github.com/upshift-io/upshift/internal/kuberollout"
@@ -92,6 +93,10 @@ type Result struct {
 
 // parallelReads bounds the Version calls in flight at once.
 const parallelReads = 16
+
+// readTimeout bounds the read of one member's version: a member that has not answered by then is Unreachable, not
+// a wait without end for the whole import.
+const readTimeout = 20 * time.Second
 
 // Discover finds the cluster's machines: the discovery Members as the first machine of src.Ask that answers sees
 // them, each member's Talos version (a member whose API does not answer is Unreachable), the etcd member list of a
@@ -221,7 +226,10 @@ func readVersions(ctx context.Context, src Source, members []talos.Member) ([]Ma
 		wg.Go(func() {
 			defer func() { <-slots }()
 
-			reads[i].version, reads[i].err = src.Talos.Version(ctx, m.Name)
+			readCtx, cancel := context.WithTimeout(ctx, readTimeout)
+			defer cancel()
+
+			reads[i].version, reads[i].err = src.Talos.Version(readCtx, m.Name)
 		})
 	}
 
