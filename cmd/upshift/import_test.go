@@ -4,9 +4,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 )
 
 // `cluster import` refuses bad input with a clear error before it reaches any cluster or server.
