@@ -2,6 +2,7 @@ package kubeemu_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -18,7 +19,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/kubectl/pkg/drain"
+
+	"go.uber.org/zap/zaptest"
 
 	"github.com/upshift-io/upshift/internal/kubeemu"
 )
@@ -103,6 +107,49 @@ func TestCluster(t *testing.T) {
 
 			return lease.Spec.RenewTime != nil && *lease.Spec.HolderIdentity == worker1.Name, nil
 		})
+	})
+
+	t.Run("a node registers with its kubelet version", func(t *testing.T) {
+		watchCtx, cancel := context.WithTimeout(ctx, waitTimeout)
+		defer cancel()
+
+		late := kubeemu.NodeConfig{Name: "c1-w-3", KubeletVersion: "v1.36.3", InternalIP: "10.5.0.5"}
+
+		w, err := c.client.CoreV1().Nodes().Watch(watchCtx, metav1.ListOptions{FieldSelector: "metadata.name=" + late.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+
+		kubelet := kubeemu.NewKubelet(c.cp.RESTConfig(), late, zaptest.NewLogger(t), kubeemu.WithHeartbeatInterval(time.Second))
+		done := make(chan error, 1)
+
+		go func() { done <- kubelet.Run(watchCtx) }()
+
+		defer func() {
+			cancel()
+
+			if err := <-done; err != nil {
+				t.Errorf("kubelet %s: %v", late.Name, err)
+			}
+
+			// Gone for good, so that the later steps schedule nothing on it.
+			if err := c.client.CoreV1().Nodes().Delete(ctx, late.Name, metav1.DeleteOptions{}); err != nil {
+				t.Errorf("deleting node %s: %v", late.Name, err)
+			}
+		}()
+
+		for e := range w.ResultChan() {
+			if node, ok := e.Object.(*corev1.Node); ok && e.Type == watch.Added {
+				if got := node.Status.NodeInfo.KubeletVersion; got != late.KubeletVersion {
+					t.Fatalf("the Node as first registered reports kubelet version %q, want %q", got, late.KubeletVersion)
+				}
+
+				return
+			}
+		}
+
+		t.Fatal("the watch ended before the node registered")
 	})
 
 	t.Run("mirror pods follow the static pods", func(t *testing.T) {

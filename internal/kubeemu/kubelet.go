@@ -369,7 +369,7 @@ func (k *Kubelet) syncNode(ctx context.Context, cfg NodeConfig, ready bool) erro
 			return nil
 		}
 
-		if current, err = nodes.Create(ctx, newNode(cfg), metav1.CreateOptions{}); err != nil {
+		if current, err = nodes.Create(ctx, newNode(cfg, time.Now()), metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("registering node %q: %w", k.name, err)
 		}
 

@@ -21,10 +21,14 @@ var nodeCapacity = corev1.ResourceList{
 // kubeletPort is the port a kubelet advertises in status.daemonEndpoints.
 const kubeletPort = 10250
 
-// newNode is the Node a kubelet registers: labels, and the control-plane taint unless scheduling is allowed there.
-func newNode(cfg NodeConfig) *corev1.Node {
+// newNode is the Node a kubelet registers: labels, its status, and the control-plane taint unless scheduling is
+// allowed there.
+func newNode(cfg NodeConfig, now time.Time) *corev1.Node {
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: cfg.Name, Labels: nodeLabels(cfg)},
+		// A kubelet registers its Node with its status already set (kubelet's initialNode calls setNodeStatus), so
+		// no reader ever sees a Node without its kubelet version.
+		Status: nodeStatus(corev1.NodeStatus{}, cfg, true, now),
 	}
 
 	if cfg.ControlPlane && !cfg.AllowSchedulingOnControlPlane {
