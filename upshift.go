@@ -21,10 +21,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/leader"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/catalog"
-	"github.com/upshift-io/upshift/resources/cluster"
-	"github.com/upshift-io/upshift/state/labelindex"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 	"github.com/upshift-io/upshift/state/validate"
@@ -33,8 +32,10 @@ import (
 // Engine is one upshift engine. Build it with New, run it with Run.
 type Engine struct {
 	logger   *zap.Logger
-	store    *store.Store
+	store    backend
 	state    state.State
+	elector  *leader.Elector // nil on bbolt: the one engine always runs the controllers
+	fence    fence
 	runtime  *controllers.Runtime
 	grpc     *grpc.Server
 	pki      *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
@@ -64,20 +65,25 @@ func New(opts ...Option) (*Engine, error) {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
 
-	st, err := openStore(o)
+	st, indexed, err := openBackend(o)
 	if err != nil {
 		return nil, err
 	}
-
-	// A cluster's machines are read with a label query (docs/architecture.md, "Reading a cluster"); the index answers
-	// it without a scan of the fleet.
-	indexed := labelindex.New(st.State(), cluster.LabelCluster)
 
 	// Validation admits the versions the controllers can roll out: the same catalogue, shared (an operator's
 	// Catalogue.Add counts for both).
 	upgradeConfig := controllers.NewUpgradeConfig(o.upgradeOptions...)
 	upgradeOptions := append(slices.Clone(o.upgradeOptions), controllers.WithCatalogue(upgradeConfig.Catalogue))
-	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known())))}
+	validated := validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known()))
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validated)}
+	runtimeState := e.state
+
+	if o.etcd != nil {
+		e.elector = leader.New(o.etcd.client, o.etcd.replica, o.etcd.leaseTTL, o.logger.Named("leader"))
+		// The controllers' writes, and only theirs, are fenced by the leadership (docs/architecture.md, "Several
+		// replicas on etcd").
+		runtimeState = state.WrapCore(&fencedState{CoreState: validated, fence: &e.fence})
+	}
 
 	if err = e.registerDefinitions(); err != nil {
 		return nil, errors.Join(err, e.Close())
@@ -92,7 +98,7 @@ func New(opts ...Option) (*Engine, error) {
 	registrars := controllers.Overridable(controllers.Upgrades(o.connector, upgradeOptions...),
 		append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...)
 
-	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),
+	e.runtime = controllers.NewRuntime(runtimeState, o.logger.Named("controllers"),
 		controllers.WithRegistrars(registrars),
 		controllers.WithRuntimeOptions(o.runtimeOptions...),
 	)
@@ -111,6 +117,7 @@ func New(opts ...Option) (*Engine, error) {
 		}
 
 		e.grpc = server.New(e.state, st, e.pki, upgradeConfig.Known())
+		server.RegisterEngineStatus(e.grpc, e)
 	}
 
 	return e, nil
@@ -209,7 +216,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 
 	wg.Go(func() {
-		_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+		if e.elector == nil {
+			_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+
+			return
+		}
+
+		e.elector.Run(runCtx, e.lead)
 	})
 
 	serveErr := make(chan error, 1)

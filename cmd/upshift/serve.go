@@ -42,6 +42,8 @@ func init() {
 
 	retention := store.Retention{MaxEvents: defaultRetentionEvents, MaxAge: defaultRetentionAge}
 
+	var stateConfig *stateFlags
+
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the engine and serve its gRPC API",
@@ -59,7 +61,7 @@ func init() {
 				return err
 			}
 
-			return serve(cmd.Context(), dataDir, listen, retention, known...)
+			return serve(cmd.Context(), dataDir, listen, retention, stateConfig, known...)
 		},
 	}
 
@@ -73,6 +75,7 @@ func init() {
 		"a Talos release the engine may upgrade to, besides the ones it ships with: VERSION or VERSION=INSTALLER-TAG (repeatable)")
 	cmd.Flags().StringArrayVar(&kubernetesReleases, "kubernetes-release", nil,
 		"a Kubernetes release the engine may upgrade to, besides the ones it ships with (repeatable)")
+	stateConfig = addStateFlags(cmd)
 	rootCmd.AddCommand(cmd)
 }
 
@@ -128,7 +131,7 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".upshift")
 }
 
-func serve(ctx context.Context, dataDir, listen string, retention store.Retention, upgradeOptions ...controllers.UpgradeOption) error {
+func serve(ctx context.Context, dataDir, listen string, retention store.Retention, stateConfig *stateFlags, upgradeOptions ...controllers.UpgradeOption) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -142,8 +145,15 @@ func serve(ctx context.Context, dataDir, listen string, retention store.Retentio
 
 	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
 
-	engine, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
-		upshift.WithStoreOptions(store.WithRetention(retention)), upshift.WithUpgradeOptions(upgradeOptions...))
+	stateOptions, closeState, err := stateConfig.engineOptions(listen, logger)
+	if err != nil {
+		return err
+	}
+
+	defer closeState() //nolint:errcheck // the engine is closed by then; nothing to do about a failed client close
+
+	engine, err := upshift.New(append(stateOptions, upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
+		upshift.WithStoreOptions(store.WithRetention(retention)), upshift.WithUpgradeOptions(upgradeOptions...))...)
 	if err != nil {
 		return err
 	}

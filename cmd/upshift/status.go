@@ -31,8 +31,16 @@ func init() {
 	endpoint := clientFlags(cmd)
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(endpoint, func(st state.State) error {
-			view, err := loadCluster(cmd.Context(), st, args[0])
+		return withClient(endpoint, func(c *server.Client) error {
+			// First, so that replicas on etcd without quorum say so before the read of the cluster fails.
+			engine, err := c.EngineStatus(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("reading the engine's status: %w", err)
+			}
+
+			printEngine(cmd.OutOrStdout(), engine)
+
+			view, err := loadCluster(cmd.Context(), c.State(), args[0])
 			if err != nil {
 				return err
 			}
@@ -482,4 +490,25 @@ func newerTalos(available []string, current string) []string {
 	}
 
 	return out
+}
+
+// printEngine says, for replicas on etcd, which replica leads and what keeps the one that answered from acting; an
+// engine alone on its file always acts and says nothing.
+func printEngine(w io.Writer, st server.EngineStatus) {
+	if st.Backend != "etcd" {
+		return
+	}
+
+	switch {
+	case st.Leader == "":
+		fmt.Fprintf(w, "engine: no replica leads; the controllers are stopped (asked %s)\n", st.Replica)
+	case st.Leading:
+		fmt.Fprintf(w, "engine: replica %s leads (the one asked)\n", st.Leader)
+	default:
+		fmt.Fprintf(w, "engine: replica %s leads (asked %s)\n", st.Leader, st.Replica)
+	}
+
+	if st.Problem != "" {
+		fmt.Fprintf(w, "engine: %s\n", st.Problem)
+	}
 }

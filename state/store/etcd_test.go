@@ -222,4 +222,3 @@ func TestEtcdReplicasSeeEachOther(t *testing.T) {
 	require.Len(t, list.Items, 1)
 	assert.Equal(t, "x", list.Items[0].Metadata().ID())
 }
-
