@@ -135,5 +135,6 @@ func (e *Engine) EngineStatus(ctx context.Context) server.EngineStatus {
 
 	st := e.elector.Status(ctx)
 
-	return server.EngineStatus{Backend: "etcd", Replica: st.Replica, Leader: st.Leader, Leading: st.Leading, Problem: st.Problem}
+	return server.EngineStatus{Backend: "etcd", Replica: st.Replica, Leader: st.Leader, Leading: st.Leading, Problem: st.Problem,
+		Unreadable: st.Unreadable}
 }

@@ -1,9 +1,12 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,20 +33,27 @@ const takeoverBound = 15 * time.Second
 const minFailovers = 5
 
 // startReplicas starts 3 etcd members, 3 engine replicas (child processes) on them and a lite fleet of 3 control
-// planes and 2 workers on version, and logs the journal if the test fails.
-func startReplicas(t *testing.T, version string) *testbed.ReplicaSet {
+// planes and 2 workers on version (reboots take rebootDowntime unless opts say otherwise), and logs the journal and
+// the replicas' logs if the test fails.
+func startReplicas(t *testing.T, version string, opts ...talosemu.Option) *testbed.ReplicaSet {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 
-	rs, err := testbed.StartReplicas(ctx, t.TempDir(), 3, 3, replicaLease, testbed.SelfCommand(),
-		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version), talosemu.WithRebootDowntime(rebootDowntime))
+	rs, err := testbed.StartReplicas(ctx, t.TempDir(), 3, 3, replicaLease, testbed.SelfCommand(), append([]talosemu.Option{
+		talosemu.WithControlPlanes(3), talosemu.WithWorkers(2), talosemu.WithTalosVersion(version), talosemu.WithRebootDowntime(rebootDowntime),
+	}, opts...)...)
 	require.NoError(t, err)
 
 	t.Cleanup(func() {
 		if t.Failed() {
 			logJournal(t, rs.Fleet)
+
+			for i := range rs.Replicas() {
+				log, err := rs.Log(i)
+				t.Logf("log of %s (%v):\n%s", testbed.ReplicaName(i), err, lastLines(log, 60))
+			}
 		}
 
 		require.NoError(t, rs.Close())
@@ -359,4 +369,111 @@ func (w *versionWatch) waitAll(ctx context.Context, want map[resource.ID][]uint6
 		case <-changed:
 		}
 	}
+}
+
+// TestReplicasEtcdQuorum stops etcd members under a rollout: with one of three gone the rollout goes on; with two
+// gone no replica leads, the fleet receives nothing, and both `upshift status` and the leader's log say why; once a
+// member returns a replica leads again and the rollout finishes, with no step sent twice and every status's history
+// whole (versions 1 to the last, none lost).
+func TestReplicasEtcdQuorum(t *testing.T) {
+	supported := talosemu.SupportedVersions()
+	oldest, newest := supported[0], supported[len(supported)-1]
+
+	// Slow reboots keep the rollout going while quorum comes and goes.
+	rs := startReplicas(t, oldest, talosemu.WithRebootDowntime(2*time.Second))
+	leader := waitLeader(t, rs, 0, -1, takeoverBound)
+
+	rs.Etcd.StopMember(0)
+
+	setCluster(t, rs.State(0), "c1", func(s *cluster.ClusterSpec) { s.TalosVersion = "v" + newest })
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	require.NoError(t, waitFleetJournal(ctx, rs.Fleet, 0, 3, isSideEffect), "the rollout goes on with one etcd member of three down")
+
+	rs.Etcd.StopMember(1)
+	require.False(t, allOn(rs.Fleet, newest), "the rollout is still under way when quorum is lost")
+
+	// Within a lease every replica finds it cannot lead.
+	ticker := time.NewTicker(pollInterval)
+	defer ticker.Stop()
+
+	for i := range rs.Replicas() {
+		for {
+			st, err := rs.Client(i).EngineStatus(ctx)
+			if err == nil && !st.Leading && st.Problem != "" {
+				break
+			}
+
+			select {
+			case <-ctx.Done():
+				require.FailNowf(t, "still leading", "replica %d did not stop leading without quorum", i)
+			case <-ticker.C:
+			}
+		}
+	}
+
+	from := len(rs.Fleet.Journal().Entries())
+
+	for i := range rs.Replicas() {
+		out, errOut, err := replicaCLI(t, rs, i, "status", "c1")
+		require.Error(t, err, "status cannot read the cluster without quorum")
+		assert.Contains(t, out, "engine: no replica leads", "replica %d", i)
+		assert.Contains(t, out, "without quorum", "replica %d", i)
+		assert.Contains(t, errOut, "until etcd answers again", "replica %d", i)
+	}
+
+	log, err := rs.Log(leader)
+	require.NoError(t, err)
+	assert.Contains(t, log, "lost the leadership lease", "the leader's log says why it stopped")
+
+	for _, e := range rs.Fleet.Journal().Entries()[from:] {
+		assert.False(t, isSideEffect(e) && e.Error == "", "sent without quorum: %s %s", e.Node, e.Method)
+	}
+
+	require.NoError(t, rs.Etcd.StartMember(1))
+	waitLeader(t, rs, 2, -1, takeoverBound)
+
+	waitTalos(t, rs.State(2), "c1", 5*time.Minute, "the rollout to converge", phaseIs(upgrade.PhaseDone, newest))
+
+	r := readRollout(rs.Fleet)
+	assert.Empty(t, r.duplicates(), "no install or reboot sent twice for a step")
+
+	list, err := rs.State(1).List(t.Context(), upgrade.NewMachineUpgradeStatus("").Metadata())
+	require.NoError(t, err)
+
+	for _, item := range list.Items {
+		h, err := rs.Client(1).History(t.Context(), item.Metadata().Namespace(), item.Metadata().Type(), item.Metadata().ID())
+		require.NoError(t, err)
+
+		for i, ev := range h.Events {
+			assert.Equal(t, uint64(i+1), ev.Version, "%s: event %d of its history", item.Metadata().ID(), i)
+		}
+
+		assert.Equal(t, item.Metadata().Version().Value(), uint64(len(h.Events)), "%s: the history ends at the state", item.Metadata().ID())
+	}
+}
+
+// replicaCLI runs the upshift binary against replica i as the admin.
+func replicaCLI(t *testing.T, rs *testbed.ReplicaSet, i int, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	var out, errOut bytes.Buffer
+
+	cmd := exec.CommandContext(ctx, binary, append(args, "--endpoint", rs.Endpoint(i), "--config", rs.ConfigPath())...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+
+	return out.String(), errOut.String(), err
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

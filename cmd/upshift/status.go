@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -39,6 +40,10 @@ func init() {
 			}
 
 			printEngine(cmd.OutOrStdout(), engine)
+
+			if engine.Unreadable {
+				return errors.New("the cluster's state cannot be read until etcd answers again (see above)")
+			}
 
 			view, err := loadCluster(cmd.Context(), c.State(), args[0])
 			if err != nil {

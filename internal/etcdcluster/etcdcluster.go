@@ -27,6 +27,16 @@ type Cluster struct {
 	logger  *zap.Logger
 	dir     string
 	members []*member
+	fsync   bool
+}
+
+// Option configures Start.
+type Option func(*Cluster)
+
+// WithFsync makes the members sync their WAL to disk as etcd does in production, for benchmarks of durable
+// writes; tests skip it (the members' data is thrown away with the test).
+func WithFsync() Option {
+	return func(c *Cluster) { c.fsync = true }
 }
 
 type member struct {
@@ -40,12 +50,15 @@ type member struct {
 
 // Start starts a cluster of n members keeping their data under dir, and waits until every member is ready.
 // logger receives etcd's own errors (nil: none).
-func Start(dir string, n int, logger *zap.Logger) (*Cluster, error) {
+func Start(dir string, n int, logger *zap.Logger, opts ...Option) (*Cluster, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
 
 	c := &Cluster{logger: logger, dir: dir}
+	for _, opt := range opts {
+		opt(c)
+	}
 
 	var initial []string
 
@@ -120,7 +133,7 @@ func (c *Cluster) StartMember(i int) error {
 	cfg.InitialClusterToken = "upshift-test"
 	cfg.InitialCluster = m.initialCluster
 	cfg.ClusterState = embed.ClusterStateFlagNew
-	cfg.UnsafeNoFsync = true
+	cfg.UnsafeNoFsync = !c.fsync
 	// etcd logs errors on every shutdown (closed listeners); its real failures reach callers as errors anyway.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(c.logger.Named(m.name).WithOptions(zap.IncreaseLevel(zapcore.DPanicLevel)))
 

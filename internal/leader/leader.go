@@ -151,6 +151,8 @@ type Status struct {
 	Problem string
 	// Leading is whether this replica runs the controllers.
 	Leading bool
+	// Unreadable is set when etcd answered no read: the state cannot be read either until it does.
+	Unreadable bool
 }
 
 // Status reads the leader from etcd (a linearizable read, so without quorum it fails and says so).
@@ -166,7 +168,7 @@ func (e *Elector) Status(ctx context.Context) Status {
 
 	switch {
 	case err != nil:
-		st.Problem = fmt.Sprintf("etcd answers no read (unreachable or without quorum): %v", err)
+		st.Problem, st.Unreadable = fmt.Sprintf("etcd answers no read (unreachable or without quorum): %v", err), true
 	case len(resp.Kvs) > 0:
 		st.Leader = string(resp.Kvs[0].Value)
 	}

@@ -217,3 +217,24 @@ func (r *ReplicaSet) Close() error {
 
 	return errors.Join(err, r.Fleet.Close(), r.Etcd.Close())
 }
+
+// Log is what replica i logged so far, over all its runs.
+func (r *ReplicaSet) Log(i int) (string, error) {
+	files, err := filepath.Glob(filepath.Join(filepath.Dir(r.replicaDir(i)), "engine-*.log"))
+	if err != nil {
+		return "", err
+	}
+
+	var b strings.Builder
+
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("reading replica %d's log: %w", i, err)
+		}
+
+		b.Write(data)
+	}
+
+	return b.String(), nil
+}

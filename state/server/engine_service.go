@@ -9,7 +9,7 @@ import (
 
 // The Engine service says how the engine that serves the API runs (`upshift status`): alone on its bbolt file, or
 // as one replica of several on etcd, which replica leads and what keeps it from leading. One unary method, empty
-// request, response {backend, replica, leader, leading, problem}. Any role may call it (ServerVersionType in the
+// request, response {backend, replica, leader, leading, problem, unreadable}. Any role may call it (ServerVersionType in the
 // permission table).
 const (
 	engineServiceName  = "upshift.v1.Engine"
@@ -28,6 +28,8 @@ type EngineStatus struct {
 	Problem string
 	// Leading is whether the replica that answered runs the controllers.
 	Leading bool
+	// Unreadable is set when the replica cannot read the state now (etcd without quorum): reads would wait for it.
+	Unreadable bool
 }
 
 // EngineStatusSource answers the Engine service; *upshift.Engine implements it.
@@ -56,6 +58,7 @@ func (e *engineServer) status(ctx context.Context, _ *structpb.Struct) (*structp
 
 	return structpb.NewStruct(map[string]any{
 		"backend": st.Backend, "replica": st.Replica, "leader": st.Leader, "leading": st.Leading, "problem": st.Problem,
+		"unreadable": st.Unreadable,
 	})
 }
 
@@ -70,6 +73,6 @@ func (c *Client) EngineStatus(ctx context.Context) (EngineStatus, error) {
 
 	return EngineStatus{
 		Backend: f["backend"].GetStringValue(), Replica: f["replica"].GetStringValue(), Leader: f["leader"].GetStringValue(),
-		Leading: f["leading"].GetBoolValue(), Problem: f["problem"].GetStringValue(),
+		Leading: f["leading"].GetBoolValue(), Problem: f["problem"].GetStringValue(), Unreadable: f["unreadable"].GetBoolValue(),
 	}, nil
 }
