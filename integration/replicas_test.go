@@ -67,11 +67,12 @@ func startReplicas(t *testing.T, version string, opts ...talosemu.Option) *testb
 	return rs
 }
 
-// pollInterval is how often a wait on the election asks a replica again: the election has no watch in the API.
-const pollInterval = 100 * time.Millisecond
+// pollInterval is how often a wait on the election asks a replica again (the election has no watch in the API);
+// it bounds how precisely takeovers are timed.
+const pollInterval = 10 * time.Millisecond
 
 // waitLeader waits until replica asked says that a replica other than not leads, and returns it.
-func waitLeader(t *testing.T, rs *testbed.ReplicaSet, asked, not int, timeout time.Duration) int {
+func waitLeader(t testing.TB, rs *testbed.ReplicaSet, asked, not int, timeout time.Duration) int {
 	t.Helper()
 
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)

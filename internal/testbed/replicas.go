@@ -181,6 +181,24 @@ func (r *ReplicaSet) Kill(i int) error {
 	return err
 }
 
+// Stop stops replica i gracefully (SIGTERM), as an operator does, and waits until it exited.
+func (r *ReplicaSet) Stop(i int) error {
+	if r.procs[i] == nil {
+		return nil
+	}
+
+	p := r.procs[i]
+	r.procs[i] = nil
+
+	if err := p.signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+
+	<-p.exited
+
+	return nil
+}
+
 // Pause stops replica i with SIGSTOP, as a long GC pause or a frozen VM would.
 func (r *ReplicaSet) Pause(i int) error { return r.procs[i].signal(syscall.SIGSTOP) }
 
