@@ -161,7 +161,7 @@ func serve(ctx context.Context, dataDir, listen string, retention store.Retentio
 	logger.Info("event log retention", zap.Uint64("max_events", retention.MaxEvents), zap.Duration("max_age", retention.MaxAge))
 
 	// Scripts and tests read the address from this line (it matters with --listen 127.0.0.1:0).
-	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), filepath.Join(dataDir, upshift.StateFileName))
+	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), stateConfig.where(dataDir))
 
 	if err = installAdminConfig(filepath.Join(dataDir, upshift.AdminConfigFileName), defaultConfigPath()); err != nil {
 		return errors.Join(err, engine.Close())

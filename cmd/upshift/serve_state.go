@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/upshift-io/upshift"
 	"github.com/upshift-io/upshift/internal/leader"
+	"github.com/upshift-io/upshift/state/store"
 )
 
 // stateFlags are serve's flags that say where the state lives: the data dir's bbolt file (the default), or etcd,
@@ -83,6 +86,15 @@ func (f *stateFlags) engineOptions(listen string, logger *zap.Logger) ([]upshift
 	}
 
 	return []upshift.Option{upshift.WithEtcd(cli, replica, f.leaseTTL)}, cli.Close, nil
+}
+
+// where says where the state lives, for the serving line.
+func (f *stateFlags) where(dataDir string) string {
+	if f.backend == "etcd" {
+		return "etcd " + strings.Join(f.endpoints, ",") + " under " + store.DefaultEtcdPrefix
+	}
+
+	return filepath.Join(dataDir, upshift.StateFileName)
 }
 
 // tls is the client TLS of the etcd connection: the CA to verify the servers by and, when given, the client
