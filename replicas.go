@@ -3,6 +3,7 @@ package upshift
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -118,11 +119,16 @@ func (f *fencedState) Destroy(ctx context.Context, ptr resource.Pointer, opts ..
 	return f.CoreState.Destroy(ctx, ptr, opts...)
 }
 
-// lead runs the controllers for one leadership term: until ctx ends (the lease is lost or the engine stops), and
-// the runtime's stop waits for every executor, so nothing of the term acts after it.
+// lead runs the controllers, and the compaction of the log, for one leadership term: until ctx ends (the lease is
+// lost or the engine stops); the runtime's stop waits for every executor, so nothing of the term acts after it.
 func (e *Engine) lead(ctx context.Context, f store.Fence) {
 	e.fence.Store(&f)
 	defer e.fence.Store(nil)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	wg.Go(func() { e.compactLog(store.WithFence(ctx, f)) })
 
 	_ = e.runtime.Run(ctx) //nolint:errcheck // the supervised runtime returns only when ctx is done
 }

@@ -36,6 +36,9 @@ type Engine struct {
 	state    state.State
 	elector  *leader.Elector // nil on bbolt: the one engine always runs the controllers
 	fence    fence
+	// compactLog runs the retention of a log in etcd, which only the leader compacts; nil on bbolt, whose store
+	// compacts by itself.
+	compactLog func(context.Context)
 	runtime  *controllers.Runtime
 	grpc     *grpc.Server
 	pki      *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
@@ -83,6 +86,7 @@ func New(opts ...Option) (*Engine, error) {
 		// The controllers' writes, and only theirs, are fenced by the leadership (docs/architecture.md, "Several
 		// replicas on etcd").
 		runtimeState = state.WrapCore(&fencedState{CoreState: validated, fence: &e.fence})
+		e.compactLog = st.(*store.EtcdStore).RunRetention //nolint:forcetypeassert // openBackend opens etcd with WithEtcd
 	}
 
 	if err = e.registerDefinitions(); err != nil {

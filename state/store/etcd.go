@@ -58,11 +58,13 @@ type EtcdStore struct {
 	prefix string
 	codec  codec
 	state  state.CoreState
+	opts   options
 }
 
 // OpenEtcd opens the state kept in etcd under DefaultEtcdPrefix through cli, binding it to the encryption key
 // (WithEncryptionKey) as Open binds a file: the first replica stores the key check, every later one must have the
-// same key. Of the options only WithEncryptionKey and WithLogger apply. The caller closes cli after the store.
+// same key. WithEncryptionKey, WithLogger, WithRetention and WithCompactionInterval apply (retention runs in
+// RunRetention). The caller closes cli after the store.
 func OpenEtcd(ctx context.Context, cli *clientv3.Client, opts ...Option) (*EtcdStore, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -74,7 +76,7 @@ func OpenEtcd(ctx context.Context, cli *clientv3.Client, opts ...Option) (*EtcdS
 		return nil, fmt.Errorf("opening the state in etcd: %w", err)
 	}
 
-	s := &EtcdStore{cli: cli, prefix: DefaultEtcdPrefix, codec: c}
+	s := &EtcdStore{cli: cli, prefix: DefaultEtcdPrefix, codec: c, opts: o}
 
 	if err = s.checkKey(ctx); err != nil {
 		return nil, err
@@ -149,37 +151,71 @@ func (s *EtcdStore) logPrefix(resKey []byte) string {
 	return s.prefix + "/log/" + hex.EncodeToString(resKey) + "/"
 }
 
-// History returns the logged events of one resource, oldest first. The sequence number of an event is the etcd
-// revision of its transaction, which orders all writes of the cluster as the bbolt log's sequence does. Retention
-// does not compact this log (docs/architecture.md, "Several replicas on etcd"), so it begins at 1.
+// History returns the retained events of one resource, oldest first, and where the retained log begins (with the
+// resource's snapshot when older events of it were folded), as Store.History does. The sequence number of an event
+// is the etcd revision of its transaction, which orders all writes of the cluster as the bbolt log's sequence does.
 func (s *EtcdStore) History(ctx context.Context, ns resource.Namespace, typ resource.Type, id resource.ID) (History, error) {
 	key := resourceKey(ns, typ, id)
-
-	resp, err := s.cli.Get(ctx, s.logPrefix(key), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortAscend))
-	if err != nil {
+	fail := func(err error) (History, error) {
 		return History{}, fmt.Errorf("reading history of %s from %q: %w", describeKey(key), s.where(), err)
 	}
 
-	h := History{RetainedFrom: 1}
+	var (
+		h   History
+		err error
+	)
+
+	if h.RetainedFrom, h.RetainedSince, err = s.retained(ctx); err != nil {
+		return fail(err)
+	}
+
+	snap, err := s.cli.Get(ctx, s.snapshotKey(key))
+	if err != nil {
+		return fail(err)
+	}
+
+	if len(snap.Kvs) > 0 {
+		ev, err := s.event(snap.Kvs[0])
+		if err != nil {
+			return fail(fmt.Errorf("snapshot: %w", err))
+		}
+
+		h.Snapshot = ev.Resource
+	}
+
+	resp, err := s.cli.Get(ctx, s.logPrefix(key), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByModRevision, clientv3.SortAscend))
+	if err != nil {
+		return fail(err)
+	}
 
 	for _, kv := range resp.Kvs {
-		ev, err := s.codec.decodeEvent(seqKey(uint64(kv.ModRevision)), kv.Value)
+		ev, err := s.event(kv)
 		if err != nil {
-			return History{}, fmt.Errorf("reading history of %s from %q: %w", describeKey(key), s.where(), err)
+			return fail(err)
 		}
-
-		// state-etcd marshals a resource before etcd gives it its new version; the record holds that version.
-		version, err := resource.ParseVersion(strconv.FormatUint(ev.Version, 10))
-		if err != nil {
-			return History{}, fmt.Errorf("reading history of %s from %q: %w: event %d: version %d", describeKey(key), s.where(), ErrCorrupt, ev.Seq, ev.Version)
-		}
-
-		ev.Resource.Metadata().SetVersion(version)
 
 		h.Events = append(h.Events, ev)
 	}
 
 	return h, nil
+}
+
+// event decodes a log record stored in etcd (or folded into a snapshot); its sequence number is its revision.
+func (s *EtcdStore) event(kv *mvccpb.KeyValue) (Event, error) {
+	ev, err := s.codec.decodeEvent(seqKey(uint64(kv.ModRevision)), kv.Value)
+	if err != nil {
+		return Event{}, err
+	}
+
+	// state-etcd marshals a resource before etcd gives it its new version; the record holds that version.
+	version, err := resource.ParseVersion(strconv.FormatUint(ev.Version, 10))
+	if err != nil {
+		return Event{}, fmt.Errorf("%w: event %d: version %d", ErrCorrupt, ev.Seq, ev.Version)
+	}
+
+	ev.Resource.Metadata().SetVersion(version)
+
+	return ev, nil
 }
 
 // codecMarshaler is the store's codec as state-etcd's marshaler: sensitive resources sealed, as in a file.

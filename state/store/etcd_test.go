@@ -222,3 +222,73 @@ func TestEtcdReplicasSeeEachOther(t *testing.T) {
 	require.Len(t, list.Items, 1)
 	assert.Equal(t, "x", list.Items[0].Metadata().ID())
 }
+
+// TestEtcdRetention: the log in etcd keeps the newest events by the retention, as on bbolt: the history begins after
+// a snapshot of the resource's last folded state, and a destroyed resource's snapshot goes with it. A compaction
+// under a fence that no longer holds folds nothing.
+func TestEtcdRetention(t *testing.T) {
+	cli := startEtcd(t)
+	s := openEtcd(t, cli, store.WithRetention(store.Retention{MaxEvents: 5}), store.WithCompactionInterval(time.Hour))
+	st := state.WrapCore(s.State())
+
+	res := newStatus("default", "m1")
+	require.NoError(t, st.Create(t.Context(), res))
+
+	for i := range 11 {
+		res.TypedSpec().Attempt = i + 1
+		require.NoError(t, st.Update(t.Context(), res))
+	}
+
+	gone := newStatus("default", "gone")
+	require.NoError(t, st.Create(t.Context(), gone))
+	require.NoError(t, st.Destroy(t.Context(), gone.Metadata()))
+
+	// 14 events: m1 versions 1 to 12, gone created and destroyed. The newest 5 are m1's 10 to 12 and gone's two.
+	// Under a fence that does not hold (no such election key), a round of compaction folds nothing.
+	stale, cancelStale := context.WithTimeout(store.WithFence(t.Context(), store.Fence{Key: "/upshift/leader/none", Revision: 1}), time.Second)
+	s.RunRetention(stale) // one round at once, then waits for the interval until the context ends
+	cancelStale()
+
+	h, err := s.History(t.Context(), "default", statusType, "m1")
+	require.NoError(t, err)
+	require.Len(t, h.Events, 12, "nothing folded under a stale fence")
+	assert.Equal(t, uint64(1), h.RetainedFrom)
+
+	ctx, cancel := context.WithCancel(t.Context())
+
+	done := make(chan struct{})
+
+	go func() {
+		defer close(done)
+
+		s.RunRetention(ctx)
+	}()
+
+	require.Eventually(t, func() bool {
+		h, err := s.History(t.Context(), "default", statusType, "m1")
+
+		return err == nil && len(h.Events) == 3
+	}, 10*time.Second, 10*time.Millisecond, "the compaction folds m1's oldest events")
+
+	cancel()
+	<-done
+
+	h, err = s.History(t.Context(), "default", statusType, "m1")
+	require.NoError(t, err)
+	require.NotNil(t, h.Snapshot)
+	assert.Equal(t, uint64(9), h.Snapshot.Metadata().Version().Value())
+	assert.Equal(t, 8, h.Snapshot.(*status).TypedSpec().Attempt) //nolint:forcetypeassert
+	assert.Equal(t, uint64(10), h.Events[0].Version)
+	assert.Equal(t, h.Events[0].Seq, h.RetainedFrom, "the log begins right after the newest folded event")
+	assert.False(t, h.RetainedSince.IsZero())
+
+	g, err := s.History(t.Context(), "default", statusType, "gone")
+	require.NoError(t, err)
+	assert.Len(t, g.Events, 2)
+	assert.Nil(t, g.Snapshot)
+
+	// The resource itself is whole.
+	got, err := st.Get(t.Context(), res.Metadata())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(12), got.Metadata().Version().Value())
+}
