@@ -31,19 +31,19 @@ import (
 
 // Engine is one upshift engine. Build it with New, run it with Run.
 type Engine struct {
-	logger   *zap.Logger
-	store    backend
-	state    state.State
-	elector  *leader.Elector // nil on bbolt: the one engine always runs the controllers
-	fence    fence
+	logger  *zap.Logger
+	store   backend
+	state   state.State
+	elector *leader.Elector // nil on bbolt: the one engine always runs the controllers
+	fence   fence
 	// compactLog runs the retention of a log in etcd, which only the leader compacts; nil on bbolt, whose store
 	// compacts by itself.
 	compactLog func(context.Context)
-	runtime  *controllers.Runtime
-	grpc     *grpc.Server
-	pki      *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
-	listener net.Listener
-	served   bool // the gRPC server took the listener over (and closes it)
+	runtime    *controllers.Runtime
+	grpc       *grpc.Server
+	pki        *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
+	listener   net.Listener
+	served     bool // the gRPC server took the listener over (and closes it)
 	// connector is the engine's own CredentialsConnector, closed with it; nil when the embedder gave one.
 	connector *controllers.CredentialsConnector
 
