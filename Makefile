@@ -6,7 +6,7 @@ BIN     := $(OUT)/bin
 # Tests find the real Kubernetes binaries here; a missing binary fails the tests that need it.
 export UPSHIFT_KUBE_BIN_DIR := $(BIN)
 
-.PHONY: all build kube-bins run test bench fmt vet
+.PHONY: all build kube-bins promtool run test bench fmt vet
 
 all: build
 
@@ -23,7 +23,12 @@ kube-bins:
 run: build kube-bins
 	$(BIN)/upshift demo $(DEMO_FLAGS)
 
-test: build kube-bins vet
+# promtool (Debian package prometheus) checks the alert rules in examples/prometheus-rules.yaml (rules_test.go).
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@promtool --version | head -1
+
+test: build kube-bins promtool vet
 	$(GO) test -race -timeout 25m ./...
 
 bench: build kube-bins

@@ -17,11 +17,13 @@ import (
 
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/registry"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
 	"github.com/upshift-io/upshift/controllers"
 	"github.com/upshift-io/upshift/internal/leader"
+	"github.com/upshift-io/upshift/internal/metrics"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/catalog"
 	"github.com/upshift-io/upshift/state/server"
@@ -46,6 +48,7 @@ type Engine struct {
 	served     bool // the gRPC server took the listener over (and closes it)
 	// connector is the engine's own CredentialsConnector, closed with it; nil when the embedder gave one.
 	connector *controllers.CredentialsConnector
+	metrics   *metrics.Metrics
 
 	closeOnce sync.Once
 	closeErr  error
@@ -68,6 +71,10 @@ func New(opts ...Option) (*Engine, error) {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
 
+	// The metrics see the store's commits, so they exist before it opens.
+	engineMetrics := metrics.New(o.logger.Named("upgrades"))
+	o.storeOptions = append(slices.Clone(o.storeOptions), store.WithCommitObserver(engineMetrics.CommitObserver))
+
 	st, indexed, err := openBackend(o)
 	if err != nil {
 		return nil, err
@@ -78,7 +85,9 @@ func New(opts ...Option) (*Engine, error) {
 	upgradeConfig := controllers.NewUpgradeConfig(o.upgradeOptions...)
 	upgradeOptions := append(slices.Clone(o.upgradeOptions), controllers.WithCatalogue(upgradeConfig.Catalogue))
 	validated := validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known()))
-	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validated)}
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validated), metrics: engineMetrics}
+	e.metrics.Bind(e.state)
+
 	runtimeState := e.state
 
 	if o.etcd != nil {
@@ -120,7 +129,7 @@ func New(opts ...Option) (*Engine, error) {
 			return nil, errors.Join(err, e.Close())
 		}
 
-		e.grpc = server.New(e.state, st, e.pki, upgradeConfig.Known())
+		e.grpc = server.New(e.state, st, e.pki, upgradeConfig.Known(), grpc.ChainStreamInterceptor(e.metrics.StreamInterceptor))
 		server.RegisterEngineStatus(e.grpc, e)
 	}
 
@@ -149,6 +158,12 @@ func (e *Engine) registerDefinitions() error {
 // way as over gRPC, and watches see every change. Name the writer for the event log with WithWriter.
 func (e *Engine) State() state.State {
 	return e.state
+}
+
+// Metrics returns the engine's Prometheus metrics (docs/architecture.md, "Metrics and logs"), for an embedding
+// program to register with its own registry; `upshift serve --metrics-listen` serves the same collector.
+func (e *Engine) Metrics() prometheus.Collector {
+	return e.metrics
 }
 
 // Addr returns the address the gRPC API listens on, or nil when it serves none.
@@ -228,6 +243,8 @@ func (e *Engine) Run(ctx context.Context) error {
 
 		e.elector.Run(runCtx, e.lead)
 	})
+
+	wg.Go(func() { e.metrics.Run(runCtx) })
 
 	serveErr := make(chan error, 1)
 

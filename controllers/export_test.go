@@ -17,3 +17,6 @@ func NewCredentialsConnectorDialing(dial func(context.Context, ...talos.Option) 
 
 // Executors counts the machine executors alive.
 func (ctrl *MachineUpgradeStatusController) Executors() int { return ctrl.exec.count() }
+
+// QuietReconciles is quietReconciles, the logger the COSI runtime is given.
+var QuietReconciles = quietReconciles

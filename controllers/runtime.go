@@ -18,6 +18,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/controller/runtime/options"
 	"github.com/cosi-project/runtime/pkg/state"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Registrar registers controllers on a fresh controller runtime. It is called on every (re)start, so it must
@@ -122,7 +123,7 @@ func (r *Runtime) runOnce(ctx context.Context) (err error) {
 		}
 	}()
 
-	rt, err := cosiruntime.NewRuntime(r.state, r.logger, r.options...)
+	rt, err := cosiruntime.NewRuntime(r.state, quietReconciles(r.logger), r.options...)
 	if err != nil {
 		return fmt.Errorf("building controller runtime: %w", err)
 	}
@@ -138,4 +139,30 @@ func (r *Runtime) runOnce(ctx context.Context) (err error) {
 	}
 
 	return errStopped
+}
+
+// quietReconciles returns logger with COSI's line for every reconcile that succeeded or skipped lowered from info
+// to debug: a rollout runs thousands of reconciles, and what happened is in the transition lines
+// (internal/metrics); failures stay errors.
+func quietReconciles(logger *zap.Logger) *zap.Logger {
+	return logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return reconcileCore{c} }))
+}
+
+// reconcileCore lowers the level of COSI's per-reconcile lines; see quietReconciles.
+type reconcileCore struct {
+	zapcore.Core
+}
+
+// With implements zapcore.Core, keeping the lowering on the child core.
+func (c reconcileCore) With(fields []zapcore.Field) zapcore.Core {
+	return reconcileCore{c.Core.With(fields)}
+}
+
+// Check implements zapcore.Core: the reconcile lines are checked at debug.
+func (c reconcileCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if ent.Level == zapcore.InfoLevel && (ent.Message == "reconcile succeeded" || ent.Message == "reconcile skipped") {
+		ent.Level = zapcore.DebugLevel
+	}
+
+	return c.Core.Check(ent, ce)
 }

@@ -156,6 +156,22 @@ func pointerKey(ptr resource.Pointer) string {
 // them in dependency order (clusters before their machines). A dry run writes nothing and shows what each config
 // patch would change on each machine it targets.
 func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applyfile.Document, problems []error, dryRun bool) error {
+	view, _, err := check(ctx, c, docs, problems)
+	if err != nil {
+		return err
+	}
+
+	if dryRun {
+		return showDryRun(ctx, w, view, docs)
+	}
+
+	return writeAll(ctx, c, w, docs)
+}
+
+// check validates every document as the server will, over the server's resources with the documents put over
+// them, and sorts docs in dependency order. It returns that view (checked also says which versions the server
+// knows) for further checks; any problem, with those found while decoding, refuses them all.
+func check(ctx context.Context, c *server.Client, docs []applyfile.Document, problems []error) (overlay, resources.Getter, error) {
 	view := overlay{server: c.State(), docs: map[string]resource.Resource{}}
 	for _, doc := range docs {
 		view.docs[pointerKey(doc.Resource.Metadata())] = doc.Resource
@@ -165,7 +181,7 @@ func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applyfile.
 	// half-written until the server refuses that document.
 	known, err := c.KnownVersions(ctx)
 	if err != nil {
-		return fmt.Errorf("asking the server which versions it knows: %w", err)
+		return view, nil, fmt.Errorf("asking the server which versions it knows: %w", err)
 	}
 
 	var checked resources.Getter = view
@@ -186,22 +202,24 @@ func apply(ctx context.Context, c *server.Client, w io.Writer, docs []applyfile.
 		case errors.As(err, &violations):
 			errs = append(errs, fmt.Errorf("%s: %w", doc.Source, &validate.Error{Type: md.Type(), ID: md.ID(), Violations: violations}))
 		case err != nil:
-			return err
+			return view, nil, err
 		}
 	}
 
 	if len(errs) > 0 {
-		return fmt.Errorf("nothing was applied:\n%w", errors.Join(errs...))
+		return view, nil, fmt.Errorf("nothing was applied:\n%w", errors.Join(errs...))
 	}
 
 	slices.SortStableFunc(docs, func(a, b applyfile.Document) int {
 		return catalog.Rank(a.Resource.Metadata().Type()) - catalog.Rank(b.Resource.Metadata().Type())
 	})
 
-	if dryRun {
-		return showDryRun(ctx, w, view, docs)
-	}
+	return view, checked, nil
+}
 
+// writeAll writes checked documents in their order and says, per document, whether it was created, configured or
+// unchanged.
+func writeAll(ctx context.Context, c *server.Client, w io.Writer, docs []applyfile.Document) error {
 	for _, doc := range docs {
 		outcome, err := write(ctx, c.State(), doc.Resource)
 		if err != nil {

@@ -38,6 +38,7 @@ func init() {
 	var (
 		dataDir, listen                   string
 		talosReleases, kubernetesReleases []string
+		monitoring                        monitoringFlags
 	)
 
 	retention := store.Retention{MaxEvents: defaultRetentionEvents, MaxAge: defaultRetentionAge}
@@ -61,7 +62,7 @@ func init() {
 				return err
 			}
 
-			return serve(cmd.Context(), dataDir, listen, retention, stateConfig, known...)
+			return serve(cmd.Context(), dataDir, listen, monitoring, retention, stateConfig, known...)
 		},
 	}
 
@@ -75,8 +76,17 @@ func init() {
 		"a Talos release the engine may upgrade to, besides the ones it ships with: VERSION or VERSION=INSTALLER-TAG (repeatable)")
 	cmd.Flags().StringArrayVar(&kubernetesReleases, "kubernetes-release", nil,
 		"a Kubernetes release the engine may upgrade to, besides the ones it ships with (repeatable)")
+	cmd.Flags().StringVar(&monitoring.metricsListen, "metrics-listen", "",
+		"serve Prometheus metrics on http://ADDR/metrics (HOST:PORT, or a port for loopback); off when empty")
+	cmd.Flags().StringVar(&monitoring.logLevel, "log-level", "info", "least level logged: debug, info, warn or error")
+	cmd.Flags().StringVar(&monitoring.logFormat, "log-format", logFormatConsole, "log format: console or json")
 	stateConfig = addStateFlags(cmd)
 	rootCmd.AddCommand(cmd)
+}
+
+// monitoringFlags are serve's flags for logs and metrics (README.md, "Monitoring").
+type monitoringFlags struct {
+	metricsListen, logLevel, logFormat string
 }
 
 // knownReleases turns --talos-release and --kubernetes-release into the upgrade options that add them to the
@@ -131,16 +141,22 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".upshift")
 }
 
-func serve(ctx context.Context, dataDir, listen string, retention store.Retention, stateConfig *stateFlags, upgradeOptions ...controllers.UpgradeOption) error {
+func serve(ctx context.Context, dataDir, listen string, monitoring monitoringFlags, retention store.Retention, stateConfig *stateFlags,
+	upgradeOptions ...controllers.UpgradeOption,
+) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	cfg := zap.NewDevelopmentConfig()
-	cfg.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
-
-	logger, err := cfg.Build()
+	logger, err := newLogger(monitoring.logLevel, monitoring.logFormat)
 	if err != nil {
-		return fmt.Errorf("building logger: %w", err)
+		return err
+	}
+
+	metricsAddr := ""
+	if monitoring.metricsListen != "" {
+		if metricsAddr, err = metricsAddress(monitoring.metricsListen); err != nil {
+			return err
+		}
 	}
 
 	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
@@ -162,6 +178,16 @@ func serve(ctx context.Context, dataDir, listen string, retention store.Retentio
 
 	// Scripts and tests read the address from this line (it matters with --listen 127.0.0.1:0).
 	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), stateConfig.where(dataDir))
+
+	if metricsAddr != "" {
+		served, err := serveMetrics(ctx, metricsAddr, engine.Metrics(), logger)
+		if err != nil {
+			return errors.Join(err, engine.Close())
+		}
+
+		// Scripts and tests read the address from this line too.
+		fmt.Printf("upshift metrics on http://%s/metrics\n", served)
+	}
 
 	if err = installAdminConfig(filepath.Join(dataDir, upshift.AdminConfigFileName), defaultConfigPath()); err != nil {
 		return errors.Join(err, engine.Close())

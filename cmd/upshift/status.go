@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/upshift-io/upshift/internal/machineview"
 	"github.com/upshift-io/upshift/internal/versions"
@@ -24,37 +26,76 @@ import (
 
 func init() {
 	cmd := &cobra.Command{
-		Use:   "status CLUSTER",
-		Short: "Show a cluster's Talos upgrade as a tree: the cluster, its upgrade phase and progress, each machine",
-		Args:  cobra.ExactArgs(1),
+		Use:   "status [CLUSTER]",
+		Short: "Show the fleet, one line per cluster (those needing attention first), or one cluster as a tree",
+		Long: `Without a cluster, status prints one line per cluster: its Talos and Kubernetes versions (the lowest its
+machines run, then the target when they differ), each rollout not done with its phase and progress, machines
+failed, locked or unreachable, and the newer versions available. Clusters with a Failed or Blocked rollout or a
+failed machine come first, then those upgrading, then the idle ones.
+
+With a cluster, status prints it as a tree: the cluster, each upgrade's phase and progress, each machine.
+
+--watch prints the view again as the fleet changes, until interrupted.`,
+		Args: cobra.MaximumNArgs(1),
 	}
 
 	endpoint := clientFlags(cmd)
 
+	var watch bool
+
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print the view again as it changes")
+
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		return withClient(endpoint, func(c *server.Client) error {
-			// First, so that replicas on etcd without quorum say so before the read of the cluster fails.
-			engine, err := c.EngineStatus(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("reading the engine's status: %w", err)
+			st := c.State()
+			draw := func(w io.Writer) error {
+				// First, so that replicas on etcd without quorum say so before a read of the state waits for it.
+				engine, err := c.EngineStatus(cmd.Context())
+				if err != nil {
+					return fmt.Errorf("reading the engine's status: %w", err)
+				}
+
+				printEngine(w, engine)
+
+				if engine.Unreadable {
+					return errors.New("the state cannot be read until etcd answers again (see above)")
+				}
+
+				if len(args) == 1 {
+					view, err := loadCluster(cmd.Context(), st, args[0])
+					if err != nil {
+						return err
+					}
+
+					return view.printTree(w)
+				}
+
+				views, err := loadFleet(cmd.Context(), st)
+				if err != nil {
+					return err
+				}
+
+				return printFleet(w, views)
 			}
 
-			printEngine(cmd.OutOrStdout(), engine)
-
-			if engine.Unreadable {
-				return errors.New("the cluster's state cannot be read until etcd answers again (see above)")
+			if !watch {
+				return draw(cmd.OutOrStdout())
 			}
 
-			view, err := loadCluster(cmd.Context(), c.State(), args[0])
-			if err != nil {
-				return err
-			}
-
-			return view.printTree(cmd.OutOrStdout())
+			return watchStatus(cmd.Context(), st, clearFor(cmd.OutOrStdout()), cmd.OutOrStdout(), draw)
 		})
 	}
 
 	rootCmd.AddCommand(cmd)
+}
+
+// clearFor is what starts a new view on out: a terminal's screen is cleared, a pipe or file gets a blank line.
+func clearFor(out io.Writer) string {
+	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return "\x1b[H\x1b[2J"
+	}
+
+	return "\n"
 }
 
 // withState runs fn on the state of the server at endpoint, rewording its errors for the terminal.
@@ -100,58 +141,82 @@ func loadCluster(ctx context.Context, st state.State, id string) (*clusterView, 
 		return nil, fmt.Errorf("reading cluster %q: %w", id, err)
 	}
 
-	v := &clusterView{cluster: c}
+	f, err := loadFleetState(ctx, st)
+	if err != nil {
+		return nil, err
+	}
 
+	return f.view(c), nil
+}
+
+// fleetState is every resource status shows, each type listed once for the whole fleet, so that the fleet view
+// costs one list per type however many clusters there are.
+type fleetState struct {
+	machines map[string][]*cluster.Machine // by cluster ID, each sorted by ID
+	statuses map[string]*observe.MachineStatus
+	upgrades map[string]*upgrade.MachineUpgradeStatus
+	locks    map[string]*cluster.MachineLock
+	configs  map[string]*upgrade.MachineConfigStatus
+	etcd     map[string]*observe.EtcdStatus
+	talos    map[string]*upgrade.TalosUpgradeStatus
+	rollouts map[string]*upgrade.ConfigRolloutStatus
+	kube     map[string]*upgrade.KubernetesUpgradeStatus
+	syncs    map[string]*manifest.ManifestSync
+}
+
+// loadFleetState lists every type status shows.
+func loadFleetState(ctx context.Context, st state.State) (*fleetState, error) {
 	machines, err := safe.StateListAll[*cluster.Machine](ctx, st)
 	if err != nil {
 		return nil, fmt.Errorf("listing machines: %w", err)
 	}
 
+	f := &fleetState{machines: map[string][]*cluster.Machine{}}
+
 	for m := range machines.All() {
-		if m.TypedSpec().Cluster == id {
-			v.machines = append(v.machines, m)
+		f.machines[m.TypedSpec().Cluster] = append(f.machines[m.TypedSpec().Cluster], m)
+	}
+
+	for _, ms := range f.machines {
+		slices.SortFunc(ms, func(a, b *cluster.Machine) int { return strings.Compare(a.Metadata().ID(), b.Metadata().ID()) })
+	}
+
+	for _, load := range []func() error{
+		func() (err error) { f.statuses, err = byID[*observe.MachineStatus](ctx, st); return err },
+		func() (err error) { f.upgrades, err = byID[*upgrade.MachineUpgradeStatus](ctx, st); return err },
+		func() (err error) { f.locks, err = byID[*cluster.MachineLock](ctx, st); return err },
+		func() (err error) { f.configs, err = byID[*upgrade.MachineConfigStatus](ctx, st); return err },
+		func() (err error) { f.etcd, err = byID[*observe.EtcdStatus](ctx, st); return err },
+		func() (err error) { f.talos, err = byID[*upgrade.TalosUpgradeStatus](ctx, st); return err },
+		func() (err error) { f.rollouts, err = byID[*upgrade.ConfigRolloutStatus](ctx, st); return err },
+		func() (err error) { f.kube, err = byID[*upgrade.KubernetesUpgradeStatus](ctx, st); return err },
+		func() (err error) { f.syncs, err = byID[*manifest.ManifestSync](ctx, st); return err },
+	} {
+		if err := load(); err != nil {
+			return nil, err
 		}
 	}
 
-	slices.SortFunc(v.machines, func(a, b *cluster.Machine) int { return strings.Compare(a.Metadata().ID(), b.Metadata().ID()) })
+	return f, nil
+}
 
-	if v.statuses, err = byID[*observe.MachineStatus](ctx, st); err != nil {
-		return nil, err
+// view is cluster c with its machines and what was observed of them; a status not written yet is nil.
+func (f *fleetState) view(c *cluster.Cluster) *clusterView {
+	id := c.Metadata().ID()
+
+	return &clusterView{
+		cluster:  c,
+		machines: f.machines[id],
+		statuses: f.statuses,
+		upgrades: f.upgrades,
+		locks:    f.locks,
+		etcd:     f.etcd[id],
+		talos:    f.talos[id],
+		configs:  f.configs,
+		rollout:  f.rollouts[id],
+		kube:     f.kube[id],
+		sync:     f.syncs[id],
 	}
-
-	if v.upgrades, err = byID[*upgrade.MachineUpgradeStatus](ctx, st); err != nil {
-		return nil, err
-	}
-
-	if v.locks, err = byID[*cluster.MachineLock](ctx, st); err != nil {
-		return nil, err
-	}
-
-	if v.etcd, err = optional[*observe.EtcdStatus](ctx, st, id); err != nil {
-		return nil, err
-	}
-
-	if v.talos, err = optional[*upgrade.TalosUpgradeStatus](ctx, st, id); err != nil {
-		return nil, err
-	}
-
-	if v.configs, err = byID[*upgrade.MachineConfigStatus](ctx, st); err != nil {
-		return nil, err
-	}
-
-	if v.rollout, err = optional[*upgrade.ConfigRolloutStatus](ctx, st, id); err != nil {
-		return nil, err
-	}
-
-	if v.kube, err = optional[*upgrade.KubernetesUpgradeStatus](ctx, st, id); err != nil {
-		return nil, err
-	}
-
-	if v.sync, err = optional[*manifest.ManifestSync](ctx, st, id); err != nil {
-		return nil, err
-	}
-
-	return v, nil
 }
 
 // byID lists every resource of a type, keyed by ID.
@@ -167,18 +232,6 @@ func byID[T meta.ResourceWithRD](ctx context.Context, st state.State) (map[strin
 	}
 
 	return out, nil
-}
-
-// optional reads the resource named id, or returns the zero value when there is none yet.
-func optional[T meta.ResourceWithRD](ctx context.Context, st state.State, id string) (T, error) {
-	r, err := safe.StateGetByID[T](ctx, st, id)
-	if err != nil && !state.IsNotFoundError(err) {
-		var zero T
-
-		return zero, fmt.Errorf("reading %q: %w", id, err)
-	}
-
-	return r, nil
 }
 
 // printTree prints the cluster, its upgrade and its machines as a tree that fits 80 columns.

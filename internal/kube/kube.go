@@ -43,7 +43,12 @@ type Node struct {
 	KubeletVersion string
 	// Cordoned is true when the node is unschedulable.
 	Cordoned bool
+	// ControlPlane is true for a node labelled node-role.kubernetes.io/control-plane.
+	ControlPlane bool
 }
+
+// LabelControlPlane marks a control plane Node (Talos labels its control planes so).
+const LabelControlPlane = "node-role.kubernetes.io/control-plane"
 
 // Nodes is what the controllers do with a cluster's nodes. A node that does not exist gives an error for which
 // apierrors.IsNotFound is true, except for Uncordon, where it is a no-op.
@@ -135,7 +140,27 @@ func (c *Client) Node(ctx context.Context, name string) (Node, error) {
 		return Node{}, fmt.Errorf("reading node %q: %w", name, err)
 	}
 
-	out := Node{Name: n.Name, KubeletVersion: n.Status.NodeInfo.KubeletVersion, Cordoned: n.Spec.Unschedulable}
+	return nodeOf(n), nil
+}
+
+// List lists every Node of the cluster.
+func (c *Client) List(ctx context.Context) ([]Node, error) {
+	list, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+
+	nodes := make([]Node, 0, len(list.Items))
+	for i := range list.Items {
+		nodes = append(nodes, nodeOf(&list.Items[i]))
+	}
+
+	return nodes, nil
+}
+
+func nodeOf(n *corev1.Node) Node {
+	_, controlPlane := n.Labels[LabelControlPlane]
+	out := Node{Name: n.Name, KubeletVersion: n.Status.NodeInfo.KubeletVersion, Cordoned: n.Spec.Unschedulable, ControlPlane: controlPlane}
 
 	for _, cond := range n.Status.Conditions {
 		if cond.Type == corev1.NodeReady {
@@ -143,7 +168,7 @@ func (c *Client) Node(ctx context.Context, name string) (Node, error) {
 		}
 	}
 
-	return out, nil
+	return out
 }
 
 // Cordon implements Nodes; cordoning a cordoned node is a no-op.

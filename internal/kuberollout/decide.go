@@ -178,6 +178,8 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 		}
 	}
 
+	skipLockedPrePulls(next.Steps, machines)
+
 	// The lists of machines waiting on a lock, and unlocked after waiting, are the last decision's until this one
 	// admits steps: a pause, a failure or another rollout's turn keeps them, so no unlock loses its place.
 	unlocked := rollout.UnlockOrder(view.ClusterView, next.WaitingOnLock, next.Unlocked)
@@ -271,6 +273,24 @@ func schedule(policy Policy, view View, next upgrade.KubernetesUpgradeStatusSpec
 	}
 
 	return next
+}
+
+// skipLockedPrePulls skips the pre-pulls of locked machines once their hop's pre-pulls are the current steps. A
+// locked machine is not touched, and a pre-pull changes nothing (it only makes the kubelet step quick and fails
+// early on a missing image): waiting for the unlock would hold every other step of the upgrade, and the machine's
+// kubelet step, which waits for the unlock, pulls the image itself. A machine unlocked before its hop's pre-pulls
+// start is pre-pulled as any other.
+func skipLockedPrePulls(steps []upgrade.KubernetesUpgradeStep, machines map[string]rollout.MachineView) {
+	first := slices.IndexFunc(steps, func(s upgrade.KubernetesUpgradeStep) bool { return !s.State.Finished() })
+	if first < 0 || steps[first].Kind != upgrade.StepPrePull {
+		return
+	}
+
+	for i := first; i < len(steps) && steps[i].Kind == upgrade.StepPrePull && steps[i].Version == steps[first].Version; i++ {
+		if s := &steps[i]; s.State == upgrade.StepPending && machines[s.Machine].Locked {
+			s.State, s.Error = upgrade.StepSkipped, "locked: not pre-pulled; its kubelet step pulls the image once it is unlocked"
+		}
+	}
 }
 
 // onlyLocked reports whether nothing of the step group runs and every step of it left to run is the kubelet of a

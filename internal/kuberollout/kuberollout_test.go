@@ -215,7 +215,7 @@ func TestDecideWalksTheSteps(t *testing.T) {
 	}
 
 	want := [][]string{
-		{"pre-pull cp-1", "pre-pull cp-2"}, {"pre-pull w-1", "pre-pull w-2"}, {"pre-pull w-3"},
+		{"pre-pull cp-1", "pre-pull cp-2"}, {"pre-pull w-1", "pre-pull w-2"}, // w-3 locked: its pre-pull skipped
 		{"kube-apiserver cp-1"}, {"kube-controller-manager cp-1"}, {"kube-scheduler cp-1"},
 		{"kube-apiserver cp-2"}, {"kube-controller-manager cp-2"}, {"kube-scheduler cp-2"},
 		{"kube-proxy"}, {"kubelet cp-1"}, {"kubelet cp-2"}, {"kubelet w-1", "kubelet w-2"},
@@ -229,6 +229,13 @@ func TestDecideWalksTheSteps(t *testing.T) {
 		if !slices.Equal(rounds[i], want[i]) {
 			t.Fatalf("round %d: %v, want %v", i, rounds[i], want[i])
 		}
+	}
+
+	prePull := s.Steps[slices.IndexFunc(s.Steps, func(st upgrade.KubernetesUpgradeStep) bool {
+		return st.Kind == upgrade.StepPrePull && st.Machine == "w-3"
+	})]
+	if prePull.State != upgrade.StepSkipped || !strings.Contains(prePull.Error, "locked") {
+		t.Fatalf("the locked worker's pre-pull: %s %q, want Skipped because locked", prePull.State, prePull.Error)
 	}
 
 	if s.Phase != upgrade.PhaseBlocked || !slices.Equal(s.WaitingOnLock, []string{"w-3"}) || !strings.Contains(s.Error, "w-3") {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/state"
-	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	clientconfig "github.com/siderolabs/talos/pkg/machinery/client/config"
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
@@ -34,8 +33,12 @@ type Fleet struct {
 	journal  *Journal
 	pki      *pki
 	clusters []*cluster
-	nodes    map[string]*Node
-	order    []*Node
+	meta     state.CoreState // the meta namespace every node shares
+
+	// mu guards nodes, order and every cluster's nodes, which AddWorker grows while the API serves.
+	mu    sync.RWMutex
+	nodes map[string]*Node
+	order []*Node
 
 	journalFile *os.File
 	listener    net.Listener
@@ -52,12 +55,16 @@ type Fleet struct {
 
 // cluster is one emulated cluster: its nodes, its etcd and, when running, its Kubernetes control plane.
 type cluster struct {
-	name       string
-	dir        string
-	nodes      []*Node
-	etcd       *etcdCluster // nil in lite mode
-	kube       KubernetesControlPlane
-	kubeconfig []byte
+	name         string
+	dir          string
+	nodes        []*Node
+	etcd         *etcdCluster // nil in lite mode
+	kube         KubernetesControlPlane
+	kubeconfig   []byte
+	workerConfig talosconfig.Provider // what a worker added to the running cluster boots with
+	// discovery is the cluster's "cluster" namespace (discovery Members), which every node of a real cluster
+	// converges on: one copy serves them all.
+	discovery state.CoreState
 }
 
 // New creates the fleet, boots every node and starts serving. Close stops it.
@@ -125,6 +132,8 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 		return err
 	}
 
+	f.meta = meta
+
 	// The machine configs are generated for the oldest version any node runs, so that every node of a mixed fleet
 	// can read its config, as a cluster's configs are generated for the release it was created with.
 	contract, err := talosconfig.ParseContractFromVersion("v" + f.opts.oldestVersion())
@@ -143,7 +152,7 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 		c := &cluster{name: fmt.Sprintf("c%d", i)}
 		c.dir = filepath.Join(f.opts.stateDir, c.name)
 
-		if err = f.createCluster(ctx, c, contract, bundle, meta, uint64(i)); err != nil {
+		if err = f.createCluster(ctx, c, contract, bundle, uint64(i)); err != nil {
 			return fmt.Errorf("creating cluster %q: %w", c.name, err)
 		}
 
@@ -172,7 +181,8 @@ func (f *Fleet) createNodes(ctx context.Context) error {
 	return nil
 }
 
-func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosconfig.VersionContract, bundle *secrets.Bundle, meta state.CoreState, seed uint64) error {
+func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosconfig.VersionContract, bundle *secrets.Bundle, seed uint64) error {
+
 	input, err := generate.NewInput(c.name, "https://"+c.name+".emulated:6443", f.opts.kubernetesVersion,
 		generate.WithVersionContract(contract), generate.WithSecretsBundle(bundle))
 	if err != nil {
@@ -210,21 +220,11 @@ func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosco
 		}
 	}
 
+	c.workerConfig = workerConfig
+	c.discovery = newDiscoveryState()
+
 	add := func(name string, controlPlane bool, cfg talosconfig.Provider) error {
-		n := &Node{
-			name:          name,
-			cluster:       c,
-			controlPlane:  controlPlane,
-			fleet:         f,
-			st:            newNodeState(meta),
-			running:       f.opts.versionOf(name),
-			bootID:        newBootID(),
-			cfg:           cfg,
-			faults:        map[Fault]bool{},
-			pullFaults:    map[string]bool{},
-			images:        map[common.ContainerdNamespace][]string{},
-			faultsChanged: make(chan struct{}),
-		}
+		n := f.newNode(c, name, controlPlane, cfg)
 
 		if controlPlane {
 			if lite != nil {
@@ -243,9 +243,7 @@ func (f *Fleet) createCluster(ctx context.Context, c *cluster, contract *talosco
 			return err
 		}
 
-		c.nodes = append(c.nodes, n)
-		f.nodes[name] = n
-		f.order = append(f.order, n)
+		f.addNode(n)
 
 		return nil
 	}
@@ -314,22 +312,31 @@ func (f *Fleet) startKubernetes(ctx context.Context) error {
 		}
 
 		for _, n := range c.nodes {
-			kubelet, err := kube.StartKubelet(f.ctx, n.kubeletConfig())
-			if err != nil {
-				return fmt.Errorf("starting kubelet of %q: %w", n.name, err)
+			if err = f.startKubelet(kube, n); err != nil {
+				return err
 			}
-
-			kubelet.SetReady(n.Up())
-
-			n.mu.Lock()
-			n.kubelet = kubelet
-			n.mu.Unlock()
 		}
 
 		if err = c.applyBootstrapManifests(ctx); err != nil {
 			return err
 		}
 	}
+
+	return nil
+}
+
+// startKubelet starts playing a node's kubelet in its cluster's Kubernetes, ready when the node is up.
+func (f *Fleet) startKubelet(kube KubernetesControlPlane, n *Node) error {
+	kubelet, err := kube.StartKubelet(f.ctx, n.kubeletConfig())
+	if err != nil {
+		return fmt.Errorf("starting kubelet of %q: %w", n.name, err)
+	}
+
+	kubelet.SetReady(n.Up())
+
+	n.mu.Lock()
+	n.kubelet = kubelet
+	n.mu.Unlock()
 
 	return nil
 }
@@ -398,7 +405,7 @@ func (f *Fleet) Close() error {
 
 		var stopping sync.WaitGroup
 
-		for _, n := range f.order {
+		for _, n := range f.Nodes() {
 			if n.etcd != nil {
 				stopping.Go(n.etcd.stop)
 			}
@@ -431,7 +438,7 @@ func (f *Fleet) TalosconfigPath() string { return filepath.Join(f.opts.stateDir,
 
 // Talosconfig is a client configuration for the whole fleet: its endpoint, CA and an admin client certificate.
 func (f *Fleet) Talosconfig() *clientconfig.Config {
-	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), nodeNames(f.order))
+	return f.pki.talosconfig("upshift-emulator", f.Endpoint(), nodeNames(f.Nodes()))
 }
 
 // ClusterTalosconfig is a client configuration for one cluster, as a real cluster's talosconfig is: the fleet's
@@ -443,7 +450,7 @@ func (f *Fleet) ClusterTalosconfig(name string) (*clientconfig.Config, error) {
 		return nil, err
 	}
 
-	return f.pki.talosconfig("upshift-emulator-"+name, f.Endpoint(), nodeNames(c.nodes)), nil
+	return f.pki.talosconfig("upshift-emulator-"+name, f.Endpoint(), nodeNames(f.clusterNodes(c))), nil
 }
 
 // nodeNames lists the names of nodes, in order.
@@ -464,7 +471,7 @@ func (f *Fleet) Journal() *Journal { return f.journal }
 
 // Node returns a node by name.
 func (f *Fleet) Node(name string) (*Node, error) {
-	n, ok := f.nodes[name]
+	n, ok := f.lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("no node %q in the emulated fleet", name)
 	}
@@ -473,7 +480,12 @@ func (f *Fleet) Node(name string) (*Node, error) {
 }
 
 // Nodes lists every node, cluster by cluster, control planes first.
-func (f *Fleet) Nodes() []*Node { return append([]*Node(nil), f.order...) }
+func (f *Fleet) Nodes() []*Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+
+	return append([]*Node(nil), f.order...)
+}
 
 // Clusters lists the cluster names (c1, c2, ...).
 func (f *Fleet) Clusters() []string {
@@ -492,7 +504,7 @@ func (f *Fleet) ClusterNodes(name string) ([]*Node, error) {
 		return nil, err
 	}
 
-	return append([]*Node(nil), c.nodes...), nil
+	return f.clusterNodes(c), nil
 }
 
 // KubeconfigPath is where a cluster's admin kubeconfig is written once its Kubernetes control plane runs.

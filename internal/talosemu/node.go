@@ -23,6 +23,7 @@ var errNodeDown = errors.New("node is unreachable")
 // does goes through the gRPC API.
 type Node struct {
 	name         string
+	nodeID       string // the discovery identity
 	cluster      *cluster
 	controlPlane bool
 	fleet        *Fleet
@@ -549,7 +550,7 @@ func (n *Node) validateEtcdForUpgrade(ctx context.Context) error {
 		return err
 	}
 
-	for _, other := range n.cluster.nodes {
+	for _, other := range n.fleet.clusterNodes(n.cluster) {
 		if other.etcd != nil && other.hasFault(FaultEtcdUnhealthy) {
 			return fmt.Errorf("etcd member %016x is not healthy; all members must be healthy to perform an upgrade", other.etcd.id())
 		}

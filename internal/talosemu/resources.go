@@ -14,6 +14,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
 	"github.com/cosi-project/runtime/pkg/state/registry"
 	talosconfig "github.com/siderolabs/talos/pkg/machinery/config"
+	clusterres "github.com/siderolabs/talos/pkg/machinery/resources/cluster"
 	"github.com/siderolabs/talos/pkg/machinery/resources/config"
 	"github.com/siderolabs/talos/pkg/machinery/resources/etcd"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
@@ -28,13 +29,16 @@ const (
 )
 
 // newNodeState builds a node's COSI state. The meta namespace (namespaces and resource definitions, the same on
-// every node) is shared by the whole fleet.
-func newNodeState(shared state.CoreState) state.State {
+// every node) is shared by the whole fleet, the cluster namespace (discovery) by the nodes of one cluster.
+func newNodeState(shared, discovery state.CoreState) state.State {
 	build := inmem.NewStateWithOptions(inmem.WithHistoryInitialCapacity(historyInitialCapacity), inmem.WithHistoryMaxCapacity(historyMaxCapacity))
 
 	return state.WrapCore(namespaced.NewState(func(ns resource.Namespace) state.CoreState {
-		if ns == meta.NamespaceName {
+		switch ns {
+		case meta.NamespaceName:
 			return shared
+		case clusterres.NamespaceName:
+			return discovery
 		}
 
 		return build(ns)
@@ -58,6 +62,7 @@ func newMetaState(ctx context.Context) (state.CoreState, error) {
 		k8s.ControlPlaneNamespaceName: "Kubernetes control plane resources",
 		config.NamespaceName:          "Talos machine configuration",
 		etcd.NamespaceName:            "etcd resources",
+		clusterres.NamespaceName:      "Cluster configuration and discovery resources",
 	} {
 		if err := namespaces.Register(ctx, ns, description); err != nil {
 			return nil, fmt.Errorf("registering namespace %q: %w", ns, err)
@@ -73,7 +78,7 @@ func newMetaState(ctx context.Context) (state.CoreState, error) {
 		&runtime.MachineStatus{}, &runtime.Version{}, &runtime.BootID{}, &v1alpha1.Service{},
 		&k8s.Nodename{}, &k8s.KubeletSpec{}, &k8s.StaticPod{}, &k8s.StaticPodStatus{}, &k8s.Manifest{},
 		&k8s.APIServerConfig{}, &k8s.ControllerManagerConfig{}, &k8s.SchedulerConfig{},
-		&config.MachineConfig{}, &etcd.Member{},
+		&config.MachineConfig{}, &etcd.Member{}, &clusterres.Member{},
 	} {
 		if err := definitions.Register(ctx, r); err != nil {
 			return nil, fmt.Errorf("registering resource definition %T: %w", r, err)
@@ -172,6 +177,10 @@ func (n *Node) publishIdentity(ctx context.Context) error {
 		return nil
 	}); err != nil {
 		return fmt.Errorf("updating version of %q: %w", n.name, err)
+	}
+
+	if err := n.publishMember(ctx, version); err != nil {
+		return err
 	}
 
 	if err := safe.StateModify(ctx, n.st, runtime.NewBootID(), func(r *runtime.BootID) error {

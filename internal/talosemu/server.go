@@ -86,13 +86,15 @@ func (f *Fleet) targetNode(ctx context.Context) (*Node, error) {
 	switch {
 	case len(names) > 1:
 		return nil, status.Error(codes.InvalidArgument, "one-to-many calls are not supported by the emulator: use client.WithNode")
-	case len(names) == 0 && len(f.order) == 1:
-		return f.order[0], nil
 	case len(names) == 0:
+		if nodes := f.Nodes(); len(nodes) == 1 {
+			return nodes[0], nil
+		}
+
 		return nil, status.Error(codes.InvalidArgument, "the emulated fleet serves many nodes: set the target node (client.WithNode)")
 	}
 
-	n, ok := f.nodes[names[0]]
+	n, ok := f.lookup(names[0])
 	if !ok {
 		return nil, status.Errorf(codes.Unavailable, "unknown node %q: no route to host", names[0])
 	}

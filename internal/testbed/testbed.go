@@ -29,6 +29,7 @@ type options struct {
 	upgradeOptions []controllers.UpgradeOption
 	process        Command
 	logger         *zap.Logger
+	unregistered   bool
 }
 
 // WithDir sets the directory holding the fleet (DIR/fleet) and the engine's data (DIR/engine). Required.
@@ -63,6 +64,12 @@ func WithEngineProcess(cmd Command) Option {
 	return func(o *options) { o.process = cmd }
 }
 
+// WithoutRegister leaves the engine empty: the fleet runs, but no Cluster, Machine or Credentials describes it
+// until a test writes them (as `upshift cluster import` does).
+func WithoutRegister() Option {
+	return func(o *options) { o.unregistered = true }
+}
+
 // WithLogger sets the logger of the fleet and the in-process engine. Default: no logging.
 func WithLogger(logger *zap.Logger) Option {
 	return func(o *options) { o.logger = logger }
@@ -86,7 +93,7 @@ type engine interface {
 	stop() error
 }
 
-// Start starts the fleet and the engine, and registers the fleet. Close stops both.
+// Start starts the fleet and the engine, and registers the fleet (unless WithoutRegister). Close stops both.
 func Start(ctx context.Context, opts ...Option) (*Bed, error) {
 	o := options{logger: zap.NewNop()}
 	for _, opt := range opts {
@@ -119,6 +126,10 @@ func Start(ctx context.Context, opts ...Option) (*Bed, error) {
 
 	if err = b.StartEngine(ctx); err != nil {
 		return nil, errors.Join(err, fleet.Close())
+	}
+
+	if o.unregistered {
+		return b, nil
 	}
 
 	if err = Register(ctx, b.State(), fleet); err != nil {

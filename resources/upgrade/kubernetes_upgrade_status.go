@@ -28,7 +28,7 @@ const (
 	StepPending StepState = "Pending"
 	StepRunning StepState = "Running"
 	StepDone    StepState = "Done"
-	StepSkipped StepState = "Skipped" // the machine left the cluster
+	StepSkipped StepState = "Skipped" // the machine left the cluster, or was locked when its pre-pull was due
 	StepFailed  StepState = "Failed"
 )
 

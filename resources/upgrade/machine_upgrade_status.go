@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
@@ -110,6 +111,14 @@ const (
 // for one failure never retries a later one (a new hop starts again at attempt 1).
 func (s MachineUpgradeStatusSpec) RetryValue() string {
 	return s.ToVersion + "/" + strconv.Itoa(s.Attempt)
+}
+
+// FailureReason is the reason Error starts with ("rolled back", "timeout", "drain", "pull", ...), without its
+// details: a short word from a fixed set, fit for a metric label or a log search.
+func (s MachineUpgradeStatusSpec) FailureReason() string {
+	reason, _, _ := strings.Cut(s.Error, ":")
+
+	return reason
 }
 
 // NewMachineUpgradeStatus returns an empty MachineUpgradeStatus for the machine named id.

@@ -131,10 +131,15 @@ func (s *Store) commitQueued() {
 	s.queue, s.spare = s.spare[:0], nil
 	s.mu.Unlock()
 
-	var err error
+	var (
+		err  error
+		took time.Duration
+	)
 
 	if len(batch) > 0 {
+		started := time.Now()
 		err = s.db.Update(func(tx *bbolt.Tx) error { return s.codec.applyBatch(tx, batch) })
+		took = time.Since(started)
 	}
 
 	s.mu.Lock()
@@ -166,6 +171,10 @@ func (s *Store) commitQueued() {
 		s.commits.Add(1)
 		s.writes.Add(uint64(len(batch)))
 		s.durable.Store(batch[len(batch)-1].seq)
+
+		if s.opts.commitObserver != nil {
+			s.opts.commitObserver(took, len(batch))
+		}
 
 		if s.full != nil {
 			s.opts.logger.Info("the state's device has space again: writes resume")

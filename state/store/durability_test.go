@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
@@ -83,11 +85,18 @@ func writeConcurrently(ctx context.Context, st state.State, writers, updates int
 }
 
 // TestGroupCommitBatchesConcurrentWriters checks that concurrent writers of ONE collection share commits, which
-// COSI's stock bolt store cannot do because it fsyncs under the collection mutex.
+// COSI's stock bolt store cannot do because it fsyncs under the collection mutex; the commit observer sees every
+// commit with its writes.
 func TestGroupCommitBatchesConcurrentWriters(t *testing.T) {
 	t.Parallel()
 
-	s := openTestStore(t, filepath.Join(t.TempDir(), "state.db"))
+	var observedCommits, observedWrites atomic.Uint64
+
+	s := openTestStore(t, filepath.Join(t.TempDir(), "state.db"), store.WithCommitObserver(func(took time.Duration, writes int) {
+		assert.Positive(t, took)
+		observedCommits.Add(1)
+		observedWrites.Add(uint64(writes))
+	}))
 	defer s.Close() //nolint:errcheck
 
 	st := state.WrapCore(s.State())
@@ -102,6 +111,8 @@ func TestGroupCommitBatchesConcurrentWriters(t *testing.T) {
 	stats := s.Stats()
 	require.Equal(t, uint64(writers*(updates+1)), stats.Writes)
 	require.Less(t, stats.Commits, stats.Writes/2, "concurrent writers must share commits: %+v", stats)
+	assert.Equal(t, stats.Commits, observedCommits.Load())
+	assert.Equal(t, stats.Writes, observedWrites.Load())
 }
 
 func TestWritesAfterCloseFail(t *testing.T) {

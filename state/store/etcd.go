@@ -63,7 +63,8 @@ type EtcdStore struct {
 
 // OpenEtcd opens the state kept in etcd under DefaultEtcdPrefix through cli, binding it to the encryption key
 // (WithEncryptionKey) as Open binds a file: the first replica stores the key check, every later one must have the
-// same key. WithEncryptionKey, WithLogger, WithRetention and WithCompactionInterval apply (retention runs in
+// same key. WithEncryptionKey, WithLogger, WithRetention, WithCompactionInterval and WithCommitObserver (one write per
+// transaction) apply (retention runs in
 // RunRetention). The caller closes cli after the store.
 func OpenEtcd(ctx context.Context, cli *clientv3.Client, opts ...Option) (*EtcdStore, error) {
 	o := defaultOptions()
@@ -390,12 +391,18 @@ func (t *loggedTxn) Commit() (*clientv3.TxnResponse, error) {
 		els = append(els, clientv3.OpGet(f.Key))
 	}
 
+	start := time.Now()
+
 	resp, err := t.kv.Txn(t.ctx).If(cmps...).Then(then...).Else(els...).Commit()
 	if err != nil {
 		return nil, err
 	}
 
 	if resp.Succeeded {
+		if observe := t.store.opts.commitObserver; observe != nil {
+			observe(time.Since(start), 1)
+		}
+
 		resp.Responses = resp.Responses[:len(t.then)]
 
 		return resp, nil

@@ -36,6 +36,7 @@ type options struct {
 	compactionInterval time.Duration
 	fullRetryInterval  time.Duration
 	key                []byte
+	commitObserver     func(took time.Duration, writes int)
 }
 
 // Option configures Open and Verify.
@@ -114,5 +115,14 @@ func WithLogger(l *zap.Logger) Option {
 func WithEncryptionKey(key []byte) Option {
 	return func(o *options) {
 		o.key = key
+	}
+}
+
+// WithCommitObserver has observe called after every commit that reached the disk, with how long the transaction
+// took (fsync included) and how many writes it carried: the engine's metrics (internal/metrics) measure the store
+// through it without the store knowing of them. observe runs on the commit path and must return at once.
+func WithCommitObserver(observe func(took time.Duration, writes int)) Option {
+	return func(o *options) {
+		o.commitObserver = observe
 	}
 }
