@@ -63,9 +63,8 @@ type EtcdStore struct {
 
 // OpenEtcd opens the state kept in etcd under DefaultEtcdPrefix through cli, binding it to the encryption key
 // (WithEncryptionKey) as Open binds a file: the first replica stores the key check, every later one must have the
-// same key. WithEncryptionKey, WithLogger, WithRetention, WithCompactionInterval and WithCommitObserver (one write per
-// transaction) apply (retention runs in
-// RunRetention). The caller closes cli after the store.
+// same key. WithEncryptionKey, WithLogger, WithRetention, WithCompactionInterval (retention runs in RunRetention)
+// and WithCommitObserver (one write per transaction) apply. The caller closes cli after the store.
 func OpenEtcd(ctx context.Context, cli *clientv3.Client, opts ...Option) (*EtcdStore, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
