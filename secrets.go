@@ -33,14 +33,10 @@ func WithEncryptionKey(key []byte) Option {
 // so the error names the missing key rather than leaving a useless one behind.
 func openStore(o engineOptions) (*store.Store, error) {
 	path := filepath.Join(o.dataDir, StateFileName)
-	keyPath := filepath.Join(o.dataDir, KeyFileName)
-	key, created := o.encryptionKey, false
 
-	if key == nil {
-		var err error
-		if key, created, err = loadOrCreateKey(keyPath); err != nil {
-			return nil, err
-		}
+	key, keyPath, created, err := engineKey(o)
+	if err != nil {
+		return nil, err
 	}
 
 	st, err := store.Open(path, append([]store.Option{store.WithLogger(o.logger), store.WithEncryptionKey(key)}, o.storeOptions...)...)
@@ -57,18 +53,27 @@ func openStore(o engineOptions) (*store.Store, error) {
 	}
 }
 
+// engineKey is the key that encrypts the state's secrets: the embedder's, else the data dir's key file (its path
+// returned), created on the first start (created reports that).
+func engineKey(o engineOptions) (key []byte, keyPath string, created bool, err error) {
+	keyPath = filepath.Join(o.dataDir, KeyFileName)
+
+	if o.encryptionKey != nil {
+		return o.encryptionKey, keyPath, false, nil
+	}
+
+	key, created, err = loadOrCreateKey(keyPath)
+
+	return key, keyPath, created, err
+}
+
 // openEtcdStore opens the state in etcd with the replicas' shared encryption key: the embedder's, else the data
 // dir's key file. The first replica creates the key file; a key file created for a state in etcd that is bound to
 // another key is removed again, and the error says to copy the first replica's.
 func openEtcdStore(o engineOptions) (*store.EtcdStore, error) {
-	keyPath := filepath.Join(o.dataDir, KeyFileName)
-	key, created := o.encryptionKey, false
-
-	if key == nil {
-		var err error
-		if key, created, err = loadOrCreateKey(keyPath); err != nil {
-			return nil, err
-		}
+	key, keyPath, created, err := engineKey(o)
+	if err != nil {
+		return nil, err
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

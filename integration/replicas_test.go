@@ -21,6 +21,7 @@ import (
 	"github.com/upshift-io/upshift/resources/cluster"
 	"github.com/upshift-io/upshift/resources/observe"
 	"github.com/upshift-io/upshift/resources/upgrade"
+	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 )
 
@@ -79,17 +80,37 @@ func waitLeader(t testing.TB, rs *testbed.ReplicaSet, asked, not int, timeout ti
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
 
+	leader := -1
+
+	pollEngine(ctx, t, rs, asked, fmt.Sprintf("replica %d to name a leader other than %d", asked, not), func(st server.EngineStatus) bool {
+		for i := range rs.Replicas() {
+			if st.Leader == testbed.ReplicaName(i) && i != not {
+				leader = i
+			}
+		}
+
+		return leader >= 0
+	})
+
+	return leader
+}
+
+// pollEngine asks replica i for its engine status until cond holds, every pollInterval, failing the test when ctx
+// ends first.
+func pollEngine(ctx context.Context, t testing.TB, rs *testbed.ReplicaSet, i int, what string, cond func(server.EngineStatus) bool) {
+	t.Helper()
+
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
 
 	for {
-		if leader, err := rs.Leader(ctx, asked); err == nil && leader >= 0 && leader != not {
-			return leader
+		if st, err := rs.Client(i).EngineStatus(ctx); err == nil && cond(st) {
+			return
 		}
 
 		select {
 		case <-ctx.Done():
-			require.FailNowf(t, "no leader", "replica %d named no leader other than %d within %s", asked, not, timeout)
+			require.FailNow(t, "timed out waiting for "+what)
 		case <-ticker.C:
 		}
 	}
@@ -210,23 +231,14 @@ func TestReplicaPausedPastItsLease(t *testing.T) {
 
 	// The old leader comes back believing it leads until its keepalive finds the lease gone; then its term ends
 	// (the controllers and their executors stopped) and it says so.
-	ticker := time.NewTicker(pollInterval)
-	defer ticker.Stop()
+	var resumed server.EngineStatus
 
-	for {
-		st, err := rs.Client(old).EngineStatus(ctx)
-		if err == nil && !st.Leading {
-			require.Equal(t, testbed.ReplicaName(next), st.Leader, "the paused new leader still holds its lease")
+	pollEngine(ctx, t, rs, old, "the resumed replica to find its lease lost", func(st server.EngineStatus) bool {
+		resumed = st
 
-			break
-		}
-
-		select {
-		case <-ctx.Done():
-			require.FailNow(t, "the resumed replica never found its lease lost")
-		case <-ticker.C:
-		}
-	}
+		return !st.Leading
+	})
+	require.Equal(t, testbed.ReplicaName(next), resumed.Leader, "the paused new leader still holds its lease")
 
 	for _, e := range rs.Fleet.Journal().Entries()[from:] {
 		assert.False(t, isSideEffect(e) && e.Error == "", "sent by the replica whose term ended: %s %s %s", e.Node, e.Method, e.Image)
@@ -403,22 +415,10 @@ func TestReplicasEtcdQuorum(t *testing.T) {
 	require.False(t, allOn(rs.Fleet, newest), "the rollout is still under way when quorum is lost")
 
 	// Within a lease every replica finds it cannot lead.
-	ticker := time.NewTicker(pollInterval)
-	defer ticker.Stop()
-
 	for i := range rs.Replicas() {
-		for {
-			st, err := rs.Client(i).EngineStatus(ctx)
-			if err == nil && !st.Leading && st.Problem != "" {
-				break
-			}
-
-			select {
-			case <-ctx.Done():
-				require.FailNowf(t, "still leading", "replica %d did not stop leading without quorum", i)
-			case <-ticker.C:
-			}
-		}
+		pollEngine(ctx, t, rs, i, fmt.Sprintf("replica %d to stop leading without quorum", i), func(st server.EngineStatus) bool {
+			return !st.Leading && st.Problem != ""
+		})
 	}
 
 	from := len(rs.Fleet.Journal().Entries())

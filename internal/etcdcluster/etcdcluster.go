@@ -4,6 +4,7 @@
 package etcdcluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -150,25 +151,9 @@ func (c *Cluster) StartMember(i int) error {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 
-	e, err := embed.StartEtcd(cfg)
+	e, err := StartEmbedded(context.Background(), cfg, readyTimeout)
 	if err != nil {
-		return fmt.Errorf("starting etcd member %s: %w", m.name, err)
-	}
-
-	timer := time.NewTimer(readyTimeout)
-	defer timer.Stop()
-
-	select {
-	case <-e.Server.ReadyNotify():
-	case err = <-e.Err():
-	case <-timer.C:
-		err = fmt.Errorf("not ready within %s", readyTimeout)
-	}
-
-	if err != nil {
-		e.Close()
-
-		return fmt.Errorf("waiting for etcd member %s: %w", m.name, err)
+		return err
 	}
 
 	m.mu.Lock()
@@ -185,4 +170,33 @@ func (c *Cluster) Close() error {
 	}
 
 	return nil
+}
+
+// StartEmbedded starts an embedded etcd member from cfg and waits until it is ready (it has joined a quorum), at
+// most timeout or until ctx ends; a member that is not ready is closed again.
+func StartEmbedded(ctx context.Context, cfg *embed.Config, timeout time.Duration) (*embed.Etcd, error) {
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("starting etcd member %q: %w", cfg.Name, err)
+	}
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+
+	select {
+	case <-e.Server.ReadyNotify():
+	case err = <-e.Err():
+	case <-timer.C:
+		err = fmt.Errorf("not ready within %s", timeout)
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+
+	if err != nil {
+		e.Close()
+
+		return nil, fmt.Errorf("waiting for etcd member %q: %w", cfg.Name, err)
+	}
+
+	return e, nil
 }

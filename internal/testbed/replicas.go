@@ -205,22 +205,6 @@ func (r *ReplicaSet) Pause(i int) error { return r.procs[i].signal(syscall.SIGST
 // Resume continues replica i after Pause.
 func (r *ReplicaSet) Resume(i int) error { return r.procs[i].signal(syscall.SIGCONT) }
 
-// Leader is the index of the replica that leads, as replica asked (any running one) says; -1 when none does.
-func (r *ReplicaSet) Leader(ctx context.Context, asked int) (int, error) {
-	st, err := r.clients[asked].EngineStatus(ctx)
-	if err != nil {
-		return -1, err
-	}
-
-	for i := range r.procs {
-		if st.Leader == ReplicaName(i) {
-			return i, nil
-		}
-	}
-
-	return -1, nil
-}
-
 // Close stops every replica, the fleet and etcd.
 func (r *ReplicaSet) Close() error {
 	var err error
