@@ -127,11 +127,11 @@ func other(a, b int) int {
 	return -1
 }
 
-// TestReplicasFailover kills the leading replica with SIGKILL at random moments of a Talos rollout (after one to
-// three of its side effects), at least minFailovers times: each time another replica leads within takeoverBound
-// and the rollout goes on and finishes; the journal shows no install or reboot sent twice for a step, never two
-// control planes down, control planes first.
-func TestReplicasFailover(t *testing.T) {
+// startReplicaRollout starts replicas (startReplicas) on the oldest supported Talos and a rollout to the newest,
+// two machines at a time, and returns them with the replica leading at the start and the target.
+func startReplicaRollout(t *testing.T) (*testbed.ReplicaSet, int, string) {
+	t.Helper()
+
 	supported := talosemu.SupportedVersions()
 	oldest, newest := supported[0], supported[len(supported)-1]
 
@@ -142,6 +142,16 @@ func TestReplicasFailover(t *testing.T) {
 		s.Parallelism = "2"
 		s.TalosVersion = "v" + newest
 	})
+
+	return rs, leader, newest
+}
+
+// TestReplicasFailover kills the leading replica with SIGKILL at random moments of a Talos rollout (after one to
+// three of its side effects), at least minFailovers times: each time another replica leads within takeoverBound
+// and the rollout goes on and finishes; the journal shows no install or reboot sent twice for a step, never two
+// control planes down, control planes first.
+func TestReplicasFailover(t *testing.T) {
+	rs, leader, newest := startReplicaRollout(t)
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0)) //nolint:gosec // test randomness
 	deadline := time.Now().Add(10 * time.Minute)
@@ -203,16 +213,7 @@ const methodApplyConfiguration = "/machine.MachineService/ApplyConfiguration"
 // lost and stopped its controllers, the fleet receives nothing (the only replica that could send is the one whose
 // term ended); the rollout then finishes with no step sent twice.
 func TestReplicaPausedPastItsLease(t *testing.T) {
-	supported := talosemu.SupportedVersions()
-	oldest, newest := supported[0], supported[len(supported)-1]
-
-	rs := startReplicas(t, oldest)
-	old := waitLeader(t, rs, 0, -1, takeoverBound)
-
-	setCluster(t, rs.State(0), "c1", func(s *cluster.ClusterSpec) {
-		s.Parallelism = "2"
-		s.TalosVersion = "v" + newest
-	})
+	rs, old, newest := startReplicaRollout(t)
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
