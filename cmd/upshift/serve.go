@@ -50,6 +50,8 @@ func init() {
 		Short: "Run the engine and serve its gRPC API",
 		Long: "Run the engine (durable state, validation, controllers) and serve the gRPC API that the client commands use.\n" +
 			"The state lives in DATA-DIR/" + upshift.StateFileName + "; only one server may use a data dir at a time.\n" +
+			"With --state etcd it lives in etcd instead, shared by several replicas: each serves the API, one (elected) runs\n" +
+			"the controllers; every replica needs the first one's DATA-DIR/" + upshift.KeyFileName + " (and its ca.crt, ca.key for one client config).\n" +
 			"On its first start it creates a CA, a server certificate and an admin client config (DATA-DIR/" + upshift.AdminConfigFileName + ")\n" +
 			"in the data dir, and copies the config to $" + configEnv + " or " + userConfigPath() + " if nothing is there.\n" +
 			"Every client is authenticated by mTLS, its role in its certificate (`upshift config new` issues more).\n" +
