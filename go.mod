@@ -9,6 +9,7 @@ replace github.com/jsimonetti/rtnetlink/v2 => github.com/jsimonetti/rtnetlink/v2
 require (
 	github.com/blang/semver/v4 v4.0.0
 	github.com/cosi-project/runtime v1.16.3
+	github.com/cosi-project/state-etcd v0.7.0
 	github.com/fluxcd/cli-utils v1.2.2
 	github.com/fluxcd/pkg/ssa v0.77.0
 	github.com/gertd/go-pluralize v0.2.1

@@ -36,6 +36,7 @@ type engineOptions struct {
 	runtimeOptions []options.Option
 	storeOptions   []store.Option
 	encryptionKey  []byte
+	etcd           *etcdOptions // nil: the state is the data dir's bbolt file
 }
 
 func defaultOptions() engineOptions {

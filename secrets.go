@@ -1,12 +1,14 @@
 package upshift
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/upshift-io/upshift/state/store"
 )
@@ -31,14 +33,10 @@ func WithEncryptionKey(key []byte) Option {
 // so the error names the missing key rather than leaving a useless one behind.
 func openStore(o engineOptions) (*store.Store, error) {
 	path := filepath.Join(o.dataDir, StateFileName)
-	keyPath := filepath.Join(o.dataDir, KeyFileName)
-	key, created := o.encryptionKey, false
 
-	if key == nil {
-		var err error
-		if key, created, err = loadOrCreateKey(keyPath); err != nil {
-			return nil, err
-		}
+	key, keyPath, created, err := engineKey(o)
+	if err != nil {
+		return nil, err
 	}
 
 	st, err := store.Open(path, append([]store.Option{store.WithLogger(o.logger), store.WithEncryptionKey(key)}, o.storeOptions...)...)
@@ -50,6 +48,44 @@ func openStore(o engineOptions) (*store.Store, error) {
 		return nil, errors.Join(fmt.Errorf("%w: its key file %s is missing; restore it from where the data dir was backed up", err, keyPath), os.Remove(keyPath))
 	case o.encryptionKey == nil && errors.Is(err, store.ErrWrongKey):
 		return nil, fmt.Errorf("%w (the key read from %s)", err, keyPath)
+	default:
+		return nil, err
+	}
+}
+
+// engineKey is the key that encrypts the state's secrets: the embedder's, else the data dir's key file (its path
+// returned), created on the first start (created reports that).
+func engineKey(o engineOptions) (key []byte, keyPath string, created bool, err error) {
+	keyPath = filepath.Join(o.dataDir, KeyFileName)
+
+	if o.encryptionKey != nil {
+		return o.encryptionKey, keyPath, false, nil
+	}
+
+	key, created, err = loadOrCreateKey(keyPath)
+
+	return key, keyPath, created, err
+}
+
+// openEtcdStore opens the state in etcd with the replicas' shared encryption key: the embedder's, else the data
+// dir's key file. The first replica creates the key file; a key file created for a state in etcd that is bound to
+// another key is removed again, and the error says to copy the first replica's.
+func openEtcdStore(o engineOptions) (*store.EtcdStore, error) {
+	key, keyPath, created, err := engineKey(o)
+	if err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	st, err := store.OpenEtcd(ctx, o.etcd.client, append([]store.Option{store.WithLogger(o.logger), store.WithEncryptionKey(key)}, o.storeOptions...)...)
+
+	switch {
+	case err == nil:
+		return st, nil
+	case created && errors.Is(err, store.ErrWrongKey):
+		return nil, errors.Join(fmt.Errorf("%w: every replica needs the key of the first one: copy its data dir's %s to %s", err, KeyFileName, keyPath), os.Remove(keyPath))
 	default:
 		return nil, err
 	}

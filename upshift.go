@@ -22,11 +22,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/upshift-io/upshift/controllers"
+	"github.com/upshift-io/upshift/internal/leader"
 	"github.com/upshift-io/upshift/internal/metrics"
 	"github.com/upshift-io/upshift/resources"
 	"github.com/upshift-io/upshift/resources/catalog"
-	"github.com/upshift-io/upshift/resources/cluster"
-	"github.com/upshift-io/upshift/state/labelindex"
 	"github.com/upshift-io/upshift/state/server"
 	"github.com/upshift-io/upshift/state/store"
 	"github.com/upshift-io/upshift/state/validate"
@@ -34,14 +33,19 @@ import (
 
 // Engine is one upshift engine. Build it with New, run it with Run.
 type Engine struct {
-	logger   *zap.Logger
-	store    *store.Store
-	state    state.State
-	runtime  *controllers.Runtime
-	grpc     *grpc.Server
-	pki      *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
-	listener net.Listener
-	served   bool // the gRPC server took the listener over (and closes it)
+	logger  *zap.Logger
+	store   backend
+	state   state.State
+	elector *leader.Elector // nil on bbolt: the one engine always runs the controllers
+	fence   fence
+	// compactLog runs the retention of a log in etcd, which only the leader compacts; nil on bbolt, whose store
+	// compacts by itself.
+	compactLog func(context.Context)
+	runtime    *controllers.Runtime
+	grpc       *grpc.Server
+	pki        *server.PKI // the CA of the gRPC API's mTLS; nil when the engine serves no API
+	listener   net.Listener
+	served     bool // the gRPC server took the listener over (and closes it)
 	// connector is the engine's own CredentialsConnector, closed with it; nil when the embedder gave one.
 	connector *controllers.CredentialsConnector
 	metrics   *metrics.Metrics
@@ -71,22 +75,28 @@ func New(opts ...Option) (*Engine, error) {
 	engineMetrics := metrics.New(o.logger.Named("upgrades"))
 	o.storeOptions = append(slices.Clone(o.storeOptions), store.WithCommitObserver(engineMetrics.CommitObserver))
 
-	st, err := openStore(o)
+	st, indexed, err := openBackend(o)
 	if err != nil {
 		return nil, err
 	}
-
-	// A cluster's machines are read with a label query (docs/architecture.md, "Reading a cluster"); the index answers
-	// it without a scan of the fleet.
-	indexed := labelindex.New(st.State(), cluster.LabelCluster)
 
 	// Validation admits the versions the controllers can roll out: the same catalogue, shared (an operator's
 	// Catalogue.Add counts for both).
 	upgradeConfig := controllers.NewUpgradeConfig(o.upgradeOptions...)
 	upgradeOptions := append(slices.Clone(o.upgradeOptions), controllers.WithCatalogue(upgradeConfig.Catalogue))
-	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known()))),
-		metrics: engineMetrics}
+	validated := validate.NewState(indexed, validate.WithKnownVersions(upgradeConfig.Known()))
+	e := &Engine{logger: o.logger, store: st, state: state.WrapCore(validated), metrics: engineMetrics}
 	e.metrics.Bind(e.state)
+
+	runtimeState := e.state
+
+	if o.etcd != nil {
+		e.elector = leader.New(o.etcd.client, o.etcd.replica, o.etcd.leaseTTL, o.logger.Named("leader"))
+		// The controllers' writes, and only theirs, are fenced by the leadership (docs/architecture.md, "Several
+		// replicas on etcd").
+		runtimeState = state.WrapCore(&fencedState{CoreState: validated, fence: &e.fence})
+		e.compactLog = st.(*store.EtcdStore).RunRetention //nolint:forcetypeassert // openBackend opens etcd with WithEtcd
+	}
 
 	if err = e.registerDefinitions(); err != nil {
 		return nil, errors.Join(err, e.Close())
@@ -101,7 +111,7 @@ func New(opts ...Option) (*Engine, error) {
 	registrars := controllers.Overridable(controllers.Upgrades(o.connector, upgradeOptions...),
 		append([]controllers.Registrar{controllers.Builtin}, o.registrars...)...)
 
-	e.runtime = controllers.NewRuntime(e.state, o.logger.Named("controllers"),
+	e.runtime = controllers.NewRuntime(runtimeState, o.logger.Named("controllers"),
 		controllers.WithRegistrars(registrars),
 		controllers.WithRuntimeOptions(o.runtimeOptions...),
 	)
@@ -120,6 +130,7 @@ func New(opts ...Option) (*Engine, error) {
 		}
 
 		e.grpc = server.New(e.state, st, e.pki, upgradeConfig.Known(), grpc.ChainStreamInterceptor(e.metrics.StreamInterceptor))
+		server.RegisterEngineStatus(e.grpc, e)
 	}
 
 	return e, nil
@@ -224,7 +235,13 @@ func (e *Engine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 
 	wg.Go(func() {
-		_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+		if e.elector == nil {
+			_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+
+			return
+		}
+
+		e.elector.Run(runCtx, e.lead)
 	})
 
 	wg.Go(func() { e.metrics.Run(runCtx) })

@@ -135,9 +135,14 @@ func testRollback(t *testing.T, bed *testbed.Bed, target string) {
 
 // waitJournal waits until n entries matching match were recorded after the first from entries.
 func waitJournal(ctx context.Context, bed *testbed.Bed, from, n int, match func(talosemu.Entry) bool) error {
+	return waitFleetJournal(ctx, bed.Fleet, from, n, match)
+}
+
+// waitFleetJournal is waitJournal on a fleet of any bed.
+func waitFleetJournal(ctx context.Context, fleet *talosemu.Fleet, from, n int, match func(talosemu.Entry) bool) error {
 	// Wait hands every entry to the matcher once, in order, starting with the oldest.
 	index, seen := 0, 0
-	_, err := bed.Fleet.Journal().Wait(ctx, func(e talosemu.Entry) bool {
+	_, err := fleet.Journal().Wait(ctx, func(e talosemu.Entry) bool {
 		index++
 		if index > from && match(e) {
 			seen++

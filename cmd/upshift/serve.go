@@ -43,11 +43,15 @@ func init() {
 
 	retention := store.Retention{MaxEvents: defaultRetentionEvents, MaxAge: defaultRetentionAge}
 
+	var stateConfig *stateFlags
+
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the engine and serve its gRPC API",
 		Long: "Run the engine (durable state, validation, controllers) and serve the gRPC API that the client commands use.\n" +
 			"The state lives in DATA-DIR/" + upshift.StateFileName + "; only one server may use a data dir at a time.\n" +
+			"With --state etcd it lives in etcd instead, shared by several replicas: each serves the API, one (elected) runs\n" +
+			"the controllers; every replica needs the first one's DATA-DIR/" + upshift.KeyFileName + " (and its ca.crt, ca.key for one client config).\n" +
 			"On its first start it creates a CA, a server certificate and an admin client config (DATA-DIR/" + upshift.AdminConfigFileName + ")\n" +
 			"in the data dir, and copies the config to $" + configEnv + " or " + userConfigPath() + " if nothing is there.\n" +
 			"Every client is authenticated by mTLS, its role in its certificate (`upshift config new` issues more).\n" +
@@ -60,7 +64,7 @@ func init() {
 				return err
 			}
 
-			return serve(cmd.Context(), dataDir, listen, monitoring, retention, known...)
+			return serve(cmd.Context(), dataDir, listen, monitoring, retention, stateConfig, known...)
 		},
 	}
 
@@ -78,6 +82,7 @@ func init() {
 		"serve Prometheus metrics on http://ADDR/metrics (HOST:PORT, or a port for loopback); off when empty")
 	cmd.Flags().StringVar(&monitoring.logLevel, "log-level", "info", "least level logged: debug, info, warn or error")
 	cmd.Flags().StringVar(&monitoring.logFormat, "log-format", logFormatConsole, "log format: console or json")
+	stateConfig = addStateFlags(cmd)
 	rootCmd.AddCommand(cmd)
 }
 
@@ -138,7 +143,7 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".upshift")
 }
 
-func serve(ctx context.Context, dataDir, listen string, monitoring monitoringFlags, retention store.Retention,
+func serve(ctx context.Context, dataDir, listen string, monitoring monitoringFlags, retention store.Retention, stateConfig *stateFlags,
 	upgradeOptions ...controllers.UpgradeOption,
 ) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -158,8 +163,15 @@ func serve(ctx context.Context, dataDir, listen string, monitoring monitoringFla
 
 	defer logger.Sync() //nolint:errcheck // nothing to do about a failed flush of stderr
 
-	engine, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
-		upshift.WithStoreOptions(store.WithRetention(retention)), upshift.WithUpgradeOptions(upgradeOptions...))
+	stateOptions, closeState, err := stateConfig.engineOptions(listen, logger)
+	if err != nil {
+		return err
+	}
+
+	defer closeState() //nolint:errcheck // the engine is closed by then; nothing to do about a failed client close
+
+	engine, err := upshift.New(append(stateOptions, upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen), upshift.WithLogger(logger),
+		upshift.WithStoreOptions(store.WithRetention(retention)), upshift.WithUpgradeOptions(upgradeOptions...))...)
 	if err != nil {
 		return err
 	}
@@ -167,7 +179,7 @@ func serve(ctx context.Context, dataDir, listen string, monitoring monitoringFla
 	logger.Info("event log retention", zap.Uint64("max_events", retention.MaxEvents), zap.Duration("max_age", retention.MaxAge))
 
 	// Scripts and tests read the address from this line (it matters with --listen 127.0.0.1:0).
-	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), filepath.Join(dataDir, upshift.StateFileName))
+	fmt.Printf("upshift serving on %s (state in %s)\n", engine.Addr(), stateConfig.where(dataDir))
 
 	if metricsAddr != "" {
 		served, err := serveMetrics(ctx, metricsAddr, engine.Metrics(), logger)

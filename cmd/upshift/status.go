@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -45,8 +46,21 @@ With a cluster, status prints it as a tree: the cluster, each upgrade's phase an
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "print the view again as it changes")
 
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return withState(endpoint, func(st state.State) error {
+		return withClient(endpoint, func(c *server.Client) error {
+			st := c.State()
 			draw := func(w io.Writer) error {
+				// First, so that replicas on etcd without quorum say so before a read of the state waits for it.
+				engine, err := c.EngineStatus(cmd.Context())
+				if err != nil {
+					return fmt.Errorf("reading the engine's status: %w", err)
+				}
+
+				printEngine(w, engine)
+
+				if engine.Unreadable {
+					return errors.New("the state cannot be read until etcd answers again (see above)")
+				}
+
 				if len(args) == 1 {
 					view, err := loadCluster(cmd.Context(), st, args[0])
 					if err != nil {
@@ -534,4 +548,25 @@ func newerTalos(available []string, current string) []string {
 	}
 
 	return out
+}
+
+// printEngine says, for replicas on etcd, which replica leads and what keeps the one that answered from acting; an
+// engine alone on its file always acts and says nothing.
+func printEngine(w io.Writer, st server.EngineStatus) {
+	if st.Backend != "etcd" {
+		return
+	}
+
+	switch {
+	case st.Leader == "":
+		fmt.Fprintf(w, "engine: no replica leads; the controllers are stopped (asked %s)\n", st.Replica)
+	case st.Leading:
+		fmt.Fprintf(w, "engine: replica %s leads (the one asked)\n", st.Leader)
+	default:
+		fmt.Fprintf(w, "engine: replica %s leads (asked %s)\n", st.Leader, st.Replica)
+	}
+
+	if st.Problem != "" {
+		fmt.Fprintf(w, "engine: %s\n", st.Problem)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/upshift-io/upshift/internal/etcdcluster"
 	"github.com/upshift-io/upshift/internal/loopback"
 )
 
@@ -255,27 +256,9 @@ func (m *realMember) start(ctx context.Context) error {
 		cfg.InitialCluster = m.name + "=" + m.peerURL
 	}
 
-	e, err := embed.StartEtcd(cfg)
+	e, err := etcdcluster.StartEmbedded(ctx, cfg, memberReadyTimeout)
 	if err != nil {
-		return fmt.Errorf("starting etcd member %q: %w", m.name, err)
-	}
-
-	ready := time.NewTimer(memberReadyTimeout)
-	defer ready.Stop()
-
-	select {
-	case <-e.Server.ReadyNotify():
-	case err = <-e.Err():
-	case <-ready.C:
-		err = fmt.Errorf("not ready within %s", memberReadyTimeout)
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-
-	if err != nil {
-		e.Close()
-
-		return fmt.Errorf("waiting for etcd member %q: %w", m.name, err)
+		return err
 	}
 
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.clientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})

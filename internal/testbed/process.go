@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/upshift-io/upshift"
 	"github.com/upshift-io/upshift/controllers"
 )
@@ -31,6 +34,10 @@ var servingLine = regexp.MustCompile(`upshift serving on (\S+)`)
 // childEnv switches a re-executed test binary into a child engine (SelfCommand, ServeIfChild); its value is
 // "DATA-DIR\nLISTEN".
 const childEnv = "UPSHIFT_TESTBED_ENGINE"
+
+// etcdEnv makes a child engine a replica on etcd; its value is "ENDPOINTS\nREPLICA-NAME\nLEASE-TTL", endpoints
+// comma-separated.
+const etcdEnv = "UPSHIFT_TESTBED_ETCD"
 
 // startTimeout bounds how long a child engine may take to listen.
 const startTimeout = 60 * time.Second
@@ -76,8 +83,21 @@ func serveChild(ctx context.Context, dataDir, listen string, opts []controllers.
 	conn := controllers.NewCredentialsConnector()
 	defer conn.Close() //nolint:errcheck // the process exits
 
-	e, err := upshift.New(upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen),
-		upshift.WithConnector(conn), upshift.WithUpgradeOptions(opts...))
+	engineOptions := []upshift.Option{upshift.WithDataDir(dataDir), upshift.WithListenAddress(listen),
+		upshift.WithConnector(conn), upshift.WithUpgradeOptions(opts...)}
+
+	if spec, ok := os.LookupEnv(etcdEnv); ok {
+		replicaOptions, closeClient, err := replicaOf(spec)
+		if err != nil {
+			return err
+		}
+
+		defer closeClient() //nolint:errcheck // the process exits
+
+		engineOptions = append(engineOptions, replicaOptions...)
+	}
+
+	e, err := upshift.New(engineOptions...)
 	if err != nil {
 		return err
 	}
@@ -153,6 +173,15 @@ func startProcess(ctx context.Context, command Command, dataDir, listen string) 
 
 func (p *process) addr() string { return p.address }
 
+// signal sends sig to the child (SIGSTOP and SIGCONT pause and resume it).
+func (p *process) signal(sig syscall.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("sending %s to the engine: %w", sig, err)
+	}
+
+	return nil
+}
+
 // stop kills the child with SIGKILL, a crash, and waits for it to be gone.
 func (p *process) stop() error {
 	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
@@ -220,4 +249,30 @@ func (p *process) usage() (Usage, error) {
 	}
 
 	return u, nil
+}
+
+// replicaOf turns etcdEnv's value into the options of a replica on etcd, with a logger on standard error (the
+// child's log) so that its terms and lost leases are in the log a failing test points at.
+func replicaOf(spec string) ([]upshift.Option, func() error, error) {
+	parts := strings.Split(spec, "\n")
+	if len(parts) != 3 {
+		return nil, nil, fmt.Errorf("%s=%q: want ENDPOINTS, REPLICA and LEASE-TTL lines", etcdEnv, spec)
+	}
+
+	ttl, err := time.ParseDuration(parts[2])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: lease TTL: %w", etcdEnv, err)
+	}
+
+	logger, err := zap.NewDevelopment(zap.IncreaseLevel(zap.InfoLevel))
+	if err != nil {
+		return nil, nil, err
+	}
+
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(parts[0], ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, nil, fmt.Errorf("connecting to etcd: %w", err)
+	}
+
+	return []upshift.Option{upshift.WithEtcd(cli, parts[1], ttl), upshift.WithLogger(logger)}, cli.Close, nil
 }

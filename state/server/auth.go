@@ -248,11 +248,13 @@ var verbs = map[string]Verb{
 	historyGetMethod:                                 VerbRead,
 	issueConfigMethod:                                VerbIssue,
 	versionGetMethod:                                 VerbRead,
+	engineStatusMethod:                               VerbRead,
 }
 
 // methodTypes names the type of the methods that are about no resource type of their request.
 var methodTypes = map[string]resource.Type{
-	versionGetMethod: ServerVersionType,
+	versionGetMethod:   ServerVersionType,
+	engineStatusMethod: ServerVersionType,
 }
 
 // typeOf is the resource type a request is about.

@@ -127,23 +127,9 @@ func (s *Store) checkKey() error {
 		return fmt.Errorf("reading state %q: %w", s.path, err)
 	}
 
-	switch {
-	case check != nil && s.codec.cipher == nil:
-		return fmt.Errorf("opening state %q: %w: its secrets are encrypted at rest; open it with its key", s.path, ErrNoKey)
-	case check != nil:
-		opened, err := s.codec.cipher.Decrypt(check)
-		if err != nil || !bytes.Equal(opened, keyCheckPlaintext) {
-			return fmt.Errorf("opening state %q: %w; refusing to open it (nothing was changed): give the key it was created with", s.path, ErrWrongKey)
-		}
-
-		return nil
-	case s.codec.cipher == nil:
-		return nil
-	}
-
-	sealed, err := s.codec.cipher.Encrypt(keyCheckPlaintext)
-	if err != nil {
-		return fmt.Errorf("opening state %q: sealing the key check: %w", s.path, err)
+	sealed, err := s.codec.keyCheck(s.path, check)
+	if err != nil || sealed == nil {
+		return err
 	}
 
 	if err = s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyKeyCheck, sealed) }); err != nil {
@@ -151,4 +137,31 @@ func (s *Store) checkKey() error {
 	}
 
 	return nil
+}
+
+// keyCheck is the one rule that binds a state (named by where, for errors) to its key, for every backend: given the
+// state's stored key check (nil when it has none), it refuses a key other than the one that made the check
+// (ErrWrongKey) and a missing key (ErrNoKey), and returns the check to store when the state has none and a key is
+// given (nil when there is nothing to store).
+func (c codec) keyCheck(where string, check []byte) ([]byte, error) {
+	switch {
+	case check != nil && c.cipher == nil:
+		return nil, fmt.Errorf("opening state %q: %w: its secrets are encrypted at rest; open it with its key", where, ErrNoKey)
+	case check != nil:
+		opened, err := c.cipher.Decrypt(check)
+		if err != nil || !bytes.Equal(opened, keyCheckPlaintext) {
+			return nil, fmt.Errorf("opening state %q: %w; refusing to open it (nothing was changed): give the key it was created with", where, ErrWrongKey)
+		}
+
+		return nil, nil
+	case c.cipher == nil:
+		return nil, nil
+	}
+
+	sealed, err := c.cipher.Encrypt(keyCheckPlaintext)
+	if err != nil {
+		return nil, fmt.Errorf("opening state %q: sealing the key check: %w", where, err)
+	}
+
+	return sealed, nil
 }
