@@ -119,8 +119,10 @@ func (f *fencedState) Destroy(ctx context.Context, ptr resource.Pointer, opts ..
 	return f.CoreState.Destroy(ctx, ptr, opts...)
 }
 
-// lead runs the controllers, and the compaction of the log, for one leadership term: until ctx ends (the lease is
-// lost or the engine stops); the runtime's stop waits for every executor, so nothing of the term acts after it.
+// lead runs the controllers, the compaction of the log and the transition metrics and log lines for one leadership
+// term: until ctx ends (the lease is lost or the engine stops); the runtime's stop waits for every executor, so
+// nothing of the term acts after it. Only the leader counts and logs transitions, so that the replicas' metrics
+// add up and a log search finds each transition once.
 func (e *Engine) lead(ctx context.Context, f store.Fence) {
 	e.fence.Store(&f)
 	defer e.fence.Store(nil)
@@ -129,6 +131,7 @@ func (e *Engine) lead(ctx context.Context, f store.Fence) {
 	defer wg.Wait()
 
 	wg.Go(func() { e.compactLog(store.WithFence(ctx, f)) })
+	wg.Go(func() { e.metrics.Run(ctx) })
 
 	_ = e.runtime.Run(ctx) //nolint:errcheck // the supervised runtime returns only when ctx is done
 }

@@ -236,7 +236,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	wg.Go(func() {
 		if e.elector == nil {
-			_ = e.runtime.Run(runCtx) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+			e.metrics.Run(runCtx) // alongside the controllers, as a leader's term runs it (lead)
 
 			return
 		}
@@ -244,7 +244,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.elector.Run(runCtx, e.lead)
 	})
 
-	wg.Go(func() { e.metrics.Run(runCtx) })
+	if e.elector == nil {
+		wg.Go(func() { _ = e.runtime.Run(runCtx) }) //nolint:errcheck // the supervised runtime returns only when runCtx is done
+	}
 
 	serveErr := make(chan error, 1)
 
