@@ -227,30 +227,9 @@ func TestFaultAPIServerRestartMidDrain(t *testing.T) {
 		from, target = "1.12.6", "1.13.4"
 	)
 
-	bed := startBed(t, testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(1), talosemu.WithWorkers(1), talosemu.WithTalosVersion(from),
-		talosemu.WithRebootDowntime(rebootDowntime),
-	))
-	logOnFailure(t, bed, "c1")
-
-	ctx, st := t.Context(), bed.State()
-	client := kubeClient(t, bed, "c1")
-
-	pinWorkload(t, client, worker)
-	waitObserved(t, bed, from)
-
-	protected := pinnedPod(t, client)
-	start := len(bed.Fleet.Journal().Entries())
-
-	holdDrain(t, client)
-	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
-		s.TalosVersion = "v" + target
-		s.DrainTimeout = "3m"
-	})
-
+	d := startDrainHeld(t, 1, worker, from, target)
+	ctx, bed, st, client, start, protected := t.Context(), d.bed, d.bed.State(), d.client, d.start, d.protected
 	machine := upgrade.NewMachineUpgradeStatus(worker).Metadata()
-	waitFor(t, st, machine, 2*time.Minute, worker+" draining",
-		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDraining })
 
 	require.NoError(t, bed.Fleet.StopAPIServer("c1"))
 

@@ -227,28 +227,8 @@ func TestLockDuringDrain(t *testing.T) {
 		from, target = "1.12.6", "1.13.4"
 	)
 
-	bed := startBed(t, testbed.WithFleetOptions(
-		talosemu.WithControlPlanes(1), talosemu.WithWorkers(2), talosemu.WithTalosVersion(from),
-		talosemu.WithRebootDowntime(rebootDowntime),
-	))
-	logOnFailure(t, bed, "c1")
-
-	st := bed.State()
-	client := kubeClient(t, bed, "c1")
-
-	pinWorkload(t, client, worker)
-	waitObserved(t, bed, from)
-
-	start := len(bed.Fleet.Journal().Entries())
-
-	holdDrain(t, client)
-	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
-		s.TalosVersion = "v" + target
-		s.DrainTimeout = "3m"
-	})
-
-	waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), 2*time.Minute, worker+" draining",
-		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDraining })
+	d := startDrainHeld(t, 2, worker, from, target)
+	bed, st, client, start := d.bed, d.bed.State(), d.client, d.start
 
 	mustCLI(t, bed, "lock", worker)
 	waitFor(t, st, observe.NewClusterSummary("c1").Metadata(), time.Minute, "the engine's controllers to see the lock",
@@ -325,6 +305,47 @@ func pinWorkload(t *testing.T, client kubernetes.Interface, node string) {
 	}
 
 	require.FailNow(t, "the pinned workload did not become available", "%v", ctx.Err())
+}
+
+// drainHeld is a cluster whose worker is Draining, its drain held by a PodDisruptionBudget over a replica pinned to
+// it (startDrainHeld).
+type drainHeld struct {
+	bed       *testbed.Bed
+	client    kubernetes.Interface
+	start     int        // the journal's length before the upgrade was asked for
+	protected corev1.Pod // the pinned replica the budget protects, as it was before the drain
+}
+
+// startDrainHeld starts one control plane and workers workers on Talos from (real etcd and kube-apiserver), pins a
+// replica to worker under a budget that lets none go, upgrades to target with a 3-minute drain timeout and returns
+// once worker is Draining: the set-up of every test about what happens while a drain waits.
+func startDrainHeld(t *testing.T, workers int, worker, from, target string) drainHeld {
+	t.Helper()
+
+	bed := startBed(t, testbed.WithFleetOptions(
+		talosemu.WithControlPlanes(1), talosemu.WithWorkers(workers), talosemu.WithTalosVersion(from),
+		talosemu.WithRebootDowntime(rebootDowntime),
+	))
+	logOnFailure(t, bed, "c1")
+
+	st := bed.State()
+	client := kubeClient(t, bed, "c1")
+
+	pinWorkload(t, client, worker)
+	waitObserved(t, bed, from)
+
+	d := drainHeld{bed: bed, client: client, protected: pinnedPod(t, client), start: len(bed.Fleet.Journal().Entries())}
+
+	holdDrain(t, client)
+	setCluster(t, st, "c1", func(s *cluster.ClusterSpec) {
+		s.TalosVersion = "v" + target
+		s.DrainTimeout = "3m"
+	})
+
+	waitFor(t, st, upgrade.NewMachineUpgradeStatus(worker).Metadata(), 2*time.Minute, worker+" draining",
+		func(s *upgrade.MachineUpgradeStatus) bool { return s.TypedSpec().Phase == upgrade.MachineDraining })
+
+	return d
 }
 
 // holdDrain makes the pinned replica unevictable (a budget of at least one available).

@@ -32,9 +32,9 @@ const (
 
 // fleetLine is one cluster of the fleet view: every column already written out.
 type fleetLine struct {
-	name                                       string
-	rank                                       int
-	talos, kubernetes, rollouts, machines, new string
+	name                                         string
+	rank                                         int
+	talos, kubernetes, rollouts, machines, newer string
 }
 
 // loadFleet reads every cluster with its machines and rollouts.
@@ -72,7 +72,7 @@ func printFleet(w io.Writer, views []*clusterView) error {
 	fmt.Fprintln(tw, "CLUSTER\tTALOS\tKUBERNETES\tROLLOUTS\tMACHINES\tNEWER AVAILABLE")
 
 	for _, l := range lines {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.name, l.talos, l.kubernetes, l.rollouts, l.machines, orDash(l.new))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.name, l.talos, l.kubernetes, l.rollouts, l.machines, orDash(l.newer))
 	}
 
 	if len(lines) == 0 {
@@ -181,7 +181,7 @@ func (v *clusterView) fleetLine() fleetLine {
 		}
 	}
 
-	l.new = strings.Join(newer, "; ")
+	l.newer = strings.Join(newer, "; ")
 
 	return l
 }
@@ -297,7 +297,7 @@ func fromTo(current, target string) string {
 var fleetTypes = []resource.Type{
 	cluster.ClusterType, cluster.MachineType, cluster.MachineLockType, observe.MachineStatusType,
 	upgrade.MachineUpgradeStatusType, upgrade.TalosUpgradeStatusType, upgrade.KubernetesUpgradeStatusType,
-	upgrade.ConfigRolloutStatusType, upgrade.MachineConfigStatusType, observe.EtcdStatusType, manifest.ManifestSyncType,
+	upgrade.ConfigRolloutStatusType, upgrade.MachineConfigStatusType, manifest.ManifestSyncType,
 }
 
 // redrawEvery bounds how often `status --watch` prints: a rollout writes many statuses a second, and a person reads

@@ -122,7 +122,6 @@ type clusterView struct {
 	statuses map[string]*observe.MachineStatus
 	upgrades map[string]*upgrade.MachineUpgradeStatus
 	locks    map[string]*cluster.MachineLock
-	etcd     *observe.EtcdStatus         // nil until observed
 	talos    *upgrade.TalosUpgradeStatus // nil until the controller wrote it
 	configs  map[string]*upgrade.MachineConfigStatus
 	rollout  *upgrade.ConfigRolloutStatus // nil until the controller wrote it
@@ -157,7 +156,6 @@ type fleetState struct {
 	upgrades map[string]*upgrade.MachineUpgradeStatus
 	locks    map[string]*cluster.MachineLock
 	configs  map[string]*upgrade.MachineConfigStatus
-	etcd     map[string]*observe.EtcdStatus
 	talos    map[string]*upgrade.TalosUpgradeStatus
 	rollouts map[string]*upgrade.ConfigRolloutStatus
 	kube     map[string]*upgrade.KubernetesUpgradeStatus
@@ -186,7 +184,6 @@ func loadFleetState(ctx context.Context, st state.State) (*fleetState, error) {
 		func() (err error) { f.upgrades, err = byID[*upgrade.MachineUpgradeStatus](ctx, st); return err },
 		func() (err error) { f.locks, err = byID[*cluster.MachineLock](ctx, st); return err },
 		func() (err error) { f.configs, err = byID[*upgrade.MachineConfigStatus](ctx, st); return err },
-		func() (err error) { f.etcd, err = byID[*observe.EtcdStatus](ctx, st); return err },
 		func() (err error) { f.talos, err = byID[*upgrade.TalosUpgradeStatus](ctx, st); return err },
 		func() (err error) { f.rollouts, err = byID[*upgrade.ConfigRolloutStatus](ctx, st); return err },
 		func() (err error) { f.kube, err = byID[*upgrade.KubernetesUpgradeStatus](ctx, st); return err },
@@ -210,7 +207,6 @@ func (f *fleetState) view(c *cluster.Cluster) *clusterView {
 		statuses: f.statuses,
 		upgrades: f.upgrades,
 		locks:    f.locks,
-		etcd:     f.etcd[id],
 		talos:    f.talos[id],
 		configs:  f.configs,
 		rollout:  f.rollouts[id],
